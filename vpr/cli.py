@@ -1,0 +1,78 @@
+"""The `vpr` command: a thin dispatcher over one module per subcommand in `vpr.commands`.
+
+Each subcommand module defines ``HELP`` (one line), ``configure(parser)`` (its options) and ``run(args)``.
+Modules are imported only when their subcommand is used, so ``vpr --help`` does not pay for importing
+torch, faiss or snakemake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from vpr import __version__
+from vpr.errors import VprError
+
+# Subcommand name -> (module under vpr.commands, one-line summary). Order is the pipeline order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("synth", "generate the synthetic Pittsburgh/Tokyo-style data set"),
+    "index": ("index", "index one data-set split (.mat or .csv) into an HDF5 index file"),
+}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the layout of each command's description; append an option's default when it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        no_default = action.default in (None, False, argparse.SUPPRESS)
+        if no_default or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vpr",
+        description="Visual place recognition pipeline: NetVLAD, SARE and SFRS.",
+        epilog="Run 'vpr COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"vpr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, summary) in COMMANDS.items():
+        if name == command:
+            module = importlib.import_module(f"vpr.commands.{module_name}")
+            p = sub.add_parser(name, help=summary, description=module.__doc__ or summary,
+                               formatter_class=_HelpFormatter)
+            module.configure(p)
+            p.set_defaults(_run=module.run)
+        else:
+            sub.add_parser(name, help=summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO, format=f"vpr {args.command}: %(levelname)s: %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)   # it logs which CPU build it loaded, at INFO
+    try:
+        result = args._run(args)
+    except VprError as err:
+        print(f"vpr {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vpr {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `vpr` subcommand (see vpr.cli)."""
