@@ -1,0 +1,138 @@
+"""vpr.rerank against a plain, loop-based statement of k-reciprocal re-ranking (Zhong et al. 2017)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from vpr import rerank
+from vpr.rerank import k_reciprocal_rerank
+
+
+def _reference(d_qg, d_qq, d_gg, k1, k2, lambda_value, square_input=True):
+    """METHOD.md §5.6 step by step, with a dense stacked matrix, Python sets and loops."""
+    Q, G = d_qg.shape
+    N = Q + G
+    S = np.zeros((N, N))
+    S[:Q, :Q], S[:Q, Q:], S[Q:, :Q], S[Q:, Q:] = d_qq, d_qg, d_qg.T, d_gg
+    if square_input:
+        S = S**2
+    # Divide each column by its maximum, then transpose: P[i, j] = S[j, i] / max_r S[r, i].
+    P = np.zeros((N, N))
+    for i in range(N):
+        col_max = max(S[r, i] for r in range(N))
+        for j in range(N):
+            P[i, j] = S[j, i] / col_max
+    ranking = [sorted(range(N), key=lambda j, i=i: (P[i, j], j)) for i in range(N)]
+
+    def reciprocal(i, k):
+        forward = ranking[i][:k + 1]
+        return {j for j in forward if i in ranking[j][:k + 1]}
+
+    half = round(k1 / 2)  # Python rounds half to even, like np.around
+    V = np.zeros((N, N))
+    for i in range(N):
+        R = reciprocal(i, k1)
+        expanded = set(R)
+        for c in R:
+            Rc = reciprocal(c, half)
+            if len(Rc & R) > 2 / 3 * len(Rc):
+                expanded |= Rc
+        total = sum(math.exp(-P[i, j]) for j in expanded)
+        for j in expanded:
+            V[i, j] = math.exp(-P[i, j]) / total
+    if k2 != 1:
+        V_qe = np.zeros((N, N))
+        for i in range(N):
+            for j in range(N):
+                V_qe[i, j] = sum(V[r, j] for r in ranking[i][:k2]) / k2
+        V = V_qe
+    out = np.zeros((Q, G))
+    for q in range(Q):
+        for g in range(G):
+            m = sum(min(V[q, j], V[Q + g, j]) for j in range(N))
+            jaccard = 1 - m / (2 - m)
+            out[q, g] = (1 - lambda_value) * jaccard + lambda_value * P[q, Q + g]
+    return out
+
+
+def squared_l2(a, b):
+    return np.clip((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0, None)
+
+
+def clustered_features(q, g, d=8, seed=0):
+    # Clusters of nearby descriptors make the k-reciprocal sets and their expansion non-trivial.
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(5, d))
+    x = centres[rng.integers(0, 5, q + g)] + 0.6 * rng.normal(size=(q + g, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x[:q], x[q:]
+
+
+@pytest.mark.parametrize("k1,k2,lambda_value,square_input", [
+    (20, 1, 0.1, True),   # SFRS setting
+    (25, 1, 0.0, True),   # test-time setting
+    (5, 1, 0.3, True),
+    (6, 3, 0.3, True),
+    (4, 6, 0.0, False),
+    (9, 2, 1.0, True),
+    (3, 1, 0.5, False),
+])
+def test_matches_loop_reference(k1, k2, lambda_value, square_input):
+    qf, gf = clustered_features(15, 25, seed=k1 + 7 * k2)
+    d_qg, d_qq, d_gg = squared_l2(qf, gf), squared_l2(qf, qf), squared_l2(gf, gf)
+    expected = _reference(d_qg, d_qq, d_gg, k1, k2, lambda_value, square_input)
+    got = k_reciprocal_rerank(d_qg, d_qq, d_gg, k1=k1, k2=k2, lambda_value=lambda_value,
+                              square_input=square_input)
+    assert got.shape == (15, 25) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+
+
+def test_matches_loop_reference_with_asymmetric_inputs_and_large_k():
+    # Non-symmetric d_qq/d_gg exercise the column/row convention; k1+1 and k2 above N take everything.
+    rng = np.random.default_rng(3)
+    d_qg, d_qq, d_gg = rng.uniform(0, 4, (4, 7)), rng.uniform(0, 4, (4, 4)), rng.uniform(0, 4, (7, 7))
+    for k1, k2 in ((2, 1), (30, 1), (3, 11)):
+        np.testing.assert_allclose(k_reciprocal_rerank(d_qg, d_qq, d_gg, k1, k2, 0.2),
+                                   _reference(d_qg, d_qq, d_gg, k1, k2, 0.2), atol=1e-6, rtol=0)
+
+
+def test_small_blocks_give_the_same_result(monkeypatch):
+    # Blocks that straddle nothing, end mid-way and hold a single row must not change the result.
+    for name, value in (("_BLOCK_ROWS", 4), ("_SET_ROWS", 7), ("_PAIR_BUDGET", 50), ("_OUT_ROWS", 3)):
+        monkeypatch.setattr(rerank, name, value)
+    qf, gf = clustered_features(11, 19, seed=5)
+    d_qg, d_qq, d_gg = squared_l2(qf, gf), squared_l2(qf, qf), squared_l2(gf, gf)
+    for k1, k2 in ((6, 1), (5, 3)):
+        np.testing.assert_allclose(k_reciprocal_rerank(d_qg, d_qq, d_gg, k1, k2, 0.3),
+                                   _reference(d_qg, d_qq, d_gg, k1, k2, 0.3), atol=1e-6, rtol=0)
+
+
+def test_hand_worked_two_pairs():
+    # Points on a line: queries at 0 and 10, gallery at 1 and 11 (1-D squared distances, not re-squared).
+    # With k1 = 1 each point's nearest other point is its partner, so R(i, 1) = {i, partner} for all four,
+    # and round(1/2) = 0 gives R(c, 0) = {c} ⊂ R(i, 1): the expansion adds nothing.
+    # Within a pair P[i, partner] = 1/max = 1/121 (q0, g11: max 121) or 1/100 (q10, g1: max 100), so V
+    # gives weights 1/(1+e^{-p}) to self and e^{-p}/(1+e^{-p}) to the partner. Different pairs share no
+    # item: m = 0, J = 1. Same pair: m = min(V[q, q], V[g, q]) + min(V[q, g], V[g, g]).
+    pos_q, pos_g = np.array([0.0, 10.0]), np.array([1.0, 11.0])
+    d = lambda a, b: (a[:, None] - b[None, :]) ** 2  # noqa: E731
+    got = k_reciprocal_rerank(d(pos_q, pos_g), d(pos_q, pos_q), d(pos_g, pos_g), k1=1, k2=1,
+                              lambda_value=0.0, square_input=False)
+    p_q0, p_g1 = 1 / 121, 1 / 100   # P[q0, g1] (max of q0's column 121) and P[g1, q0] (max 100)
+    m = min(1 / (1 + math.exp(-p_q0)), math.exp(-p_g1) / (1 + math.exp(-p_g1))) \
+        + min(math.exp(-p_q0) / (1 + math.exp(-p_q0)), 1 / (1 + math.exp(-p_g1)))
+    # m ≈ 0.4975 + 0.4975 ≈ 0.995 -> J ≈ 1 − 0.995/1.005 ≈ 0.01
+    assert got[0, 0] == pytest.approx(1 - m / (2 - m), abs=1e-6)
+    assert got[0, 1] == pytest.approx(1.0) and got[1, 0] == pytest.approx(1.0)
+    assert got[0, 0] < 0.011
+
+
+def test_errors():
+    d_qg, d_qq, d_gg = np.zeros((2, 3)), np.zeros((2, 2)), np.zeros((3, 3))
+    with pytest.raises(ValueError, match=r"d_gg \(3, 3\) \(expected \(4, 4\)\)"):
+        k_reciprocal_rerank(np.zeros((2, 4)), d_qq, d_gg)
+    with pytest.raises(ValueError, match="k1 and k2 must be positive integers"):
+        k_reciprocal_rerank(d_qg, d_qq, d_gg, k1=0)
+    with pytest.raises(ValueError, match=r"lambda_value must be in \[0, 1\]"):
+        k_reciprocal_rerank(d_qg, d_qq, d_gg, lambda_value=1.5)

@@ -1,0 +1,65 @@
+"""Compute the global descriptor of one or more images.
+
+Prints each image's descriptor shape and L2 norm. With --out, saves the descriptors: a `.npy` file holds
+the stacked float32 array (N x D, rows in argument order); an `.h5`/`.hdf5` file holds the dataset
+`descriptors` (N x D) and `paths` (the image arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "compute the descriptor of individual images"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pth)")
+    parser.add_argument("--pca", default=None, help="PCA file to attach (from 'vpr pca'); none by default")
+    parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --pca: whiten (scale by the eigenvalues^-1/2) or only project "
+                             "(default: the PCA file's 'whiten' attribute, on when absent)")
+    parser.add_argument("--resize", choices=("fixed", "shorter-side"), default="fixed",
+                        help="the model's fixed image size, or shorter side = the longer side of that size "
+                             "keeping the aspect ratio")
+    parser.add_argument("--out", default=None, help="save the descriptors to this .npy or .h5 file")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import h5py
+    import numpy as np
+
+    from vpr.commands.extract import load_model_with_pca
+    from vpr.errors import VprError
+    from vpr.extract import extract_features
+    from vpr.io import atomic_output
+
+    suffix = Path(args.out).suffix.lower() if args.out else None
+    if suffix not in (None, ".npy", ".h5", ".hdf5"):
+        raise VprError(f"--out {args.out}: unknown file type, expected a .npy, .h5 or .hdf5 file")
+    if args.batch_size < 1:
+        raise VprError("--batch-size must be >= 1")
+    model, whiten = load_model_with_pca(args.checkpoint, args.pca, whiten=args.whiten)
+    size = tuple(int(s) for s in model.config.image_size)
+    shorter_side = max(size) if args.resize == "shorter-side" else None
+    desc = extract_features(model, args.images, size, batch_size=args.batch_size, workers=0,
+                            shorter_side=shorter_side, device=args.device, desc="describe")
+    for path, d in zip(args.images, desc, strict=True):
+        print(f"{path}\tshape {tuple(d.shape)}\tnorm {float(np.linalg.norm(d)):.6f}")
+    if args.out:
+        with atomic_output(args.out) as tmp:
+            if suffix == ".npy":
+                with open(tmp, "wb") as f:  # np.save(path) would append ".npy" to the temporary name
+                    np.save(f, desc)
+            else:
+                with h5py.File(tmp, "w") as f:
+                    f.create_dataset("descriptors", data=desc)
+                    f.create_dataset("paths", data=[str(p) for p in args.images], dtype=h5py.string_dtype())
+                    f.attrs.update({"checkpoint": str(args.checkpoint), "pca": str(args.pca or ""),
+                                    "whiten": bool(whiten), "image_size": list(size), "resize": args.resize})
+        print(f"{args.out}: {desc.shape[0]} descriptor(s) of dimension {desc.shape[1]}")
+    return 0

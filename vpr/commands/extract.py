@@ -1,0 +1,91 @@
+"""Extract the global descriptors of every database and query image of an index file.
+
+Loads a model checkpoint (a vpr checkpoint, a training checkpoint or a reference/hub checkpoint),
+optionally attaches a PCA-whitening file, and writes one HDF5 features file with float32 datasets `db`
+(Ndb x D) and `query` (Nq x D), L2-normalised, in index order. Database images are resized to the model's
+image size; queries too, except for Tokyo 24/7 indexes, whose queries keep their aspect ratio with the
+shorter side equal to the longer side of the model's image size (640 for 480x640; METHOD.md §5.5).
+A missing or unreadable image stops the command before any output is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "extract database and query descriptors of an index file into an HDF5 features file"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pth)")
+    parser.add_argument("--index", required=True, help="index file of the split (from 'vpr index')")
+    parser.add_argument("--pca", default=None, help="PCA file to attach (from 'vpr pca'); none by default")
+    parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --pca: whiten (scale by the eigenvalues^-1/2) or only project "
+                             "(default: the PCA file's 'whiten' attribute, on when absent)")
+    parser.add_argument("--out", required=True, help="features file to write (HDF5)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    parser.add_argument("--workers", type=int, default=2, help="image-loading worker processes")
+    parser.add_argument("--root", default=None,
+                        help="data-set root to resolve image paths (default: the root recorded in the index)")
+    parser.add_argument("--query-resize", choices=("fixed", "shorter-side"), default=None,
+                        help="query resizing: the model's fixed image size, or shorter side = the longer "
+                             "side of that size keeping the aspect ratio (default: shorter-side for "
+                             "tokyo247 indexes, fixed otherwise)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def load_model_with_pca(checkpoint: str, pca: str | None, whiten: bool | None = None):
+    """Load a checkpoint and attach a PCA file if one is given; returns (model, whiten actually used).
+
+    ``whiten=None`` follows the PCA file's ``whiten`` attribute.
+    """
+    from vpr.errors import VprError
+    from vpr.models import load_model
+    from vpr.pca import load_pca
+
+    model = load_model(checkpoint)
+    if not pca:
+        return model, False
+    if model.pca_layer is not None:
+        raise VprError(f"{checkpoint}: the model already has a PCA layer; do not pass --pca {pca}")
+    params = load_pca(pca)
+    whiten = params.whiten if whiten is None else whiten
+    try:
+        model.attach_pca(params.U.numpy(), params.lams.numpy(), params.mu.numpy(), whiten=whiten)
+    except VprError as err:
+        raise VprError(f"{pca} does not fit {checkpoint}: {err}") from err
+    return model, whiten
+
+
+def run(args: argparse.Namespace) -> int:
+    from vpr.data.images import check_images_exist
+    from vpr.data.index import Index
+    from vpr.errors import VprError
+    from vpr.extract import extract_features, write_features
+
+    if args.batch_size < 1 or args.workers < 0:
+        raise VprError("--batch-size must be >= 1 and --workers >= 0")
+    index = Index(args.index, root=args.root)
+    db_files, query_files = index.db_files(), index.query_files()
+    check_images_exist(db_files + query_files)  # fail before hours of database extraction
+    model, whiten = load_model_with_pca(args.checkpoint, args.pca, whiten=args.whiten)
+    size = tuple(int(s) for s in model.config.image_size)
+    query_resize = args.query_resize or (
+        "shorter-side" if index.attrs.get("format") == "tokyo247" else "fixed")
+    shorter_side = max(size) if query_resize == "shorter-side" else None
+
+    common = dict(batch_size=args.batch_size, workers=args.workers, device=args.device)
+    db = extract_features(model, db_files, size, desc="database", **common)
+    query = extract_features(model, query_files, size, shorter_side=shorter_side, desc="queries", **common)
+    write_features(args.out, db, query, {
+        "checkpoint": str(args.checkpoint),
+        "index": str(args.index),
+        "image_size": list(size),
+        "dim": int(db.shape[1]),
+        "pca": str(args.pca or ""),
+        "whiten": bool(whiten),
+        "query_resize": query_resize,
+    })
+    print(f"{args.out}: {db.shape[0]} database and {query.shape[0]} query descriptors, "
+          f"dimension {db.shape[1]}")
+    return 0

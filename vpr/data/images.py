@@ -1,0 +1,154 @@
+"""Image loading and the MatConvNet input convention shared by extraction, clustering and training.
+
+Images are read with PIL as RGB, resized on the PIL image (bilinear; PIL's bilinear filter is antialiased
+when shrinking, which is what torchvision's ``Resize`` does on PIL input), then turned into float32
+``(3, H, W)`` tensors on the 0..255 scale minus the VGG ImageNet mean, with no division by a standard
+deviation (METHOD.md §1.5).
+
+Tokyo 24/7 queries keep their aspect ratio (shorter side = 640, METHOD.md §5.5), so their tensors differ
+in size. :class:`SizeBucketBatchSampler` groups images whose *output* size agrees into common batches
+(the output size is computed from the image header, without decoding the image), so variable-size query
+sets do not force a batch size of 1.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from vpr.errors import VprError
+
+VGG_MEAN_RGB = (123.68, 116.779, 103.939)
+
+# Exceptions PIL raises for files that are not images or are corrupt/truncated.
+_PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode an image file into an RGB PIL image; a missing or unreadable file is a VprError."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")  # convert() decodes the whole image, so truncation shows up here
+    except FileNotFoundError as err:
+        raise VprError(f"{path}: image not found") from err
+    except _PIL_ERRORS as err:
+        raise VprError(f"{path}: unreadable or corrupt image ({err})") from err
+
+
+def check_images_exist(files: Sequence[str | os.PathLike]) -> None:
+    """Fail early, before any work, when image files are missing (names the first one and the count)."""
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise VprError(f"{missing[0]}: image not found ({len(missing)} of {len(files)} image(s) missing)")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image file, read from its header without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except FileNotFoundError as err:
+        raise VprError(f"{path}: image not found") from err
+    except _PIL_ERRORS as err:
+        raise VprError(f"{path}: unreadable or corrupt image ({err})") from err
+    return h, w
+
+
+def shorter_side_size(hw: tuple[int, int], s: int) -> tuple[int, int]:
+    """Output (H, W) when the shorter side of an (H, W) image becomes ``s``, keeping the aspect ratio.
+
+    The longer side is truncated to an integer, as torchvision's ``Resize(int)`` does.
+    """
+    h, w = hw
+    if h <= w:
+        return s, int(s * w / h)
+    return int(s * h / w), s
+
+
+def resize_fixed(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize to exactly ``size = (H, W)``, bilinear with antialias (aspect ratio not kept)."""
+    h, w = size
+    return img.resize((w, h), Image.Resampling.BILINEAR)
+
+
+def resize_shorter_side(img: Image.Image, s: int) -> Image.Image:
+    """Resize so that the shorter side is ``s`` pixels, keeping the aspect ratio (bilinear, antialias)."""
+    return resize_fixed(img, shorter_side_size((img.height, img.width), s))
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """float32 (3, H, W): RGB pixels on the 0..255 scale minus :data:`VGG_MEAN_RGB`, no std division."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    arr = arr - np.asarray(VGG_MEAN_RGB, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+class ImageListDataset(Dataset):
+    """Images of a file list as network inputs; item ``i`` is ``(tensor (3, H, W), i)``.
+
+    ``size=(H, W)`` resizes every image to that size; ``shorter_side=s`` resizes keeping the aspect
+    ratio; with neither, images keep their own size. Giving both is an error.
+    """
+
+    def __init__(self, files: Sequence[str | os.PathLike], size: tuple[int, int] | None = None,
+                 shorter_side: int | None = None):
+        if size is not None and shorter_side is not None:
+            raise ValueError("give either size or shorter_side, not both")
+        self.files = [Path(f) for f in files]
+        self.size = tuple(size) if size is not None else None
+        self.shorter_side = shorter_side
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def output_size(self, i: int) -> tuple[int, int]:
+        """(H, W) of item ``i``'s tensor; reads only the image header when it depends on the image."""
+        if self.size is not None:
+            return self.size
+        hw = image_size(self.files[i])
+        return shorter_side_size(hw, self.shorter_side) if self.shorter_side is not None else hw
+
+    def transform(self, img: Image.Image) -> torch.Tensor:
+        if self.size is not None:
+            img = resize_fixed(img, self.size)
+        elif self.shorter_side is not None:
+            img = resize_shorter_side(img, self.shorter_side)
+        return to_tensor(img)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(load_rgb(self.files[i])), i
+
+
+class SizeBucketBatchSampler(Sampler[list[int]]):
+    """Batches of indices whose images have the same output size.
+
+    Indices are grouped by size (groups in order of their first index); within a group they stay in
+    ascending order and are cut into batches of at most ``batch_size``. With a single size this is plain
+    sequential batching.
+    """
+
+    def __init__(self, sizes: Sequence[tuple[int, int]], batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        buckets: dict[tuple[int, int], list[int]] = {}
+        for i, s in enumerate(sizes):
+            buckets.setdefault(tuple(s), []).append(i)
+        self.batches = [idx[j:j + batch_size] for idx in buckets.values()
+                        for j in range(0, len(idx), batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def collate_same_size(items: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack equal-size image tensors (from one :class:`SizeBucketBatchSampler` batch) and their indices."""
+    return torch.stack([t for t, _ in items]), torch.tensor([i for _, i in items], dtype=torch.int64)

@@ -1,0 +1,191 @@
+"""Retrieval and Recall@N (METHOD.md §5.2, §5.4-5.6; DECISIONS.md "PCA, retrieval, evaluation").
+
+Retrieval is exact nearest-neighbour search on squared Euclidean distances with faiss (``IndexFlatL2`` on
+the GPU when faiss sees one; on the CPU ``faiss.knn``, the same blocked BLAS kernel without a copy of the
+database), keeping only the top K per query: the reference's dense Nq x Ndb distance matrix plus a full
+argsort (8.4 GB per process on Pitts250k-test) is never built.
+
+Tokyo 24/7 spatial non-maximum suppression: retrieve the top ``max(N) * 12`` database images, keep only the
+first one of every place (panorama), then compute the recall on the filtered list.
+
+Optional k-reciprocal re-ranking needs dense query/database distance matrices of size (Nq + Ndb)^2, so it
+is refused above ``RERANK_MAX_ITEMS`` images in total (20,000 images: 4e8 float32 entries, 1.6 GB per
+matrix copy; Pitts30k-test with 16,816 images fits, Pitts250k-test and Tokyo 24/7 do not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from vpr.errors import VprError
+
+NMS_FACTOR = 12  # a Tokyo 24/7 panorama has 12 database cut-outs
+RERANK_MAX_ITEMS = 20_000
+_FAISS_GPU_MAX_K = 2048  # faiss GPU k-selection limit
+
+
+def _use_faiss_gpu(k: int) -> bool:
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0 and k <= _FAISS_GPU_MAX_K
+
+
+def search(db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest database rows of every query row by squared L2 distance.
+
+    Returns ``(dist, idx)``: float32 and int64 arrays of shape (Nq, min(k, Ndb)), nearest first.
+    """
+    import faiss
+
+    db = np.ascontiguousarray(db, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if db.ndim != 2 or queries.ndim != 2 or db.shape[1] != queries.shape[1]:
+        raise ValueError(f"db {db.shape} and queries {queries.shape} must be 2-d with equal widths")
+    k = min(int(k), db.shape[0])
+    if k < 1:
+        raise ValueError("k must be positive and the database non-empty")
+    if _use_faiss_gpu(k):
+        resources = faiss.StandardGpuResources()
+        index = faiss.index_cpu_to_gpu(resources, 0, faiss.IndexFlatL2(db.shape[1]))
+        index.add(db)
+        dist, idx = index.search(queries, k)
+    else:
+        # the brute-force kernel of IndexFlatL2.search, without IndexFlatL2's private copy of the database
+        dist, idx = faiss.knn(queries, db, k, metric=faiss.METRIC_L2)
+    return dist.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)
+
+
+def nms_columns(idx: np.ndarray, place: np.ndarray, k: int) -> np.ndarray:
+    """Column positions kept by the spatial NMS: the first hit of every place, at most ``k`` per row.
+
+    ``idx`` (Nq x K) holds database indices (-1 = no entry). Returns (Nq x k) int64 positions into the
+    columns of ``idx`` in ranking order, -1 padded when fewer than ``k`` places appear in a row.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    nq, width = idx.shape
+    _, codes = np.unique(np.asarray(place), return_inverse=True)  # place ids -> 0..P-1
+    valid = idx >= 0
+    places = np.where(valid, codes.reshape(-1)[np.where(valid, idx, 0)], -1)  # -1 never equals a place
+    # First occurrence of each place within a row: stable sort by place, mark where the place changes.
+    order = np.argsort(places, axis=1, kind="stable")
+    sorted_places = np.take_along_axis(places, order, axis=1)
+    first_sorted = np.ones_like(sorted_places, dtype=bool)
+    first_sorted[:, 1:] = sorted_places[:, 1:] != sorted_places[:, :-1]
+    first = np.zeros((nq, width), dtype=bool)
+    np.put_along_axis(first, order, first_sorted, axis=1)
+    first &= valid
+    rank = np.cumsum(first, axis=1) - 1
+    keep = first & (rank < k)
+    out = np.full((nq, k), -1, dtype=np.int64)
+    rows, cols = np.nonzero(keep)
+    out[rows, rank[rows, cols]] = cols
+    return out
+
+
+def spatial_nms(idx: np.ndarray, place: np.ndarray, k: int) -> np.ndarray:
+    """Rankings after the spatial NMS: the first database image of every place, ``k`` per row, -1 padded."""
+    idx = np.asarray(idx, dtype=np.int64)
+    cols = nms_columns(idx, place, k)
+    return np.where(cols >= 0, np.take_along_axis(idx, np.maximum(cols, 0), 1), -1)
+
+
+def first_positive_rank(idx: np.ndarray, positives: Sequence[np.ndarray]) -> np.ndarray:
+    """Position (0-based) of the first ground-truth positive in each ranking row, -1 when none is there."""
+    idx = np.asarray(idx)
+    if len(positives) != idx.shape[0]:
+        raise ValueError(f"{idx.shape[0]} ranking rows but {len(positives)} positive lists")
+    ranks = np.full(idx.shape[0], -1, dtype=np.int64)
+    for q, row in enumerate(idx):
+        hits = np.flatnonzero(np.isin(row, positives[q]) & (row >= 0))
+        if hits.size:
+            ranks[q] = hits[0]
+    return ranks
+
+
+def recall_at(idx: np.ndarray, positives: Sequence[np.ndarray], ns: Iterable[int]) -> dict[int, float]:
+    """Recall@N for every N: the fraction of queries with a positive among their first N results.
+
+    ``idx`` must hold at least max(N) columns unless it already ranks the whole database (or, after the
+    NMS, every place); -1 entries never count as hits.
+    """
+    return recall_from_ranks(first_positive_rank(idx, positives), ns)
+
+
+def recall_from_ranks(first: np.ndarray, ns: Iterable[int]) -> dict[int, float]:
+    """Recall@N from the first-positive positions of :func:`first_positive_rank` (-1 = no positive)."""
+    return {int(n): float(np.mean((first >= 0) & (first < n))) for n in ns}
+
+
+def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dense squared Euclidean distances (len(a) x len(b)), float32, clipped at 0."""
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    d = a @ b.T
+    d *= -2.0  # in place: one matrix-sized buffer only
+    d += (a * a).sum(1)[:, None]
+    d += (b * b).sum(1)[None, :]
+    return np.maximum(d, 0.0, out=d)
+
+
+def top_k_dense(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k smallest entries of each row of a dense matrix via argpartition (no full argsort)."""
+    k = min(k, dist.shape[1])
+    part = np.argpartition(dist, k - 1, axis=1)[:, :k] if k < dist.shape[1] else np.tile(
+        np.arange(dist.shape[1]), (dist.shape[0], 1))
+    part_d = np.take_along_axis(dist, part, axis=1)
+    order = np.argsort(part_d, axis=1, kind="stable")
+    return (np.take_along_axis(part_d, order, 1).astype(np.float32),
+            np.take_along_axis(part, order, 1).astype(np.int64))
+
+
+def rerank_search(db: np.ndarray, queries: np.ndarray, k: int, k1: int, k2: int, lambda_value: float,
+                  max_items: int = RERANK_MAX_ITEMS) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k after k-reciprocal re-ranking (Zhong et al. 2017) of the dense squared distances."""
+    n = len(db) + len(queries)
+    if n > max_items:
+        raise VprError(f"--rerank needs dense ({n} x {n}) distance matrices for {len(queries)} queries and "
+                       f"{len(db)} database images; that is above the limit of {max_items} images in total "
+                       "(raise it with --rr-max-items if the machine has the memory)")
+    try:
+        from vpr.rerank import k_reciprocal_rerank
+    except ImportError as err:
+        raise VprError(f"--rerank: k-reciprocal re-ranking is not available ({err})") from err
+    d = k_reciprocal_rerank(squared_distances(queries, db), squared_distances(queries, queries),
+                            squared_distances(db, db), k1, k2, lambda_value, square_input=True)
+    return top_k_dense(np.asarray(d, dtype=np.float32), k)
+
+
+@dataclass
+class Evaluation:
+    """Rankings (after NMS, -1 padded), their distances (inf where padded), first-positive positions
+    (-1 = none in the list) and the recall table."""
+
+    topk: np.ndarray
+    distances: np.ndarray
+    first_positive: np.ndarray
+    recall: dict[int, float]
+
+
+def evaluate(db: np.ndarray, queries: np.ndarray, positives: Sequence[np.ndarray], ns: Sequence[int],
+             place: np.ndarray | None = None, rerank: dict | None = None) -> Evaluation:
+    """Rank the database for every query and compute Recall@N.
+
+    ``place`` (db place ids) switches on the spatial NMS: the top ``max(ns) * 12`` results are filtered
+    down to ``max(ns)``. ``rerank`` = dict(k1=, k2=, lambda_value=[, max_items=]) re-ranks first.
+    """
+    n_max = max(ns)
+    k = n_max * NMS_FACTOR if place is not None else n_max
+    if rerank is not None:
+        dist, idx = rerank_search(db, queries, k, **rerank)
+    else:
+        dist, idx = search(db, queries, k)
+    if place is not None:
+        cols = nms_columns(idx, place, n_max)
+        safe = np.maximum(cols, 0)
+        idx = np.where(cols >= 0, np.take_along_axis(idx, safe, 1), -1)
+        dist = np.where(cols >= 0, np.take_along_axis(dist, safe, 1), np.float32(np.inf)).astype(np.float32)
+    first = first_positive_rank(idx, positives)
+    return Evaluation(topk=idx, distances=dist, first_positive=first, recall=recall_from_ranks(first, ns))

@@ -1,0 +1,142 @@
+"""Descriptor extraction: images -> L2-normalised global descriptors, and the features file.
+
+:func:`extract_features` is the reusable core (no index or file-format assumptions; training reuses it to
+refresh its feature cache). The features file is one HDF5 file per (model, split):
+
+    db      float32 (Ndb, D)   descriptors of the database images, in index order, L2-normalised
+    query   float32 (Nq, D)    descriptors of the query images, in index order, L2-normalised
+    attrs:  checkpoint, index, image_size (H, W), dim, pca ("" when none), whiten, query_resize
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from vpr.data.images import ImageListDataset, SizeBucketBatchSampler, check_images_exist
+from vpr.errors import VprError
+from vpr.io import atomic_output
+
+
+class _Guarded(Dataset):
+    """Returns an image load error as data instead of raising it inside a DataLoader worker.
+
+    A VprError raised in a worker reaches the main process wrapped in a traceback text; returning the
+    message lets :func:`extract_features` re-raise it as the same clean one-line error.
+    """
+
+    def __init__(self, dataset: ImageListDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        try:
+            tensor, _ = self.dataset[i]
+        except VprError as err:
+            return None, i, str(err)
+        return tensor, i, None
+
+
+def _collate(items):
+    errors = [e for _, _, e in items if e is not None]
+    if errors:
+        return None, None, errors[0]
+    return torch.stack([t for t, _, _ in items]), torch.tensor([i for _, i, _ in items]), None
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a torch.device (default: CUDA when available, else CPU); VprError for an unusable one."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise VprError(f"--device {device}: not a torch device ({err})") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VprError(f"--device {device}: CUDA is not available on this machine")
+    return device
+
+
+def extract_features(
+    model: torch.nn.Module,
+    files: Sequence[str | os.PathLike],
+    size: tuple[int, int] | None,
+    batch_size: int = 16,
+    workers: int = 2,
+    shorter_side: int | None = None,
+    device: str | torch.device | None = None,
+    desc: str = "extract",
+) -> np.ndarray:
+    """Descriptors (N, D) float32, L2-normalised, row i for ``files[i]``.
+
+    Images are resized to ``size = (H, W)``, or, when ``shorter_side`` is given, so that their shorter
+    side is ``shorter_side`` (``size`` is then ignored). Images of equal output size share batches. The
+    model runs in eval mode under ``torch.inference_mode()`` on ``device`` (default: CUDA when available);
+    its train/eval mode is restored afterwards. A missing or unreadable image raises VprError naming it.
+    """
+    files = list(files)
+    device = resolve_device(device)
+    check_images_exist(files)
+    if shorter_side is not None:
+        size = None
+    dataset = ImageListDataset(files, size=size, shorter_side=shorter_side)
+    if dataset.size is not None:
+        sizes = [dataset.size] * len(files)
+    else:
+        sizes = [dataset.output_size(i) for i in range(len(files))]
+    loader = DataLoader(_Guarded(dataset), batch_sampler=SizeBucketBatchSampler(sizes, batch_size),
+                        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    out: np.ndarray | None = None
+    try:
+        with torch.inference_mode(), tqdm(total=len(files), desc=desc, unit="img", disable=None) as bar:
+            for images, idx, error in loader:
+                if error is not None:
+                    raise VprError(error)
+                desc_batch = F.normalize(model(images.to(device, non_blocking=True)).float(), p=2, dim=1)
+                if out is None:
+                    out = np.empty((len(files), desc_batch.shape[1]), dtype=np.float32)
+                out[idx.numpy()] = desc_batch.cpu().numpy()
+                bar.update(len(idx))
+    finally:
+        model.train(was_training)
+    if out is None:  # no files
+        return np.zeros((0, getattr(model, "output_dim", 0)), dtype=np.float32)
+    return out
+
+
+def write_features(path: str | os.PathLike, db: np.ndarray, query: np.ndarray, attrs: dict) -> None:
+    """Write a features file atomically (datasets ``db`` and ``query``, float32, plus ``attrs``)."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("db", data=np.asarray(db, dtype=np.float32))
+        f.create_dataset("query", data=np.asarray(query, dtype=np.float32))
+        f.attrs.update(attrs)
+
+
+def read_features(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(db, query, attrs) of a features file; a missing, unreadable or malformed file is a VprError."""
+    if not os.path.isfile(path):
+        raise VprError(f"{path}: features file not found (create it with 'vpr extract')")
+    try:
+        with h5py.File(path, "r") as f:
+            db = np.asarray(f["db"][()], dtype=np.float32)
+            query = np.asarray(f["query"][()], dtype=np.float32)
+            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    except (OSError, KeyError) as err:
+        raise VprError(f"{path}: unreadable or incomplete features file ({err})") from err
+    if db.ndim != 2 or query.ndim != 2 or db.shape[1] != query.shape[1]:
+        raise VprError(f"{path}: malformed features file: db {db.shape} and query {query.shape} must be "
+                       "2-d with the same number of columns")
+    return db, query, attrs
+

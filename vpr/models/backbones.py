@@ -1,0 +1,103 @@
+"""Convolutional trunks that turn an image batch into a dense map of local descriptors.
+
+Every backbone is an ``nn.Module`` with ``.base`` (an ``nn.Sequential`` whose module indices give the
+state-dict keys ``base.<i>.weight``/``base.<i>.bias``), ``.dim`` (channels of the output map) and a total
+stride of 16. ``forward(x)`` returns the map ``(B, dim, h, w)``.
+
+* ``vgg16``: torchvision's VGG16 ``features`` without its last two modules (final ReLU and max-pool), so it
+  ends with conv5_3 *before* its ReLU; 480×640 → 30×40×512 (METHOD.md §2.1). Random init only, no download.
+* ``small``: five 3×3 convolutions (four with stride 2), 128 channels, no normalisation layers, so train and
+  eval behave identically; a fast CPU stand-in for tests and demos (120×160 → 8×10×128).
+
+``trainable_from`` freezes (``requires_grad=False``) the first N modules of ``.base``; the names are the
+first convolution that stays trainable (vgg16: conv5 → conv5_1..conv5_3 only; small: convK = K-th conv).
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from vpr.errors import VprError
+
+
+class VGG16Backbone(nn.Module):
+    """VGG16 conv trunk cut at conv5_3 before its ReLU (29 modules, stride 16, 512 channels)."""
+
+    dim = 512
+    #: module index of every convolution (conv1_1 … conv5_3)
+    conv_indices = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+    #: number of leading modules frozen for each ``trainable_from`` value
+    frozen_modules = {"conv5": 24, "conv4": 17, "conv3": 10, "conv2": 5, "full": 0}
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Build on the meta device so torchvision does not spend seconds initialising the unused
+        # 100M-parameter classifier; the kept trunk is materialised and initialised below.
+        with torch.device("meta"):
+            features = torchvision.models.vgg16(weights=None).features
+        self.base = nn.Sequential(*list(features.children())[:-2]).to_empty(device="cpu")
+        _kaiming_init(self.base)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x)
+
+
+class SmallBackbone(nn.Module):
+    """A fast five-convolution trunk (stride 16, 128 channels) with the same interface as VGG16Backbone."""
+
+    dim = 128
+    conv_indices = (0, 2, 4, 6, 8)
+    frozen_modules = {"conv5": 8, "conv4": 6, "conv3": 4, "conv2": 2, "full": 0}
+
+    def __init__(self) -> None:
+        super().__init__()
+        widths = (3, 32, 64, 64, 128)
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
+        # like VGG16 here, the last convolution is not followed by a ReLU
+        layers.append(nn.Conv2d(widths[-1], self.dim, 3, padding=1))
+        self.base = nn.Sequential(*layers)
+        _kaiming_init(self.base)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x)
+
+
+BACKBONES: dict[str, type[nn.Module]] = {"vgg16": VGG16Backbone, "small": SmallBackbone}
+
+
+def _kaiming_init(base: nn.Sequential) -> None:
+    # torchvision's VGG initialisation (also the reference's pretrained=False path)
+    for m in base.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+
+
+def check_backbone(name: str, trainable_from: str) -> None:
+    """Raise VprError unless ``name`` is a registered backbone and ``trainable_from`` one of its choices."""
+    if name not in BACKBONES:
+        raise VprError(f"unknown backbone {name!r} (choose from {', '.join(sorted(BACKBONES))})")
+    choices = BACKBONES[name].frozen_modules
+    if trainable_from not in choices:
+        raise VprError(f"trainable_from {trainable_from!r} is not valid for backbone {name!r} "
+                       f"(choose from {', '.join(choices)})")
+
+
+def freeze_leading(backbone: nn.Module, trainable_from: str) -> None:
+    """Set requires_grad per ``trainable_from``: False for the first N modules of ``.base``, True after."""
+    n_frozen = backbone.frozen_modules[trainable_from]
+    for i, module in enumerate(backbone.base):
+        for p in module.parameters():
+            p.requires_grad_(i >= n_frozen)
+
+
+def build_backbone(name: str, trainable_from: str = "full") -> nn.Module:
+    """A randomly initialised backbone from the registry, with leading layers frozen."""
+    check_backbone(name, trainable_from)
+    backbone = BACKBONES[name]()
+    freeze_leading(backbone, trainable_from)
+    return backbone

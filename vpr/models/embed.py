@@ -1,0 +1,173 @@
+"""The image-descriptor network: backbone → NetVLAD → normalisation [→ PCA-whitening] (METHOD.md §2.4, §5.3).
+
+``EmbedNet.forward`` gives the global descriptor: the (K, D) VLAD is intra-normalised (L2 per cluster row),
+flattened cluster-major (index k·D + d) and L2-normalised; with a PCA head attached it is then projected,
+y = U_wᵀ(x − μ), and L2-normalised again. ``EmbedNet.regions`` gives the nine SFRS region descriptors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vpr.errors import VprError
+from vpr.models.backbones import build_backbone as _build_backbone
+from vpr.models.backbones import check_backbone, freeze_leading
+from vpr.models.netvlad import NetVLAD
+
+
+def _is_positive_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild an EmbedNet before loading its weights."""
+
+    backbone: str = "vgg16"
+    num_clusters: int = 64
+    trainable_from: str = "conv5"
+    image_size: tuple[int, int] = (480, 640)  # (H, W) the model was trained / extracted at
+    pca_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        check_backbone(self.backbone, self.trainable_from)
+        if not _is_positive_int(self.num_clusters):
+            raise VprError(f"num_clusters must be a positive integer, got {self.num_clusters!r}")
+        self.num_clusters = int(self.num_clusters)
+        size = tuple(self.image_size) if isinstance(self.image_size, (list, tuple)) else ()
+        if len(size) != 2 or not all(_is_positive_int(s) for s in size):
+            raise VprError(f"image_size must be two positive integers (H, W), got {self.image_size!r}")
+        self.image_size = (int(size[0]), int(size[1]))
+        if self.pca_dim is not None and not _is_positive_int(self.pca_dim):
+            raise VprError(f"pca_dim must be a positive integer or None, got {self.pca_dim!r}")
+        if self.pca_dim is not None:
+            self.pca_dim = int(self.pca_dim)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        if not isinstance(d, dict):
+            raise VprError(f"model_config must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise VprError(f"model_config has unknown key(s) {', '.join(map(str, unknown))} "
+                           f"(known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+
+def _vlad_to_descriptor(v: torch.Tensor) -> torch.Tensor:
+    """(…, K, D) VLAD → (…, K·D): intra-normalise each cluster row, flatten cluster-major, L2-normalise."""
+    return F.normalize(F.normalize(v, p=2, dim=-1).flatten(-2), p=2, dim=-1)
+
+
+def _empty_pca_layer(n: int, dim: int, device: torch.device, dtype: torch.dtype) -> nn.Conv2d:
+    # Built on the meta device: the default init of a 32768→4096 conv costs seconds and is overwritten anyway.
+    # The PCA projection is fitted, never trained, so its parameters are frozen.
+    with torch.device("meta"):
+        layer = nn.Conv2d(n, dim, kernel_size=1, bias=True)
+    layer = layer.to_empty(device=device).to(dtype)
+    layer.requires_grad_(False)
+    return layer
+
+
+class EmbedNet(nn.Module):
+    """Backbone + NetVLAD (+ optional PCA-whitening head); parameter names match the reference."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = replace(config)  # own copy: attach_pca updates pca_dim
+        self.base_model = _build_backbone(config.backbone, config.trainable_from)
+        self.net_vlad = NetVLAD(config.num_clusters, self.base_model.dim)
+        self.pca_layer: nn.Conv2d | None = None
+        if config.pca_dim is not None:
+            # zero until attach_pca or a checkpoint fills it
+            self.pca_layer = _empty_pca_layer(self.vlad_dim, config.pca_dim, torch.device("cpu"),
+                                              torch.float32)
+            self.pca_layer.weight.zero_()
+            self.pca_layer.bias.zero_()
+
+    @property
+    def vlad_dim(self) -> int:
+        return self.net_vlad.num_clusters * self.net_vlad.dim
+
+    @property
+    def output_dim(self) -> int:
+        return self.vlad_dim if self.pca_layer is None else self.pca_layer.out_channels
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images → (B, D, h, w) conv map (vgg16: conv5_3 before its ReLU)."""
+        return self.base_model(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = _vlad_to_descriptor(self.net_vlad(self.feature_map(x)))
+        if self.pca_layer is not None:
+            # the 1×1 convolution on a 1×1 map, written as the equivalent matrix product
+            w = self.pca_layer.weight.flatten(1)
+            v = F.normalize(F.linear(v, w, self.pca_layer.bias), p=2, dim=-1)
+        return v
+
+    def regions(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 9, K·D) region descriptors [global, top, bottom, left, right, TL, TR, BL, BR] (no PCA)."""
+        return _vlad_to_descriptor(self.net_vlad.regions(self.feature_map(x)))
+
+    def init_netvlad(self, centroids: np.ndarray, descriptors: np.ndarray) -> float:
+        """Initialise NetVLAD from k-means centres and sample descriptors (see NetVLAD.init_params)."""
+        return self.net_vlad.init_params(centroids, descriptors)
+
+    def set_trainable_from(self, trainable_from: str) -> None:
+        """Re-apply the backbone freezing rule (e.g. after loading a checkpoint) and record it in config."""
+        check_backbone(self.config.backbone, trainable_from)
+        freeze_leading(self.base_model, trainable_from)
+        self.config.trainable_from = trainable_from
+
+    @torch.no_grad()
+    def attach_pca(self, U: np.ndarray, lams: np.ndarray, mu: np.ndarray, whiten: bool = True,
+                   dim: int | None = None) -> None:
+        """Attach the PCA(-whitening) head y = U_wᵀ(x − μ), then L2, as a 1×1 conv (weight U_wᵀ, bias −U_wᵀμ).
+
+        ``U`` (K·D × k) has principal directions as columns in descending eigenvalue order, ``lams`` (k) the
+        eigenvalues, ``mu`` (K·D, or K·D × 1) the mean. ``dim`` keeps only the first ``dim`` components
+        (default all k). With ``whiten``, U_w = U·diag(λ^−½), otherwise U_w = U.
+        """
+        U = np.asarray(U, dtype=np.float64)
+        lams = np.asarray(lams, dtype=np.float64).reshape(-1)
+        mu = np.asarray(mu, dtype=np.float64).reshape(-1)
+        n = self.vlad_dim
+        if U.ndim != 2 or U.shape[0] != n:
+            raise VprError(f"PCA matrix U has shape {U.shape}, the model's descriptors have {n} dimensions")
+        k = U.shape[1]
+        if lams.shape != (k,):
+            raise VprError(f"PCA eigenvalues have shape {lams.shape}, expected ({k},) to match U")
+        if mu.shape != (n,):
+            raise VprError(f"PCA mean has {mu.size} entries, expected {n}")
+        if dim is None:
+            dim = k
+        if not 1 <= dim <= k:
+            raise VprError(f"PCA dimension {dim} is out of range 1..{k} (the PCA file has {k} components)")
+        U, lams = U[:, :dim], lams[:dim]
+        if whiten:
+            if not np.all(np.isfinite(lams)) or np.any(lams <= 0):
+                raise VprError("PCA eigenvalues must be positive and finite for whitening")
+            U = U / np.sqrt(lams)[None, :]
+        device = self.net_vlad.centroids.device
+        dtype = self.net_vlad.centroids.dtype
+        layer = _empty_pca_layer(n, dim, device, dtype)
+        layer.weight.copy_(torch.from_numpy(U.T.reshape(dim, n, 1, 1)))
+        layer.bias.copy_(torch.from_numpy(-(U.T @ mu)))
+        self.pca_layer = layer
+        self.config.pca_dim = dim
+
+
+def build_model(config: ModelConfig) -> EmbedNet:
+    """A randomly initialised EmbedNet (no downloads) with backbone layers frozen per trainable_from."""
+    return EmbedNet(config)
