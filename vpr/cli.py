@@ -19,6 +19,8 @@ from vpr.errors import VprError
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "generate the synthetic Pittsburgh/Tokyo-style data set"),
     "index": ("index", "index one data-set split (.mat or .csv) into an HDF5 index file"),
+    "cluster": ("cluster", "compute initial NetVLAD centres (k-means on conv descriptors)"),
+    "train": ("train", "train NetVLAD/SARE or one SFRS generation (resumable, torchrun-ready)"),
     "extract": ("extract", "extract database and query descriptors of an index file"),
     "fit-pca": ("fit_pca", "fit PCA-whitening on a features file"),
     "evaluate": ("evaluate", "retrieve with a features file and write the Recall@N table"),

@@ -1,0 +1,99 @@
+"""Hard-negative mining and SFRS positive selection on hand-made feature sets (METHOD.md §4.2, §4.3)."""
+
+import numpy as np
+
+from vpr.train.mining import Miner, difficult_positives
+
+
+def brute_force_nearest(x, feats, ids):
+    best, best_d = None, None
+    for i in ids:
+        d = sum((float(a) - float(b)) ** 2 for a, b in zip(x, feats[i], strict=True))
+        if best_d is None or d < best_d:
+            best, best_d = i, d
+    return best
+
+
+def toy_split():
+    rng = np.random.default_rng(3)
+    db_feats = rng.normal(size=(30, 4)).astype(np.float32)
+    q_feats = rng.normal(size=(3, 4)).astype(np.float32)
+    # Geography: positives within 10 m and non-negatives within 25 m, written down by hand.
+    positives = [np.array([0, 1, 2]), np.array([5, 6]), np.array([10])]
+    nonnegatives = [np.array([0, 1, 2, 3, 4]), np.array([5, 6, 7]), np.array([9, 10, 11, 12])]
+    return q_feats, db_feats, positives, nonnegatives
+
+
+def test_positive_is_the_nearest_in_feature_space_and_negatives_the_hardest_true_negatives():
+    q_feats, db_feats, positives, nonneg = toy_split()
+    miner = Miner(positives, nonneg, neg_num=4, neg_pool=1000)
+    tuples = miner.mine([0, 1, 2], q_feats, db_feats, np.random.default_rng(0))
+    for t in tuples:
+        a = t.anchor
+        assert t.positive == brute_force_nearest(q_feats[a], db_feats, positives[a])
+        true_negatives = [j for j in range(30) if j not in set(nonneg[a].tolist())]
+        # The pool (1000) holds every true negative, so the choice is the 4 nearest of them, in order.
+        expected = []
+        remaining = list(true_negatives)
+        for _ in range(4):
+            j = brute_force_nearest(q_feats[a], db_feats, remaining)
+            expected.append(j)
+            remaining.remove(j)
+        assert list(t.negatives) == expected
+        assert not set(t.negatives) & set(nonneg[a].tolist())        # never within 25 m
+        assert miner.cache[a].tolist() == expected                      # the cache holds the new choice
+
+
+def test_cached_negatives_stay_in_the_pool():
+    q_feats, db_feats, positives, nonneg = toy_split()
+    miner = Miner(positives, nonneg, neg_num=3, neg_pool=1000)
+    first = miner.mine([0], q_feats, db_feats, np.random.default_rng(0))[0]
+    # A pool of 1 random negative plus the cache: the cached 3 are the hardest overall, so they win again.
+    small = Miner(positives, nonneg, neg_num=3, neg_pool=1)
+    small.cache = {0: np.array(first.negatives)}
+    for seed in range(5):
+        again = small.mine([0], q_feats, db_feats, np.random.default_rng(seed))[0]
+        assert again.negatives == first.negatives
+    # Without the cache a pool of 1 cannot find the three hardest.
+    picks = {Miner(positives, nonneg, neg_num=1, neg_pool=1).mine([0], q_feats, db_feats,
+                                                                 np.random.default_rng(s))[0].negatives
+             for s in range(20)}
+    assert len(picks) > 1
+
+
+def test_mining_is_the_same_for_the_same_generator():
+    q_feats, db_feats, positives, nonneg = toy_split()
+    a = Miner(positives, nonneg, neg_num=2, neg_pool=5).mine([0, 1, 2], q_feats, db_feats,
+                                                               np.random.default_rng(7))
+    b = Miner(positives, nonneg, neg_num=2, neg_pool=5).mine([0, 1, 2], q_feats, db_feats,
+                                                               np.random.default_rng(7))
+    assert a == b
+
+
+def test_difficult_positives_hand_worked():
+    positives = np.array([10, 11, 12, 13, 14])
+    euclid = np.array([1.0, 2.0, 3.0, 4.0, 5.0])      # Euclidean ranks 0..4 in this order
+    jaccard = np.array([5.0, 1.0, 3.0, 0.5, 9.0])     # re-ranked order: 13, 11, 12, 10, 14
+    # gaps (re-ranked minus Euclidean rank): 10: +3, 11: 0, 12: 0, 13: -3, 14: 0
+    # -> improved first (13), then unchanged in re-ranked order (11, 12, 14); 10 got worse and is dropped.
+    def select(pool, num):
+        return difficult_positives(positives, euclid, jaccard, pos_pool=pool, pos_num=num).tolist()
+
+    assert select(20, 10) == [13, 11, 12, 14]
+    assert select(20, 2) == [13, 11]
+    # Only the 3 Euclidean-nearest (10, 11, 12) count: re-ranked 11, 12, 10; gaps 10: +2, 11: -1, 12: -1.
+    assert select(3, 10) == [11, 12]
+
+
+def test_generation_zero_takes_the_euclidean_nearest_positives():
+    positives = np.array([7, 3, 9, 1])
+    euclid = np.array([0.4, 0.1, 0.3, 0.2])
+    assert difficult_positives(positives, euclid, euclid, pos_pool=20, pos_num=3).tolist() == [3, 1, 9]
+
+
+def test_sfrs_tuples_carry_difficult_positives():
+    q_feats, db_feats, positives, nonneg = toy_split()
+    miner = Miner(positives, nonneg, neg_num=2, neg_pool=1000, pos_num=2, pos_pool=20)
+    t = miner.mine([0], q_feats, db_feats, np.random.default_rng(0), sfrs=True)[0]
+    d = {i: float(((q_feats[0] - db_feats[i]) ** 2).sum()) for i in positives[0]}
+    assert list(t.difficult_positives) == sorted(d, key=d.get)[:2]

@@ -1,0 +1,129 @@
+"""Training end to end on the tiny synthetic data: clustering, DDP equivalence, resume, learning.
+
+Everything runs the real `vpr` commands in subprocesses (torchrun with gloo for two processes), on the
+small backbone and small images.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from vprtest import VPR, run_vpr
+
+from vpr.models import load_model
+
+SMALL = ["--backbone", "small", "--image-size", "96", "128"]
+TRAIN = [*SMALL, "--num-clusters", "8", "--trainable-from", "full", "--neg-num", "3", "--neg-pool", "30",
+         "--cache-size", "6", "--workers", "0", "--test-batch-size", "16", "--pos-num", "3",
+         "--pos-pool", "6", "--rerank-k1", "4", "--lr", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def centers(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("centers") / "centers.h5"
+    run_vpr("cluster", "--index", tiny_data["train"], "--out", out, *SMALL, "--num-clusters", "8",
+            "--images", "40", "--per-image", "20", "--iterations", "20", "--workers", "0")
+    return out
+
+
+def train_args(tiny_data, centers, out, *extra):
+    return ["train", "--train-index", tiny_data["train"], "--val-index", tiny_data["val"],
+            "--centers", centers, "--out", out, *TRAIN, *extra]
+
+
+def weights(path):
+    return load_model(path).state_dict()
+
+
+def max_abs_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_cluster_output_initialises_the_model_with_alpha_from_its_formula(centers):
+    with h5py.File(centers) as f:
+        centroids, descriptors = f["centroids"][()], f["descriptors"][()]
+    assert centroids.shape == (8, 128) and descriptors.shape == (40 * 20, 128)   # small backbone: D = 128
+    assert np.allclose(np.linalg.norm(descriptors, axis=1), 1, atol=1e-5)   # L2-normalised locations
+
+    from vpr.models import ModelConfig, build_model
+    model = build_model(ModelConfig(backbone="small", num_clusters=8, image_size=(96, 128)))
+    alpha = model.init_netvlad(centroids, descriptors)
+    # alpha = -ln(0.01) / mean(top1 - top2) of the similarities to the normalised centroids.
+    c_hat = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+    sims = np.sort(descriptors.astype(np.float64) @ c_hat.T.astype(np.float64), axis=1)
+    expected = -math.log(0.01) / np.mean(sims[:, -1] - sims[:, -2])
+    assert alpha == pytest.approx(expected, rel=1e-4)
+    w = model.net_vlad.conv.weight.detach().numpy().reshape(8, 128)
+    assert np.allclose(w, expected * c_hat, rtol=1e-4, atol=1e-6)
+    assert np.allclose(model.net_vlad.centroids.detach().numpy(), centroids)
+
+
+def test_two_processes_equal_one_process_with_the_same_global_tuples(tiny_data, centers, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_vpr(*train_args(tiny_data, centers, one, "--epochs", "1", "--tuple-size", "2"))
+    args = train_args(tiny_data, centers, two, "--epochs", "1", "--tuple-size", "1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "vpr.cli", *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    diff = max_abs_diff(weights(one / "last.pth"), weights(two / "last.pth"))
+    assert diff <= 1e-5
+    # Training did move the weights (the comparison is not between two untouched models).
+    start = torch.load(one / "resume.pth", weights_only=False)["history"]
+    assert len(start) == 2 and start[1]["loss"] > 0
+
+
+def run_until_stopped(args, stop_at: str):
+    """Start a training run, send SIGTERM once ``stop_at`` appears in its output, return its output."""
+    proc = subprocess.Popen([*VPR, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if stop_at in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines.extend(proc.stdout)
+    assert proc.wait(timeout=300) == 128 + signal.SIGTERM, "".join(lines)
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("method", ["baseline", "sfrs"])
+def test_a_run_stopped_by_sigterm_resumes_to_the_same_weights(tiny_data, centers, tmp_path, method):
+    extra = ["--epochs", "2", "--print-freq", "1"]
+    if method == "sfrs":
+        gen0 = tmp_path / "gen0"
+        run_vpr(*train_args(tiny_data, centers, gen0, "--method", "sfrs", "--loss", "sare_ind",
+                            "--generation", "0"))
+        extra += ["--method", "sfrs", "--loss", "sare_ind", "--generation", "1",
+                  "--teacher", gen0 / "last.pth"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    run_vpr(*train_args(tiny_data, centers, straight, *extra))
+    out = run_until_stopped(train_args(tiny_data, centers, stopped, *extra), "epoch 0 chunk 1 iteration 1/")
+    assert "stopped by signal" in out and (stopped / "resume.pth").exists()
+    assert not (stopped / "last.pth").exists()
+    again = run_vpr(*train_args(tiny_data, centers, stopped, *extra))
+    assert "resuming from" in again.stdout and "epoch 0, chunk 1, iteration" in again.stdout
+    assert max_abs_diff(weights(straight / "last.pth"), weights(stopped / "last.pth")) <= 1e-6
+    with open(straight / "log.csv") as a, open(stopped / "log.csv") as b:
+        rows_a, rows_b = list(csv.DictReader(a)), list(csv.DictReader(b))
+    assert [r["recall@5"] for r in rows_a] == [r["recall@5"] for r in rows_b]
+
+
+def test_resume_refuses_a_different_configuration(tiny_data, centers, tmp_path):
+    out = tmp_path / "run"
+    run_vpr(*train_args(tiny_data, centers, out, "--epochs", "1", "--iters", "1"))
+    proc = run_vpr(*train_args(tiny_data, centers, out, "--epochs", "1", "--iters", "1", "--lr", "0.5"),
+                   check=False)
+    assert proc.returncode == 2
+    assert "different configuration" in proc.stderr and "lr: saved 0.01, now 0.5" in proc.stderr

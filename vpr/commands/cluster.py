@@ -1,0 +1,61 @@
+"""Compute the initial NetVLAD centres: k-means on local conv descriptors of training images.
+
+Samples --images training images (queries and database of the index, seeded), takes --per-image random
+L2-normalised conv5_3 vectors from each (500 x 100 = 50,000 by default), and runs faiss k-means with
+--num-clusters centres for --iterations iterations. The output has the datasets `centroids` (K x D) and
+`descriptors` (M x D), the layout of the reference's vgg16_pitts_64_desc_cen.hdf5. Runs under torchrun too
+(the ranks share the extraction).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "compute initial NetVLAD centres (k-means on conv descriptors)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", required=True, help="index file of the training split")
+    parser.add_argument("--out", required=True, help="output HDF5 file (centroids, descriptors)")
+    parser.add_argument("--trunk", help="pretrained trunk weights (<index>.weight/.bias); default: random "
+                                        "initialisation seeded by --seed")
+    parser.add_argument("--backbone", default="vgg16", help="backbone: vgg16 or small")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"),
+                        help="image size the descriptors are computed at")
+    parser.add_argument("--num-clusters", type=int, default=64, help="number of centres K")
+    parser.add_argument("--images", type=int, default=500, help="number of sampled training images")
+    parser.add_argument("--per-image", type=int, default=100, help="random locations taken per image")
+    parser.add_argument("--iterations", type=int, default=100, help="k-means iterations")
+    parser.add_argument("--seed", type=int, default=43, help="seed of the image and location sampling, "
+                                                             "k-means and the random initialisation")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--root", help="data-set root overriding the one recorded in the index file")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vpr import distributed
+    from vpr.cluster import cluster
+    from vpr.data.index import Index
+    from vpr.models import ModelConfig, build_model, load_trunk
+
+    index = Index(args.index, root=args.root)
+    info = distributed.init()
+    try:
+        torch.manual_seed(args.seed)
+        model = build_model(ModelConfig(backbone=args.backbone, num_clusters=args.num_clusters,
+                                        image_size=tuple(args.image_size)))
+        if args.trunk:
+            load_trunk(model, args.trunk)
+        files = [str(p) for p in index.query_files() + index.db_files()]
+        summary = cluster(model, files, args.out, num_clusters=args.num_clusters, num_images=args.images,
+                          per_image=args.per_image, iterations=args.iterations, seed=args.seed,
+                          batch_size=args.batch_size, workers=args.workers, info=info)
+        if info.is_main:
+            print(f"{args.out}: {args.num_clusters} centres from {summary['descriptors']} descriptors "
+                  f"({summary['dim']}-d) of {summary['images']} images")
+    finally:
+        distributed.cleanup()
+    return 0

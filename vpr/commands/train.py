@@ -1,0 +1,73 @@
+"""Train NetVLAD/SARE (`--method baseline --loss triplet|sare_ind|sare_joint`) or one SFRS generation
+(`--method sfrs --generation G --teacher CKPT`).
+
+Runs as one process or under torchrun (`torchrun --nproc_per_node=N -m vpr.cli train ...`); the global
+batch is tuple_size x processes. Options come from the defaults (the reference scripts), then --config
+YAML, then the flags. Writes into --out: checkpoint_e<E>.pth (SFRS: checkpoint_g<G>_e<E>.pth) every
+epoch, model_best.pth (best val R@5), last.pth (final epoch), log.csv, and resume.pth. On SIGTERM or
+SIGUSR1 the run saves its state at the next iteration and exits with 128+signal; the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from vpr.train.config import TrainConfig
+
+HELP = "train NetVLAD/SARE or one SFRS generation (resumable, torchrun-ready)"
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    io = parser.add_argument_group("inputs and outputs")
+    io.add_argument("--train-index", required=True, help="index file of the training split (vpr index)")
+    io.add_argument("--val-index", required=True, help="index file of the validation split")
+    io.add_argument("--centers", required=True, help="NetVLAD centres file (vpr cluster, or the "
+                                                     "reference's *_desc_cen.hdf5)")
+    io.add_argument("--trunk", help="pretrained trunk weights (<index>.weight/.bias, e.g. the "
+                                    "MatConvNet VGG16 conversion); default: random initialisation")
+    io.add_argument("--teacher", help="SFRS generation >= 1: last.pth of the previous generation")
+    io.add_argument("--out", required=True, help="run directory (checkpoints, log.csv, resume state)")
+    io.add_argument("--config", help="YAML file of training options (keys as the flags below, with _)")
+    io.add_argument("--root", help="data-set root overriding the one recorded in the index files")
+    opts = parser.add_argument_group("training options (default: the reference scripts)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        # SUPPRESS: an option not given stays out of args, so the YAML file and the defaults apply.
+        kwargs = {"dest": f.name, "default": argparse.SUPPRESS,
+                  "help": f"{f.metadata['help']} (default: {default})"}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if isinstance(default, bool):
+            kwargs.update(type=_bool, metavar="BOOL")
+        elif isinstance(default, list):
+            kwargs.update(type=type(default[0]), nargs="+")
+        else:
+            kwargs["type"] = type(default)
+        opts.add_argument(flag, **kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vpr import distributed
+    from vpr.data.index import Index
+    from vpr.train.config import make_config
+    from vpr.train.trainer import Trainer
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    cfg = make_config(args.config, {k: getattr(args, k) for k in names if hasattr(args, k)})
+    info = distributed.init()
+    try:
+        trainer = Trainer(cfg, Index(args.train_index, root=args.root), Index(args.val_index, root=args.root),
+                          args.centers, args.out, trunk=args.trunk, teacher=args.teacher, info=info)
+        return trainer.run()
+    finally:
+        distributed.cleanup()

@@ -1,0 +1,1 @@
+"""Training: configuration, hard-negative mining, the NetVLAD/SARE and SFRS trainers, checkpoints."""

@@ -1,0 +1,162 @@
+"""Training configuration: one dataclass, defaults = the reference scripts (METHOD.md §4, §8.1).
+
+Values come from, in increasing priority: these defaults, a YAML file (`--config`), command-line flags.
+Unknown keys and wrong types are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from vpr.errors import VprError
+
+METHODS = ("baseline", "sfrs")
+LOSSES = ("triplet", "sare_ind", "sare_joint")
+FORMS = ("dot", "euclidean")
+# Options that do not change the trained weights: a resumed run may change them.
+RUNTIME_ONLY = ("workers", "test_batch_size", "print_freq")
+
+
+def _opt(default, help: str, **kw):
+    """A config field with its --help text; list defaults are copied per instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # What is trained.
+    method: str = _opt("baseline", "baseline (NetVLAD/SARE losses) or sfrs", choices=METHODS)
+    loss: str = _opt("triplet", "loss; for sfrs the hard loss (the reference uses sare_ind)", choices=LOSSES)
+    loss_form: str = _opt("dot", "SARE logits: dot (<q,x>/tau, produced the published numbers) or "
+                                 "euclidean (-||q-x||^2)", choices=FORMS)
+    tau: float = _opt(0.07, "SARE dot-form temperature; the SFRS student temperature tau_0")
+    margin: float = _opt(0.1, "triplet margin m (the reference form uses sqrt(m) on plain distances)")
+    triplet_squared: bool = _opt(False, "triplet in the NetVLAD paper form: squared distances, margin m, "
+                                        "sum over negatives")
+    generation: int = _opt(0, "SFRS generation trained by this invocation (0 = first)")
+    temperatures: list[float] = _opt([0.07, 0.07, 0.06, 0.05], "SFRS teacher temperature per generation")
+    soft_weight: float = _opt(0.5, "SFRS soft-loss weight lambda for generations >= 1")
+
+    # Model.
+    backbone: str = _opt("vgg16", "backbone: vgg16 (the paper) or small (CPU demos and tests)")
+    num_clusters: int = _opt(64, "NetVLAD clusters K (must match the centers file)")
+    trainable_from: str = _opt("conv5", "first trainable block: conv5, conv4, conv3, conv2 or full")
+    image_size: list[int] = _opt([480, 640], "training and validation image size H W")
+
+    # Optimisation (reference scripts).
+    lr: float = _opt(1e-3, "SGD learning rate")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(1e-3, "SGD weight decay")
+    step_size: int = _opt(5, "StepLR: epochs between learning-rate decays")
+    gamma: float = _opt(0.5, "StepLR decay factor")
+    epochs: int = _opt(5, "epochs per run (per SFRS generation >= 1)")
+    gen0_epochs: int = _opt(1, "epochs of SFRS generation 0")
+    seed: int = _opt(43, "seed of every random choice (mining, jitter, initialisation)")
+
+    # Tuples and mining.
+    tuple_size: int = _opt(1, "tuples per process per step (global batch = tuple_size x processes)")
+    neg_num: int = _opt(10, "negatives per tuple")
+    neg_pool: int = _opt(1000, "random true negatives drawn per anchor before taking the hardest")
+    cache_size: int = _opt(1000, "training queries between two feature refreshes")
+    pos_num: int = _opt(10, "SFRS difficult positives per tuple (at most)")
+    pos_pool: int = _opt(20, "SFRS: Euclidean-nearest positives considered")
+    rerank_k1: int = _opt(20, "SFRS k-reciprocal re-ranking k1")
+    rerank_k2: int = _opt(1, "SFRS k-reciprocal re-ranking k2")
+    rerank_lambda: float = _opt(0.1, "SFRS k-reciprocal re-ranking lambda")
+    iters: int = _opt(0, "if > 0, a fixed number of steps per chunk instead of all its anchors")
+    color_jitter: bool = _opt(True, "reference colour jitter on training images (METHOD.md 1.5)")
+
+    # Loading and evaluation.
+    workers: int = _opt(2, "DataLoader worker processes per training process")
+    test_batch_size: int = _opt(16, "batch size of feature extraction (mining refresh, validation)")
+    print_freq: int = _opt(0, "print the running loss every this many iterations (0: only the progress bar)")
+
+    @property
+    def epochs_this_run(self) -> int:
+        return self.gen0_epochs if self.method == "sfrs" and self.generation == 0 else self.epochs
+
+    def validate(self) -> TrainConfig:
+        def bad(key, msg):
+            raise VprError(f"training config: {key}: {msg}")
+
+        if self.method not in METHODS:
+            bad("method", f"{self.method!r} is not one of {', '.join(METHODS)}")
+        if self.loss not in LOSSES:
+            bad("loss", f"{self.loss!r} is not one of {', '.join(LOSSES)}")
+        if self.loss_form not in FORMS:
+            bad("loss_form", f"{self.loss_form!r} is not one of {', '.join(FORMS)}")
+        if self.method == "sfrs" and not 0 <= self.generation < len(self.temperatures):
+            bad("generation", f"{self.generation} needs a temperature (temperatures has "
+                              f"{len(self.temperatures)} entries)")
+        if len(self.image_size) != 2:
+            bad("image_size", "expected [height, width]")
+        for key in ("epochs", "gen0_epochs", "tuple_size", "neg_num", "neg_pool", "cache_size", "pos_num",
+                    "pos_pool", "step_size", "rerank_k1", "rerank_k2"):
+            if getattr(self, key) < 1:
+                bad(key, f"must be at least 1, got {getattr(self, key)}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the trained weights (not workers or batch sizes for testing)."""
+        d = self.to_dict()
+        for key in RUNTIME_ONLY:
+            d.pop(key)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _coerce(key: str, value, default):
+    kind = type(default)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise VprError(f"training config: {key}: expected true/false, got {value!r}")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, (list, tuple)):
+            raise VprError(f"training config: {key}: expected a list, got {value!r}")
+        elem = type(default[0]) if default else float
+        try:
+            return [elem(v) for v in value]
+        except (TypeError, ValueError) as err:
+            raise VprError(f"training config: {key}: {err}") from err
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise VprError(f"training config: {key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def make_config(yaml_path: str | os.PathLike | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Defaults, then the YAML file, then the overrides (None values are ignored)."""
+    defaults = TrainConfig()
+    known = {f.name: getattr(defaults, f.name) for f in fields(TrainConfig)}
+    values: dict = {}   # TODO-HELP
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise VprError(f"{path}: training config not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise VprError(f"{path}: not valid YAML ({err})") from err
+        if not isinstance(loaded, dict):
+            raise VprError(f"{path}: expected a mapping of training options")
+        unknown = sorted(set(loaded) - set(known))
+        if unknown:
+            raise VprError(f"{path}: unknown training option(s) {', '.join(unknown)}; "
+                           f"valid options: {', '.join(known)}")
+        values.update(loaded)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    config = TrainConfig(**{k: _coerce(k, v, known[k]) for k, v in values.items()})
+    return config.validate()

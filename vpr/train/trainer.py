@@ -1,0 +1,387 @@
+"""The training loop of NetVLAD/SARE (baseline losses) and of one SFRS generation (METHOD.md §4).
+
+Per epoch the training queries are shuffled with a seeded generator and cut into chunks of `cache_size`.
+For every chunk the current model describes all training images (shared over the ranks), the tuples of
+the chunk are mined (`vpr.train.mining`), and the ranks train on them step by step. Validation on the val
+split closes every epoch; `model_best.pth` follows the val R@5 (strictly better), every epoch's model is
+kept, and `last.pth` is the final epoch (the next SFRS generation's teacher).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from vpr import distributed, losses
+from vpr.cluster import read_centers
+from vpr.data.index import Index
+from vpr.errors import VprError
+from vpr.evaluate import recall_at, search
+from vpr.extract import extract_features
+from vpr.io import atomic_output
+from vpr.models import EmbedNet, ModelConfig, build_model, load_model, load_trunk, save_model
+from vpr.train.checkpointing import (
+    StopFlag,
+    check_compatible,
+    load_state,
+    rng_state,
+    save_state,
+    set_rng_state,
+)
+from vpr.train.config import TrainConfig
+from vpr.train.data import RankStepSampler, TupleDataset, collate_tuples
+from vpr.train.mining import Miner, Tuple
+
+log = logging.getLogger(__name__)
+
+RECALL_AT = (1, 5, 10)
+LOG_FIELDS = ["generation", "epoch", "loss", "loss_hard", "loss_soft", "lr", "recall@1", "recall@5",
+              "recall@10", "mining_s", "train_s", "val_s"]
+
+
+@dataclass
+class RunPaths:
+    out: Path
+
+    @property
+    def resume(self) -> Path:
+        return self.out / "resume.pth"
+
+    @property
+    def best(self) -> Path:
+        return self.out / "model_best.pth"
+
+    @property
+    def last(self) -> Path:
+        return self.out / "last.pth"
+
+    @property
+    def log(self) -> Path:
+        return self.out / "log.csv"
+
+    def epoch(self, generation: int, epoch: int, sfrs: bool) -> Path:
+        return self.out / (f"checkpoint_g{generation}_e{epoch}.pth" if sfrs else f"checkpoint_e{epoch}.pth")
+
+
+class TupleForward(nn.Module):
+    """What DDP wraps: one forward over all images of the process's tuples, global or region output."""
+
+    def __init__(self, model: EmbedNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, regions: bool) -> torch.Tensor:
+        return self.model.regions(images) if regions else self.model(images)
+
+
+def initial_model(cfg: TrainConfig, centers: str | Path, trunk: str | Path | None) -> EmbedNet:
+    """The starting point of every run and every SFRS generation: trunk weights + NetVLAD from centres."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(ModelConfig(backbone=cfg.backbone, num_clusters=cfg.num_clusters,
+                                    trainable_from=cfg.trainable_from, image_size=tuple(cfg.image_size)))
+    if trunk is not None:
+        load_trunk(model, trunk)
+    centroids, descriptors = read_centers(centers, cfg.num_clusters, model.base_model.dim)
+    model.init_netvlad(centroids, descriptors)
+    return model
+
+
+def hard_loss(cfg: TrainConfig, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor,
+              tau: float) -> torch.Tensor:
+    if cfg.loss == "triplet":
+        return losses.triplet(q, p, n, margin=cfg.margin, squared=cfg.triplet_squared)
+    fn = losses.sare_ind if cfg.loss == "sare_ind" else losses.sare_joint
+    return fn(q, p, n, form=cfg.loss_form, tau=tau)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, train_index: Index, val_index: Index, centers: str | Path,
+                 out: str | Path, trunk: str | Path | None = None, teacher: str | Path | None = None,
+                 info: distributed.DistInfo | None = None):
+        self.cfg, self.info = cfg, info or distributed.init()
+        self.train_index, self.val_index = train_index, val_index
+        if train_index.train_positives is None:
+            raise VprError(f"{train_index.path}: not a training split (no 10 m positives); index the "
+                           "training .mat, or use --split train for custom data")
+        self.paths = RunPaths(Path(out))
+        self.sfrs = cfg.method == "sfrs"
+        device = self.info.device
+        self.model = initial_model(cfg, centers, trunk).to(device)
+        self.teacher = None
+        if self.sfrs and cfg.generation >= 1:
+            if teacher is None:
+                raise VprError(f"SFRS generation {cfg.generation} needs --teacher (the last checkpoint of "
+                               f"generation {cfg.generation - 1})")
+            self.teacher = load_model(teacher, map_location=device).eval().requires_grad_(False)
+            if self.teacher.vlad_dim != self.model.vlad_dim or self.teacher.pca_layer is not None:
+                raise VprError(f"{teacher}: the teacher's descriptors ({self.teacher.output_dim}-d) do not "
+                               f"match the student's ({self.model.vlad_dim}-d, no PCA)")
+        elif teacher is not None:
+            log.warning("--teacher is ignored: only SFRS generations >= 1 use a teacher")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.step_size,
+                                                         gamma=cfg.gamma)
+        forward = TupleForward(self.model)
+        if self.info.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            forward = DistributedDataParallel(forward, device_ids=ids)
+        self.forward = forward
+        self.miner = Miner(train_index.train_positives, train_index.train_nonnegatives, cfg.neg_num,
+                           cfg.neg_pool, cfg.pos_num, cfg.pos_pool)
+        self.q_files, self.db_files = train_index.query_files(), train_index.db_files()
+        self.state = {"epoch": 0, "chunk": 0, "step": 0, "tuples": None, "best_r5": -1.0, "history": [],
+                      "sums": [0.0, 0.0, 0.0, 0], "times": [0.0, 0.0], "finished": False}
+
+    # ------------------------------------------------------------------ features
+    def describe(self, files: list[Path], desc: str) -> np.ndarray:
+        """Descriptors of ``files`` (raw VLAD, no PCA) on every rank; each rank extracts one slice."""
+        n = len(files)
+        mine = [files[i % n] for i in distributed.shard(n, self.info.rank, self.info.world_size)]
+        local = extract_features(self.model, mine, tuple(self.cfg.image_size), self.cfg.test_batch_size,
+                                 self.cfg.workers, device=self.info.device,
+                                 desc=desc if self.info.is_main else None)
+        gathered = distributed.all_gather_rows(torch.from_numpy(local).to(self.info.device), n)
+        return gathered.cpu().numpy()
+
+    def validate(self) -> dict[int, float]:
+        db = self.describe(self.val_index.db_files(), "val: database")
+        q = self.describe(self.val_index.query_files(), "val: queries")
+        _, idx = search(db, q, max(RECALL_AT))
+        return recall_at(idx, self.val_index.positives, RECALL_AT)
+
+    def jaccard_rows(self, anchors: list[int], q_feats: np.ndarray, db_feats: np.ndarray) -> dict:
+        """Re-ranked (k-reciprocal) distances of the chunk's anchors to the training database."""
+        from vpr.evaluate import squared_distances
+        from vpr.rerank import k_reciprocal_rerank
+
+        d = k_reciprocal_rerank(squared_distances(q_feats, db_feats), squared_distances(q_feats, q_feats),
+                                squared_distances(db_feats, db_feats), self.cfg.rerank_k1, self.cfg.rerank_k2,
+                                self.cfg.rerank_lambda, square_input=True)
+        return {a: d[a] for a in anchors}
+
+    # ------------------------------------------------------------------ losses
+    def tuple_loss(self, images: torch.Tensor, layout: list[tuple[int, int]]):
+        """Mean loss over this process's tuples (one forward over all their images); (loss, hard, soft)."""
+        cfg = self.cfg
+        out = self.forward(images.to(self.info.device, non_blocking=True), self.sfrs)
+        if not self.sfrs:
+            starts = np.cumsum([0] + [2 + n for n, _ in layout])
+            q = torch.stack([out[s] for s in starts[:-1]])
+            p = torch.stack([out[s + 1] for s in starts[:-1]])
+            n = torch.stack([out[s + 2:s + 2 + k] for s, (k, _) in zip(starts[:-1], layout, strict=True)])
+            loss = hard_loss(cfg, q, p, n, cfg.tau)
+            return loss, loss.detach(), torch.zeros(())
+        hards, softs = [], []
+        s0 = 0
+        for n_neg, n_pos in layout:
+            end = s0 + 2 + n_neg + n_pos
+            regions = out[s0:end]                                           # (M, 9, D)
+            q_g, p_g = regions[0, 0], regions[1, 0]
+            negs = regions[2:2 + n_neg]
+            if cfg.generation == 0:
+                n_sel = negs[:, 0]
+            else:   # each negative's region most similar to the anchor (scores detached)
+                r_star = (negs.detach() @ q_g.detach()).argmax(dim=1)
+                n_sel = negs[torch.arange(n_neg), r_star]
+            hards.append(hard_loss(cfg, q_g[None], p_g[None], n_sel[None], cfg.tau))
+            if cfg.generation >= 1:
+                # The anchor's global descriptor against the 9 regions of each difficult positive.
+                student = (regions[2 + n_neg:] @ q_g).flatten()           # P·9 scores
+                with torch.no_grad():
+                    t_images = torch.cat([images[s0:s0 + 1], images[end - n_pos:end]]).to(self.info.device)
+                    t_regions = self.teacher.regions(t_images)
+                    teacher = (t_regions[1:] @ t_regions[0, 0]).flatten()
+                softs.append(losses.sfrs_soft(student[None], teacher[None], tau_student=cfg.tau,
+                                              tau_teacher=cfg.temperatures[cfg.generation]))
+            s0 = end
+        hard = torch.stack(hards).mean()
+        if softs:
+            soft = torch.stack(softs).mean()
+            return hard + cfg.soft_weight * soft, hard.detach(), soft.detach()
+        return hard, hard.detach(), torch.zeros(())
+
+    # ------------------------------------------------------------------ state
+    def save_resume(self) -> None:
+        states = distributed.gather_objects(rng_state())
+        if self.info.is_main:
+            save_state(self.paths.resume, {
+                "config": self.cfg.to_dict(), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "miner": self.miner.state_dict(), "rng": states, **self.state})
+        distributed.barrier()
+
+    def try_resume(self) -> bool:
+        if not self.paths.resume.is_file():
+            return False
+        saved = load_state(self.paths.resume)
+        check_compatible(self.paths.resume, saved["config"], self.cfg.to_dict())
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.miner.load_state_dict(saved["miner"])
+        rngs = saved["rng"]
+        if len(rngs) == self.info.world_size:
+            set_rng_state(rngs[self.info.rank])
+        for key in self.state:
+            self.state[key] = saved[key]
+        return True
+
+    def write_log(self) -> None:
+        if not self.info.is_main:
+            return
+        with atomic_output(self.paths.log) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.state["history"])
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> int:
+        info, st = self.info, self.state
+        self.paths.out.mkdir(parents=True, exist_ok=True)
+        if self.try_resume():
+            if st["finished"]:
+                if info.is_main:
+                    print(f"{self.paths.out}: training already finished; nothing to do")
+                return 0
+            if info.is_main:
+                print(f"resuming from {self.paths.resume}: epoch {st['epoch']}, chunk {st['chunk']}, "
+                      f"iteration {st['step']}")
+        elif not st["history"]:
+            t0 = time.time()
+            recall = self.validate()
+            st["history"].append(self._row(-1, recall, [0.0, 0.0, 0.0, 0], [0.0, 0.0], time.time() - t0))
+            if info.is_main:
+                print("initial model: val " + self._fmt(recall))
+            self.write_log()
+        stop = StopFlag().install()
+        try:
+            return self._loop(stop)
+        finally:
+            stop.restore()
+
+    def _loop(self, stop: StopFlag) -> int:
+        cfg, info, st = self.cfg, self.info, self.state
+        g = info.world_size * cfg.tuple_size
+        n_q = self.train_index.num_queries
+        for epoch in range(st["epoch"], cfg.epochs_this_run):
+            perm_gen = torch.Generator().manual_seed(cfg.seed * 1000 + cfg.generation * 100 + epoch)
+            order = torch.randperm(n_q, generator=perm_gen).tolist()
+            chunks = [order[i:i + cfg.cache_size] for i in range(0, n_q, cfg.cache_size)]
+            for c in range(st["chunk"], len(chunks)):
+                chunk = chunks[c]
+                steps = cfg.iters or math.ceil(len(chunk) / g)
+                if st["tuples"] is None:
+                    t0 = time.time()
+                    q_feats = self.describe(self.q_files, f"epoch {epoch} chunk {c}: train queries")
+                    db_feats = self.describe(self.db_files, f"epoch {epoch} chunk {c}: train database")
+                    jac = None
+                    if self.sfrs and cfg.generation >= 1:
+                        jac = self.jaccard_rows(chunk, q_feats, db_feats)
+                    rng = np.random.default_rng([cfg.seed, cfg.generation, epoch, c])
+                    mined = self.miner.mine(chunk, q_feats, db_feats, rng, jac, sfrs=self.sfrs)
+                    st["tuples"] = [mined[i % len(mined)] for i in range(steps * g)]   # wrap-pad
+                    st["times"][0] += time.time() - t0
+                if self._train_chunk(epoch, c, steps, stop):
+                    return 128 + stop.signum
+                st["chunk"], st["step"], st["tuples"] = c + 1, 0, None
+            self._end_epoch(epoch)
+        st["finished"] = True
+        if info.is_main:
+            save_model(self.paths.last, self.model, **self._meta(cfg.epochs_this_run - 1))
+        self.save_resume()
+        return 0
+
+    def _train_chunk(self, epoch: int, c: int, steps: int, stop: StopFlag) -> bool:
+        """Train the remaining steps of chunk ``c``; True when stopped by a signal (state saved)."""
+        cfg, info, st = self.cfg, self.info, self.state
+        tuples: list[Tuple] = st["tuples"]
+        dataset = TupleDataset(tuples, self.q_files, self.db_files, tuple(cfg.image_size), cfg.color_jitter,
+                               seed_key=[cfg.seed, cfg.generation, epoch, c])
+        sampler = RankStepSampler(steps, info.rank, info.world_size, cfg.tuple_size, start_step=st["step"])
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
+                            collate_fn=collate_tuples, pin_memory=info.device.type == "cuda")
+        self.model.train()
+        t0 = time.time()
+        bar = tqdm(loader, total=len(sampler), desc=f"epoch {epoch} chunk {c}", unit="step",
+                   disable=not info.is_main or None, initial=0)
+        for images, layout in bar:
+            loss, hard, soft = self.tuple_loss(images, layout)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            st["step"] += 1
+            # The logged loss is the mean over all ranks' tuples, as in a single-process run.
+            step_loss, step_hard, step_soft = distributed.mean_across_ranks(
+                torch.stack([loss.detach(), hard, soft.to(hard.device)])).tolist()
+            sums = st["sums"]
+            sums[0] += step_loss
+            sums[1] += step_hard
+            sums[2] += step_soft
+            sums[3] += 1
+            bar.set_postfix(loss=f"{sums[0] / sums[3]:.4f}")
+            if cfg.print_freq and st["step"] % cfg.print_freq == 0 and info.is_main:
+                print(f"epoch {epoch} chunk {c} iteration {st['step']}/{steps}: loss {step_loss:.4f} "
+                      f"(mean {sums[0] / sums[3]:.4f})", flush=True)
+            if distributed.any_rank(stop.raised, info.device):
+                st["times"][1] += time.time() - t0
+                self.save_resume()
+                if info.is_main:
+                    print(f"stopped by signal {stop.signum} at epoch {epoch}, chunk {c}, iteration "
+                          f"{st['step']}; run the same command again to resume")
+                return True
+        st["times"][1] += time.time() - t0
+        return False
+
+    def _end_epoch(self, epoch: int) -> None:
+        cfg, info, st = self.cfg, self.info, self.state
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        t0 = time.time()
+        recall = self.validate()
+        row = self._row(epoch, recall, st["sums"], st["times"], time.time() - t0, lr)
+        st["history"].append(row)
+        is_best = recall[5] > st["best_r5"]
+        if is_best:
+            st["best_r5"] = recall[5]
+        if info.is_main:
+            meta = self._meta(epoch, recall)
+            save_model(self.paths.epoch(cfg.generation, epoch, self.sfrs), self.model, **meta)
+            if is_best:
+                save_model(self.paths.best, self.model, **meta)
+            print(f"epoch {epoch}: loss {row['loss']:.4f}, val " + self._fmt(recall)
+                  + (" (best)" if is_best else ""))
+        st.update(epoch=epoch + 1, chunk=0, step=0, tuples=None, sums=[0.0, 0.0, 0.0, 0], times=[0.0, 0.0])
+        self.save_resume()
+        self.write_log()
+
+    def _meta(self, epoch: int, recall: dict | None = None) -> dict:
+        meta = {"epoch": epoch, "generation": self.cfg.generation, "method": self.cfg.method,
+                "loss": self.cfg.loss, "best_recall5": self.state["best_r5"],
+                "train_config": self.cfg.to_dict()}
+        if recall is not None:
+            meta["recall"] = {str(k): v for k, v in recall.items()}
+        return meta
+
+    def _row(self, epoch, recall, sums, times, val_s, lr=float("nan")) -> dict:
+        n = max(sums[3], 1)
+        return {"generation": self.cfg.generation, "epoch": epoch, "loss": sums[0] / n,
+                "loss_hard": sums[1] / n, "loss_soft": sums[2] / n, "lr": lr,
+                "recall@1": recall[1], "recall@5": recall[5], "recall@10": recall[10],
+                "mining_s": round(times[0], 3), "train_s": round(times[1], 3), "val_s": round(val_s, 3)}
+
+    @staticmethod
+    def _fmt(recall: dict) -> str:
+        return ", ".join(f"R@{n} {100 * v:.1f}" for n, v in recall.items())
