@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEMO   ?= demo
+CORES  ?= 2
 
 .PHONY: demo test lint venv clean-demo
 
@@ -22,8 +22,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The whole pipeline on the synthetic data (results/ and data/synth/ in this folder), then the table.
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh $(DEMO)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml \
+		--cores $(CORES)
+	@echo; cat results/table.md
 
 clean-demo:
-	rm -rf $(DEMO)
+	rm -rf results data/synth .snakemake

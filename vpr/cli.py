@@ -21,10 +21,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("index", "index one data-set split (.mat or .csv) into an HDF5 index file"),
     "cluster": ("cluster", "compute initial NetVLAD centres (k-means on conv descriptors)"),
     "train": ("train", "train NetVLAD/SARE or one SFRS generation (resumable, torchrun-ready)"),
+    "select": ("select", "pick the checkpoint with the best validation Recall@5"),
     "extract": ("extract", "extract database and query descriptors of an index file"),
     "fit-pca": ("fit_pca", "fit PCA-whitening on a features file"),
     "evaluate": ("evaluate", "retrieve with a features file and write the Recall@N table"),
     "describe": ("describe", "compute the descriptor of individual images"),
+    "table": ("table", "collect recall CSVs into a Markdown/CSV results table with the published numbers"),
+    "plot": ("plot", "draw Recall@N curves, training curves or example retrievals (PNG)"),
 }
 
 

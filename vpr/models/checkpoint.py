@@ -93,6 +93,14 @@ def save_model(path: str | os.PathLike, model: EmbedNet, **extra) -> None:
         torch.save(obj, tmp)
 
 
+def read_checkpoint_meta(path: str | os.PathLike) -> dict:
+    """Everything in a checkpoint file except its weights (epoch, recall, configs …)."""
+    obj = _torch_load(path, "cpu")
+    if not isinstance(obj, dict):
+        raise VprError(f"{path}: expected a checkpoint dictionary, found {type(obj).__name__}")
+    return {k: v for k, v in obj.items() if k != "state_dict"}
+
+
 def load_model(path: str | os.PathLike, map_location="cpu") -> EmbedNet:
     """Build an EmbedNet from a vpr checkpoint, a reference checkpoint or the reference hub model.
 

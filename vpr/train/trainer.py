@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,8 +143,8 @@ class Trainer:
         self.miner = Miner(train_index.train_positives, train_index.train_nonnegatives, cfg.neg_num,
                            cfg.neg_pool, cfg.pos_num, cfg.pos_pool)
         self.q_files, self.db_files = train_index.query_files(), train_index.db_files()
-        self.state = {"epoch": 0, "chunk": 0, "step": 0, "tuples": None, "best_r5": -1.0, "history": [],
-                      "sums": [0.0, 0.0, 0.0, 0], "times": [0.0, 0.0], "finished": False}
+        self.state = {"epoch": 0, "chunk": 0, "step": 0, "tuples": None, "best_r5": -1.0, "best_epoch": -1,
+                      "history": [], "sums": [0.0, 0.0, 0.0, 0], "times": [0.0, 0.0], "finished": False}
 
     # ------------------------------------------------------------------ features
     def describe(self, files: list[Path], desc: str) -> np.ndarray:
@@ -300,7 +301,14 @@ class Trainer:
             self._end_epoch(epoch)
         st["finished"] = True
         if info.is_main:
-            save_model(self.paths.last, self.model, **self._meta(cfg.epochs_this_run - 1))
+            last = self.paths.epoch(cfg.generation, cfg.epochs_this_run - 1, self.sfrs)
+            best = self.paths.epoch(cfg.generation, st["best_epoch"], self.sfrs)
+            # The declared outputs are (re)written at the very end from the kept epoch files: a workflow
+            # manager may delete them when a job is interrupted, and the resumed run must restore them.
+            for src, dst in ((last, self.paths.last), (best, self.paths.best)):
+                with atomic_output(dst) as tmp:
+                    shutil.copyfile(src, tmp)
+            self.write_log()
         self.save_resume()
         return 0
 
@@ -355,7 +363,7 @@ class Trainer:
         st["history"].append(row)
         is_best = recall[5] > st["best_r5"]
         if is_best:
-            st["best_r5"] = recall[5]
+            st["best_r5"], st["best_epoch"] = recall[5], epoch
         if info.is_main:
             meta = self._meta(epoch, recall)
             save_model(self.paths.epoch(cfg.generation, epoch, self.sfrs), self.model, **meta)

@@ -1,0 +1,147 @@
+"""The Snakemake workflow: lint, config validation, the paper DAG, and the demo DAG end to end (tiny data).
+
+Snakemake runs as a real subprocess with the shipped Snakefile and profiles.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile")]
+
+
+def snakemake(workdir, *args, check=True):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run([*SNAKEMAKE, "-d", str(workdir), *map(str, args)], capture_output=True, text=True,
+                          env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def write_config(path, base, **changes):
+    config = yaml.safe_load((REPO / "config" / base).read_text())
+    for dotted, value in changes.items():
+        node = config
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_lint_is_clean(tmp_path):
+    proc = snakemake(tmp_path, "--lint", "--configfile", REPO / "config" / "demo.yaml", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_no_configfile_is_a_clear_error(tmp_path):
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0 and "--configfile config/config.yaml" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"train.learning_rate": 0.1}, "learning_rate"),                  # unknown key
+    ({"model.num_clusters": "many"}, "num_clusters"),                 # wrong type
+    ({"test_sets": ["pitts30k", "oxford"]}, "oxford"),                 # unknown data set
+])
+def test_a_bad_config_fails_validation_naming_the_key(tmp_path, change, message):
+    config = write_config(tmp_path / "bad.yaml", "demo.yaml", **change)
+    proc = snakemake(tmp_path, "-n", "--configfile", config, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and message in out and "validat" in out.lower()
+
+
+def paper_config(tmp_path, tiny_data):
+    pretrained = tmp_path / "pretrained"
+    pretrained.mkdir()
+    for name in ("vd16_offtheshelf_conv5_3_max.pth", "vgg16_pitts_64_desc_cen.hdf5"):
+        (pretrained / name).write_bytes(b"")   # present; a dry run does not read them
+    return write_config(tmp_path / "paper.yaml", "config.yaml",
+                        **{"data.pitts_root": str(tiny_data["data"] / "pitts" / "raw"),
+                           "data.tokyo_root": str(tiny_data["data"] / "tokyo" / "raw"),
+                           "model.trunk": str(pretrained / "vd16_offtheshelf_conv5_3_max.pth"),
+                           "model.centers": str(pretrained / "vgg16_pitts_64_desc_cen.hdf5")})
+
+
+def test_paper_dag_lists_every_step(tmp_path, tiny_data):
+    proc = snakemake(tmp_path, "-n", "--configfile", paper_config(tmp_path, tiny_data))
+    out = proc.stdout
+    counts = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    # 5 splits; 3 baselines + 4 SFRS generations; 4 methods x (select, pca) and x 3 test sets.
+    assert counts["index"] == 5 and counts["train_baseline"] == 3 and counts["train_sfrs"] == 4
+    assert counts["select_model"] == 4 and counts["fit_pca"] == 4 and counts["evaluate"] == 12
+    assert "cluster" not in counts          # the paper config uses the reference's centres file
+    assert counts["table"] == 1 and counts["plot_recall"] == 3
+
+
+def test_missing_raw_data_names_the_file_and_how_to_get_it(tmp_path, tiny_data):
+    config = paper_config(tmp_path, tiny_data)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["tokyo_root"] = str(tmp_path / "nowhere")
+    config.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path, "-n", "--configfile", config, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert str(tmp_path / "nowhere" / "tokyo247.mat") in out and "README.md" in out
+
+
+TINY = {
+    "data.synth": {"preset": "tiny", "seed": 0, "out": "data/synth"},
+    "model.image_size": [96, 128],
+    "model.num_clusters": 8,
+    "cluster.images": 40,
+    "cluster.per_image": 20,
+    "cluster.iterations": 10,
+    "train.epochs": 1,
+    "train.cache_size": 20,
+    "train.neg_num": 3,
+    "train.neg_pool": 20,
+    "train.workers": 0,
+    "methods.sfrs.generations": 2,
+    "methods.sfrs.pos_num": 3,
+    "methods.sfrs.pos_pool": 6,
+    "methods.sfrs.rerank_k1": 4,
+    "pca.dim": 32,
+    "evaluate.workers": 0,
+}
+
+
+@pytest.mark.slow
+def test_the_demo_dag_runs_end_to_end_on_tiny_data(tmp_path):
+    config = write_config(tmp_path / "tiny.yaml", "demo.yaml", **TINY)
+    snakemake(tmp_path, "--profile", REPO / "profiles" / "local", "--configfile", config, "--cores", "2")
+    results = tmp_path / "results"
+    for method in ("netvlad", "sare_ind", "sare_joint", "sfrs"):
+        for test_set in ("pitts30k", "pitts250k", "tokyo"):
+            with open(results / method / f"{test_set}_recall.csv") as f:
+                rows = list(csv.DictReader(f))
+            assert [int(r["n"]) for r in rows] == [1, 5, 10, 20]
+            assert all(0.0 <= float(r["recall"]) <= 1.0 for r in rows)
+    table = (results / "table.md").read_text()
+    assert "SFRS" in table or "sfrs" in table
+    for png in ("recall_tokyo", "training_sfrs", "examples_pitts30k"):
+        assert (results / "plots" / f"{png}.png").stat().st_size > 1000
+    # SFRS generation 1 learned from a teacher (its soft loss is active), generation 0 without one.
+    soft = {}
+    for g in (0, 1):
+        with open(results / "train" / "sfrs" / f"gen{g}" / "log.csv") as f:
+            soft[g] = [float(r["loss_soft"]) for r in csv.DictReader(f) if int(r["epoch"]) >= 0]
+    assert soft[0] == [0.0] and soft[1][0] > 0
+    # A second run has nothing to do.
+    again = snakemake(tmp_path, "--profile", REPO / "profiles" / "local", "--configfile", config, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr

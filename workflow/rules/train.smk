@@ -1,0 +1,79 @@
+# Training: NetVLAD/SARE baselines, SFRS one generation per job, then the model each method is tested with.
+# Training jobs resume from their run directory's resume.pth, so a retried or re-run job continues
+# where the interrupted one stopped (Slurm pre-emption, scancel, --rerun-incomplete).
+
+
+rule train_baseline:
+    input:
+        train=f"{RESULTS}/index/{TRAIN_SPLIT}.h5",
+        val=f"{RESULTS}/index/{VAL_SPLIT}.h5",
+        centers=centers_file(),
+    output:
+        best=f"{RESULTS}/train/{{method}}/model_best.pth",
+        last=f"{RESULTS}/train/{{method}}/last.pth",
+        log=f"{RESULTS}/train/{{method}}/log.csv",
+    wildcard_constraints:
+        method="|".join(BASELINES),
+    params:
+        run_dir=lambda wc: f"{RESULTS}/train/{wc.method}",
+        options=lambda wc: train_flags(wc.method),
+        trunk=trunk_flag(),
+        launch=lambda wc, resources: torchrun(resources),
+    threads: 2
+    resources:
+        gpu=1 if config["use_gpu"] else 0,
+        nodes=1,
+    retries: 2
+    log:
+        f"{RESULTS}/logs/train/{{method}}.log",
+    conda:
+        "../envs/vpr.yaml"
+    shell:
+        "{params.launch} train --train-index {input.train} --val-index {input.val} "
+        "--centers {input.centers} {params.trunk} --out {params.run_dir} {params.options} >> {log} 2>&1"
+
+
+rule train_sfrs:
+    input:
+        train=f"{RESULTS}/index/{TRAIN_SPLIT}.h5",
+        val=f"{RESULTS}/index/{VAL_SPLIT}.h5",
+        centers=centers_file(),
+        teacher=teacher_checkpoint,
+    output:
+        best=f"{RESULTS}/train/sfrs/gen{{generation}}/model_best.pth",
+        last=f"{RESULTS}/train/sfrs/gen{{generation}}/last.pth",
+        log=f"{RESULTS}/train/sfrs/gen{{generation}}/log.csv",
+    wildcard_constraints:
+        generation=r"\d+",
+    params:
+        run_dir=lambda wc: f"{RESULTS}/train/sfrs/gen{wc.generation}",
+        options=lambda wc: train_flags("sfrs", int(wc.generation)),
+        teacher=lambda wc, input: f"--teacher {input.teacher[0]}" if input.teacher else "",
+        trunk=trunk_flag(),
+        launch=lambda wc, resources: torchrun(resources),
+    threads: 2
+    resources:
+        gpu=1 if config["use_gpu"] else 0,
+        nodes=1,
+    retries: 2
+    log:
+        f"{RESULTS}/logs/train/sfrs_gen{{generation}}.log",
+    conda:
+        "../envs/vpr.yaml"
+    shell:
+        "{params.launch} train --train-index {input.train} --val-index {input.val} "
+        "--centers {input.centers} {params.trunk} {params.teacher} --out {params.run_dir} {params.options} "
+        ">> {log} 2>&1"
+
+
+rule select_model:
+    input:
+        selection_candidates,
+    output:
+        f"{RESULTS}/models/{{method}}.pth",
+    log:
+        f"{RESULTS}/logs/select/{{method}}.log",
+    conda:
+        "../envs/vpr.yaml"
+    shell:
+        "vpr select --checkpoints {input} --out {output} > {log} 2>&1"
