@@ -82,9 +82,11 @@ def test_paper_dag_lists_every_step(tmp_path, tiny_data):
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    # 5 splits; 3 baselines + 4 SFRS generations; 4 methods x (select, pca) and x 3 test sets.
+    # 5 splits; 3 baselines + 4 SFRS generations; the untrained model and 4 trained methods, each with
+    # a PCA and 3 test sets.
     assert counts["index"] == 5 and counts["train_baseline"] == 3 and counts["train_sfrs"] == 4
-    assert counts["select_model"] == 4 and counts["fit_pca"] == 4 and counts["evaluate"] == 12
+    assert counts["initial_model"] == 1 and counts["select_model"] == 4
+    assert counts["fit_pca"] == 5 and counts["evaluate"] == 15
     assert "cluster" not in counts          # the paper config uses the reference's centres file
     assert counts["table"] == 1 and counts["plot_recall"] == 3
 

@@ -38,6 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--out", required=True, help="run directory (checkpoints, log.csv, resume state)")
     io.add_argument("--config", help="YAML file of training options (keys as the flags below, with _)")
     io.add_argument("--root", help="data-set root overriding the one recorded in the index files")
+    io.add_argument("--init-only", action="store_true",
+                    help="write the initial model (trunk + NetVLAD from the centres, no training) to "
+                         "OUT/initial.pth and stop: the 'untrained' baseline of the results table")
     opts = parser.add_argument_group("training options (default: the reference scripts)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -68,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(cfg, Index(args.train_index, root=args.root), Index(args.val_index, root=args.root),
                           args.centers, args.out, trunk=args.trunk, teacher=args.teacher, info=info)
-        return trainer.run()
+        return trainer.save_initial() if args.init_only else trainer.run()
     finally:
         distributed.cleanup()

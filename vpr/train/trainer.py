@@ -32,6 +32,7 @@ from vpr.evaluate import recall_at, search
 from vpr.extract import extract_features
 from vpr.io import atomic_output
 from vpr.models import EmbedNet, ModelConfig, build_model, load_model, load_trunk, save_model
+from vpr.precision import resolve_precision
 from vpr.train.checkpointing import (
     StopFlag,
     check_compatible,
@@ -118,6 +119,8 @@ class Trainer:
         self.paths = RunPaths(Path(out))
         self.sfrs = cfg.method == "sfrs"
         device = self.info.device
+        self.precision = resolve_precision(cfg.precision, device, "the training forward")
+        self.extract_precision = resolve_precision(cfg.extract_precision, device, "mining and validation")
         self.model = initial_model(cfg, centers, trunk).to(device)
         self.teacher = None
         if self.sfrs and cfg.generation >= 1:
@@ -153,7 +156,7 @@ class Trainer:
         mine = [files[i % n] for i in distributed.shard(n, self.info.rank, self.info.world_size)]
         local = extract_features(self.model, mine, tuple(self.cfg.image_size), self.cfg.test_batch_size,
                                  self.cfg.workers, device=self.info.device,
-                                 desc=desc if self.info.is_main else None)
+                                 desc=desc if self.info.is_main else None, precision=self.extract_precision)
         gathered = distributed.all_gather_rows(torch.from_numpy(local).to(self.info.device), n)
         return gathered.cpu().numpy()
 
@@ -177,7 +180,8 @@ class Trainer:
     def tuple_loss(self, images: torch.Tensor, layout: list[tuple[int, int]]):
         """Mean loss over this process's tuples (one forward over all their images); (loss, hard, soft)."""
         cfg = self.cfg
-        out = self.forward(images.to(self.info.device, non_blocking=True), self.sfrs)
+        with self.precision.autocast():   # the backbone only: the NetVLAD head and the losses stay float32
+            out = self.forward(images.to(self.info.device, non_blocking=True), self.sfrs)
         if not self.sfrs:
             starts = np.cumsum([0] + [2 + n for n, _ in layout])
             q = torch.stack([out[s] for s in starts[:-1]])
@@ -203,7 +207,8 @@ class Trainer:
                 student = (regions[2 + n_neg:] @ q_g).flatten()           # P·9 scores
                 with torch.no_grad():
                     t_images = torch.cat([images[s0:s0 + 1], images[end - n_pos:end]]).to(self.info.device)
-                    t_regions = self.teacher.regions(t_images)
+                    with self.precision.autocast():
+                        t_regions = self.teacher.regions(t_images)
                     teacher = (t_regions[1:] @ t_regions[0, 0]).flatten()
                 softs.append(losses.sfrs_soft(student[None], teacher[None], tau_student=cfg.tau,
                                               tau_teacher=cfg.temperatures[cfg.generation]))
@@ -249,6 +254,13 @@ class Trainer:
             writer.writerows(self.state["history"])
 
     # ------------------------------------------------------------------ loop
+    def save_initial(self) -> int:
+        """Write the starting point of training (what 'untrained' means in the results) and stop."""
+        if self.info.is_main:
+            save_model(self.paths.out / "initial.pth", self.model, **self._meta(-1))
+            print(f"{self.paths.out / 'initial.pth'}: initial model (no training)")
+        return 0
+
     def run(self) -> int:
         info, st = self.info, self.state
         self.paths.out.mkdir(parents=True, exist_ok=True)

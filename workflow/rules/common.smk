@@ -23,7 +23,9 @@ HOW_TO_GET_DATA = (
     "run without downloads use config/demo.yaml, which generates a synthetic data set."
 )
 
-METHODS = list(config["methods"])
+TRAINED = list(config["methods"])
+# Every evaluated model: the trained methods, and the untrained starting point when asked for.
+METHODS = (["untrained"] if config.get("untrained", False) else []) + TRAINED
 TEST_SETS = list(config["test_sets"])
 SYNTH = config["data"].get("synth")
 
@@ -127,6 +129,8 @@ def torchrun(resources):
 
 
 def model_file(method):
+    if method == "untrained":
+        return f"{RESULTS}/train/untrained/initial.pth"
     return f"{RESULTS}/models/{method}.pth"
 
 
@@ -140,7 +144,7 @@ def all_targets():
         f"{RESULTS}/table.md",
         f"{RESULTS}/table.csv",
         *(f"{RESULTS}/plots/recall_{t}.png" for t in TEST_SETS),
-        *(f"{RESULTS}/plots/training_{m}.png" for m in METHODS),
+        *(f"{RESULTS}/plots/training_{m}.png" for m in TRAINED),
         *(f"{RESULTS}/plots/examples_{t}.png" for t in TEST_SETS),
     ]
 

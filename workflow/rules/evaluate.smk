@@ -3,7 +3,7 @@
 
 rule extract_train:
     input:
-        model=model_file("{method}"),
+        model=lambda wc: model_file(wc.method),
         index=f"{RESULTS}/index/{TRAIN_SPLIT}.h5",
     output:
         temp(f"{RESULTS}/features/{{method}}/{TRAIN_SPLIT}.h5"),
@@ -42,7 +42,7 @@ rule fit_pca:
 
 rule extract_test:
     input:
-        model=model_file("{method}"),
+        model=lambda wc: model_file(wc.method),
         pca=f"{RESULTS}/pca/{{method}}.h5",
         index=lambda wc: f"{RESULTS}/index/{TEST_SPLITS[wc.test_set]}.h5",
     output:

@@ -54,7 +54,7 @@ rule plot_training:
 rule plot_examples:
     input:
         index=lambda wc: f"{RESULTS}/index/{TEST_SPLITS[wc.test_set]}.h5",
-        rankings=f"{RESULTS}/{METHODS[-1]}/{{test_set}}_rankings.h5",
+        rankings=f"{RESULTS}/{TRAINED[-1]}/{{test_set}}_rankings.h5",
     output:
         report(f"{RESULTS}/plots/examples_{{test_set}}.png", category="Retrieval examples",
                labels={"data set": "{test_set}"}),

@@ -33,6 +33,26 @@ rule train_baseline:
         "--centers {input.centers} {params.trunk} --out {params.run_dir} {params.options} >> {log} 2>&1"
 
 
+rule initial_model:
+    input:
+        train=f"{RESULTS}/index/{TRAIN_SPLIT}.h5",
+        val=f"{RESULTS}/index/{VAL_SPLIT}.h5",
+        centers=centers_file(),
+    output:
+        model_file("untrained"),
+    params:
+        run_dir=lambda wc, output: Path(output[0]).parent,
+        options=train_flags(TRAINED[0]),
+        trunk=trunk_flag(),
+    log:
+        f"{RESULTS}/logs/train/untrained.log",
+    conda:
+        "../envs/vpr.yaml"
+    shell:
+        "vpr train --init-only --train-index {input.train} --val-index {input.val} --centers {input.centers} "
+        "{params.trunk} --out {params.run_dir} {params.options} > {log} 2>&1"
+
+
 rule train_sfrs:
     input:
         train=f"{RESULTS}/index/{TRAIN_SPLIT}.h5",
