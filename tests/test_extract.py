@@ -77,7 +77,8 @@ def test_extract_matches_plain_restatement(tmp_path, model_and_checkpoint, capsy
     model, ckpt = model_and_checkpoint
     index, db_files, q_files = _make_dataset(tmp_path)
     out = tmp_path / "out" / "feat.h5"
-    rc = main(["extract", "--checkpoint", str(ckpt), "--index", str(index), "--out", str(out),
+    rc = main(["extract", "--precision", "fp32", "--checkpoint", str(ckpt), "--index", str(index),
+               "--out", str(out),
                "--batch-size", "2", "--workers", "0", "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
     with h5py.File(out, "r") as f:
@@ -98,7 +99,8 @@ def test_extract_tokyo_queries_keep_aspect_ratio_with_workers(tmp_path, model_an
     model, ckpt = model_and_checkpoint
     index, db_files, q_files = _make_dataset(tmp_path, fmt="tokyo247")
     out = tmp_path / "feat.h5"
-    rc = main(["extract", "--checkpoint", str(ckpt), "--index", str(index), "--out", str(out),
+    rc = main(["extract", "--precision", "fp32", "--checkpoint", str(ckpt), "--index", str(index),
+               "--out", str(out),
                "--batch-size", "3", "--workers", "1", "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
     with h5py.File(out, "r") as f:
@@ -137,7 +139,8 @@ def test_extract_with_pca_file(tmp_path, model_and_checkpoint, capsys):
     with h5py.File(tmp_path / "pca.h5", "w") as f:
         f["U"], f["lams"], f["mu"], f["Utmu"] = U, lams, mu, U.T @ mu
     out = tmp_path / "feat.h5"
-    rc = main(["extract", "--checkpoint", str(ckpt), "--index", str(index), "--out", str(out),
+    rc = main(["extract", "--precision", "fp32", "--checkpoint", str(ckpt), "--index", str(index),
+               "--out", str(out),
                "--pca", str(tmp_path / "pca.h5"), "--workers", "0", "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
     with h5py.File(out, "r") as f:

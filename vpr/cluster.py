@@ -7,6 +7,9 @@ Reproducibility: the images are a seeded sample of the *sorted* training image l
 taken from each image come from a generator seeded by that image's position in the sample, so the result
 does not depend on batch order, worker count or the number of processes (the reference samples from an
 unordered Python set, METHOD.md §6 pitfall).
+
+The conv maps may be computed under bfloat16/float16 autocast (``precision``, see :mod:`vpr.precision`);
+they are cast to float32 before the L2 normalisation, so the stored descriptors are float32 either way.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from vpr.data.images import ImageListDataset, check_images_exist
 from vpr.errors import VprError
 from vpr.io import atomic_output
 from vpr.models import EmbedNet
+from vpr.precision import Precision, channels_last, resolve_precision, to_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +47,28 @@ def sample_images(files: Sequence[str], num_images: int, seed: int) -> list[str]
 @torch.inference_mode()
 def local_descriptors(model: EmbedNet, files: Sequence[str], positions: Sequence[int], size: tuple[int, int],
                       per_image: int, seed: int, batch_size: int, workers: int, device: torch.device,
-                      progress: bool = True) -> np.ndarray:
+                      progress: bool = True, precision: str | Precision = "fp32") -> np.ndarray:
     """L2-normalised conv-map vectors: ``per_image`` distinct random locations from every image.
 
     ``positions[i]`` is the sample position of ``files[i]``; it seeds that image's location choice.
     """
-    loader = DataLoader(ImageListDataset(files, size=size), batch_size=batch_size, num_workers=workers)
+    precision = resolve_precision(precision, device)
+    loader = DataLoader(ImageListDataset(files, size=size), batch_size=batch_size, num_workers=workers,
+                        pin_memory=torch.device(device).type == "cuda")
     model.eval().to(device)
     out = []
-    for images, idx in tqdm(loader, desc="cluster: descriptors", unit="batch", disable=not progress or None):
-        fmap = F.normalize(model.feature_map(images.to(device)).float(), p=2, dim=1)   # (B, D, h, w)
-        flat = fmap.flatten(2).transpose(1, 2).cpu().numpy()                           # (B, h·w, D)
-        for j, i in enumerate(idx.tolist()):
-            rng = np.random.default_rng([seed, positions[i]])
-            n_loc = flat.shape[1]
-            take = rng.choice(n_loc, size=min(per_image, n_loc), replace=False)
-            out.append(flat[j, take])
+    with channels_last(model):
+        for images, idx in tqdm(loader, desc="cluster: descriptors", unit="batch",
+                                disable=not progress or None):
+            with precision.autocast():
+                fmap = model.feature_map(to_channels_last(images.to(device, non_blocking=True)))
+            fmap = F.normalize(fmap.float(), p=2, dim=1)                            # (B, D, h, w)
+            flat = fmap.flatten(2).transpose(1, 2).cpu().numpy()                    # (B, h·w, D)
+            for j, i in enumerate(idx.tolist()):
+                rng = np.random.default_rng([seed, positions[i]])
+                n_loc = flat.shape[1]
+                take = rng.choice(n_loc, size=min(per_image, n_loc), replace=False)
+                out.append(flat[j, take])
     return np.concatenate(out).astype(np.float32)
 
 
@@ -74,14 +84,16 @@ def kmeans(descriptors: np.ndarray, k: int, iterations: int, seed: int) -> np.nd
 
 def cluster(model: EmbedNet, files: Sequence[str], out: str | os.PathLike, *, num_clusters: int = 64,
             num_images: int = 500, per_image: int = 100, iterations: int = 100, seed: int = 43,
-            batch_size: int = 16, workers: int = 2, info: distributed.DistInfo | None = None) -> dict:
+            batch_size: int = 16, workers: int = 2, info: distributed.DistInfo | None = None,
+            precision: str | Precision = "fp32") -> dict:
     """Sample, describe, cluster and write the centres file (rank 0); extraction is shared by all ranks."""
     info = info or distributed.DistInfo(0, 1, 0, torch.device("cpu"))
     chosen = sample_images(files, num_images, seed)
     check_images_exist(chosen)
     shard = [i for i in distributed.shard(len(chosen), info.rank, info.world_size) if i < len(chosen)]
     local = local_descriptors(model, [chosen[i] for i in shard], shard, tuple(model.config.image_size),
-                              per_image, seed, batch_size, workers, info.device, progress=info.is_main)
+                              per_image, seed, batch_size, workers, info.device, progress=info.is_main,
+                              precision=precision)
     parts = distributed.gather_objects(local)
     descriptors = np.concatenate([p for p in parts if len(p)])
     summary = {"images": len(chosen), "descriptors": len(descriptors), "dim": descriptors.shape[1]}

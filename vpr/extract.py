@@ -10,6 +10,7 @@ refresh its feature cache). The features file is one HDF5 file per (model, split
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 
@@ -23,6 +24,8 @@ from tqdm import tqdm
 from vpr.data.images import ImageListDataset, SizeBucketBatchSampler, check_images_exist
 from vpr.errors import VprError
 from vpr.io import atomic_output
+from vpr.precision import Precision, resolve_precision, to_channels_last
+from vpr.precision import channels_last as model_channels_last
 
 
 class _Guarded(Dataset):
@@ -75,16 +78,26 @@ def extract_features(
     shorter_side: int | None = None,
     device: str | torch.device | None = None,
     desc: str = "extract",
+    precision: str | Precision = "fp32",
+    channels_last: bool = True,
+    compile: bool = False,
 ) -> np.ndarray:
     """Descriptors (N, D) float32, L2-normalised, row i for ``files[i]``.
 
     Images are resized to ``size = (H, W)``, or, when ``shorter_side`` is given, so that their shorter
     side is ``shorter_side`` (``size`` is then ignored). Images of equal output size share batches. The
     model runs in eval mode under ``torch.inference_mode()`` on ``device`` (default: CUDA when available);
-    its train/eval mode is restored afterwards. A missing or unreadable image raises VprError naming it.
+    its train/eval mode and its parameters' memory layout are restored afterwards. A missing or unreadable
+    image raises VprError naming it.
+
+    ``precision`` (fp32, bf16, fp16, auto; see :mod:`vpr.precision`) is the autocast precision of the
+    backbone; the NetVLAD head and the descriptors are float32 in every case. ``channels_last``
+    runs the convolutions in channels-last layout; ``compile`` wraps the model in ``torch.compile``
+    (compiles once per image size; worth it for long runs on a GPU).
     """
     files = list(files)
     device = resolve_device(device)
+    precision = resolve_precision(precision, device)
     check_images_exist(files)
     if shorter_side is not None:
         size = None
@@ -98,13 +111,20 @@ def extract_features(
     was_training = model.training
     model.eval()
     model.to(device)
+    forward = torch.compile(model) if compile else model
     out: np.ndarray | None = None
     try:
-        with torch.inference_mode(), tqdm(total=len(files), desc=desc, unit="img", disable=None) as bar:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(model_channels_last(model, channels_last))
+            stack.enter_context(torch.inference_mode())
+            bar = stack.enter_context(tqdm(total=len(files), desc=desc, unit="img", disable=None))
             for images, idx, error in loader:
                 if error is not None:
                     raise VprError(error)
-                desc_batch = F.normalize(model(images.to(device, non_blocking=True)).float(), p=2, dim=1)
+                images = to_channels_last(images.to(device, non_blocking=True), channels_last)
+                with precision.autocast():
+                    # float32 whatever the precision: the model's head runs with autocast off
+                    desc_batch = F.normalize(forward(images).float(), p=2, dim=1)
                 if out is None:
                     out = np.empty((len(files), desc_batch.shape[1]), dtype=np.float32)
                 out[idx.numpy()] = desc_batch.cpu().numpy()

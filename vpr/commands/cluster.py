@@ -4,12 +4,15 @@ Samples --images training images (queries and database of the index, seeded), ta
 L2-normalised conv5_3 vectors from each (500 x 100 = 50,000 by default), and runs faiss k-means with
 --num-clusters centres for --iterations iterations. The output has the datasets `centroids` (K x D) and
 `descriptors` (M x D), the layout of the reference's vgg16_pitts_64_desc_cen.hdf5. Runs under torchrun too
-(the ranks share the extraction).
+(the ranks share the extraction). --precision auto (the default) computes the conv maps under bfloat16
+autocast where the hardware does that fast; the descriptors are normalised and stored in float32.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from vpr.precision import PRECISION_HELP, PRECISIONS
 
 HELP = "compute initial NetVLAD centres (k-means on conv descriptors)"
 
@@ -31,6 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--root", help="data-set root overriding the one recorded in the index file")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         files = [str(p) for p in index.query_files() + index.db_files()]
         summary = cluster(model, files, args.out, num_clusters=args.num_clusters, num_images=args.images,
                           per_image=args.per_image, iterations=args.iterations, seed=args.seed,
-                          batch_size=args.batch_size, workers=args.workers, info=info)
+                          batch_size=args.batch_size, workers=args.workers, info=info,
+                          precision=args.precision)
         if info.is_main:
             print(f"{args.out}: {args.num_clusters} centres from {summary['descriptors']} descriptors "
                   f"({summary['dim']}-d) of {summary['images']} images")

@@ -6,11 +6,18 @@ optionally attaches a PCA-whitening file, and writes one HDF5 features file with
 image size; queries too, except for Tokyo 24/7 indexes, whose queries keep their aspect ratio with the
 shorter side equal to the longer side of the model's image size (640 for 480x640; METHOD.md §5.5).
 A missing or unreadable image stops the command before any output is written.
+
+--precision auto (the default) runs the backbone under bfloat16 autocast where the hardware does that fast
+(a CUDA GPU with bfloat16, a CPU with AMX-BF16 or AVX512-BF16) and in float32 elsewhere; the NetVLAD head
+and the stored descriptors are float32 in every case. The choice is logged and stored in the file's
+`precision` attribute.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from vpr.precision import PRECISION_HELP, PRECISIONS
 
 HELP = "extract database and query descriptors of an index file into an HDF5 features file"
 
@@ -32,6 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "side of that size keeping the aspect ratio (default: shorter-side for "
                              "tokyo247 indexes, fixed otherwise)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    parser.add_argument("--compile", action="store_true",
+                        help="run the model through torch.compile (pays off on long GPU runs)")
 
 
 def load_model_with_pca(checkpoint: str, pca: str | None, whiten: bool | None = None):
@@ -61,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     from vpr.data.images import check_images_exist
     from vpr.data.index import Index
     from vpr.errors import VprError
-    from vpr.extract import extract_features, write_features
+    from vpr.extract import extract_features, resolve_device, write_features
+    from vpr.precision import resolve_precision
 
     if args.batch_size < 1 or args.workers < 0:
         raise VprError("--batch-size must be >= 1 and --workers >= 0")
@@ -74,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
         "shorter-side" if index.attrs.get("format") == "tokyo247" else "fixed")
     shorter_side = max(size) if query_resize == "shorter-side" else None
 
-    common = dict(batch_size=args.batch_size, workers=args.workers, device=args.device)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    common = dict(batch_size=args.batch_size, workers=args.workers, device=device, precision=precision,
+                  compile=args.compile)
     db = extract_features(model, db_files, size, desc="database", **common)
     query = extract_features(model, query_files, size, shorter_side=shorter_side, desc="queries", **common)
     write_features(args.out, db, query, {
@@ -85,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         "pca": str(args.pca or ""),
         "whiten": bool(whiten),
         "query_resize": query_resize,
+        "precision": precision.name,
     })
     print(f"{args.out}: {db.shape[0]} database and {query.shape[0]} query descriptors, "
           f"dimension {db.shape[1]}")

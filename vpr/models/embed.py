@@ -3,6 +3,9 @@
 ``EmbedNet.forward`` gives the global descriptor: the (K, D) VLAD is intra-normalised (L2 per cluster row),
 flattened cluster-major (index k·D + d) and L2-normalised; with a PCA head attached it is then projected,
 y = U_wᵀ(x − μ), and L2-normalised again. ``EmbedNet.regions`` gives the nine SFRS region descriptors.
+
+Under autocast (``--precision bf16|fp16``) only the backbone runs in reduced precision: its map is cast to
+float32 and everything after it (NetVLAD, normalisations, PCA) runs with autocast switched off.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from vpr.errors import VprError
 from vpr.models.backbones import build_backbone as _build_backbone
 from vpr.models.backbones import check_backbone, freeze_leading
 from vpr.models.netvlad import NetVLAD
+from vpr.precision import autocast_off
 
 
 def _is_positive_int(v: object) -> bool:
@@ -109,16 +113,20 @@ class EmbedNet(nn.Module):
         return self.base_model(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = _vlad_to_descriptor(self.net_vlad(self.feature_map(x)))
-        if self.pca_layer is not None:
-            # the 1×1 convolution on a 1×1 map, written as the equivalent matrix product
-            w = self.pca_layer.weight.flatten(1)
-            v = F.normalize(F.linear(v, w, self.pca_layer.bias), p=2, dim=-1)
+        fmap = self.feature_map(x)
+        with autocast_off(fmap):   # the head in float32 even when the backbone ran under autocast
+            v = _vlad_to_descriptor(self.net_vlad(fmap))
+            if self.pca_layer is not None:
+                # the 1×1 convolution on a 1×1 map, written as the equivalent matrix product
+                w = self.pca_layer.weight.flatten(1)
+                v = F.normalize(F.linear(v, w, self.pca_layer.bias), p=2, dim=-1)
         return v
 
     def regions(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 9, K·D) region descriptors [global, top, bottom, left, right, TL, TR, BL, BR] (no PCA)."""
-        return _vlad_to_descriptor(self.net_vlad.regions(self.feature_map(x)))
+        fmap = self.feature_map(x)
+        with autocast_off(fmap):
+            return _vlad_to_descriptor(self.net_vlad.regions(fmap))
 
     def init_netvlad(self, centroids: np.ndarray, descriptors: np.ndarray) -> float:
         """Initialise NetVLAD from k-means centres and sample descriptors (see NetVLAD.init_params)."""

@@ -5,6 +5,10 @@ For a map of local descriptors x_i (i over the h·w locations), after L2-normali
     a_k(x_i) = softmax_k(w_kᵀ x_i)                  (1×1 convolution without bias: "vladv1", b_k = 0)
     V(k, :)  = Σ_i a_k(x_i) (x_i − c_k)
 
+The layer always computes in the dtype of its parameters (float32), with autocast switched off, whatever
+precision the backbone ran in: with α in the hundreds, a bfloat16 softmax input would lose the ranking of
+the assignments (bfloat16 keeps 8 significant bits).
+
 The layer returns V unnormalised, shape (B, K, D); intra-normalisation, flattening and the final L2 are
 done by the embedding head (vpr.models.embed). ``regions`` returns the nine SFRS region VLADs from a single
 assignment pass: each quarter of the map is aggregated separately, and because every step is per location
@@ -21,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vpr.errors import VprError
+from vpr.precision import autocast_off
 
 #: region order of ``NetVLAD.regions`` / ``EmbedNet.regions``
 REGION_NAMES = ("global", "top", "bottom", "left", "right", "TL", "TR", "BL", "BR")
@@ -41,7 +46,7 @@ class NetVLAD(nn.Module):
         """L2-normalised descriptors (B, D, h, w) and soft assignments (B, K, h, w)."""
         if x.dim() != 4 or x.shape[1] != self.dim:
             raise VprError(f"NetVLAD expects a (B, {self.dim}, h, w) map, got shape {tuple(x.shape)}")
-        x = F.normalize(x, p=2, dim=1)
+        x = F.normalize(x.to(self.centroids.dtype), p=2, dim=1)
         a = F.softmax(self.conv(x), dim=1)
         return x, a
 
@@ -50,8 +55,9 @@ class NetVLAD(nn.Module):
         return a @ x.transpose(-1, -2) - a.sum(-1).unsqueeze(-1) * self.centroids
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, a = self._assign(x)
-        return self._aggregate(x.flatten(2), a.flatten(2))
+        with autocast_off(x):
+            x, a = self._assign(x)
+            return self._aggregate(x.flatten(2), a.flatten(2))
 
     def quarters(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised VLADs of the 2×2 quarters of the map, (B, 4, K, D), order TL, TR, BL, BR."""
@@ -59,7 +65,6 @@ class NetVLAD(nn.Module):
         if h % 2 or w % 2:
             raise VprError(f"region descriptors need a feature map with even height and width, got {h}×{w} "
                            "(choose an image size whose map is even, e.g. 480×640 → 30×40 for vgg16)")
-        x, a = self._assign(x)
 
         def split(t: torch.Tensor) -> torch.Tensor:
             # (B, C, h, w) → (B, 4, C, h/2 · w/2), quarter index = row·2 + col
@@ -67,7 +72,9 @@ class NetVLAD(nn.Module):
             t = t.reshape(b, c, 2, h // 2, 2, w // 2).permute(0, 2, 4, 1, 3, 5)
             return t.reshape(b, 4, c, (h // 2) * (w // 2))
 
-        return self._aggregate(split(x), split(a))
+        with autocast_off(x):
+            x, a = self._assign(x)
+            return self._aggregate(split(x), split(a))
 
     def regions(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised VLADs of the nine regions (B, 9, K, D) in the order of ``REGION_NAMES``."""
