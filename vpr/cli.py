@@ -1,8 +1,8 @@
 """The `vpr` command: a thin dispatcher over one module per subcommand in `vpr.commands`.
 
-Each subcommand module defines ``HELP`` (one line), ``configure(parser)`` (its options) and ``run(args)``.
-Modules are imported only when their subcommand is used, so ``vpr --help`` does not pay for importing
-torch, faiss or snakemake.
+Each subcommand module has a docstring (its description), ``configure(parser)`` (its options) and
+``run(args)``; the one-line summaries live in COMMANDS below. Modules are imported only when their
+subcommand is used, so ``vpr --help`` does not pay for importing torch, faiss or snakemake.
 """
 
 from __future__ import annotations
@@ -60,6 +60,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         else:
             sub.add_parser(name, help=summary)
     return parser
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,6 @@ import argparse
 
 from vpr.precision import PRECISION_HELP, PRECISIONS
 
-HELP = "compute initial NetVLAD centres (k-means on conv descriptors)"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", required=True, help="index file of the training split")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "compute the descriptor of individual images"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pth)")
-    parser.add_argument("--pca", default=None, help="PCA file to attach (from 'vpr pca'); none by default")
+    parser.add_argument("--pca", default=None,
+                        help="PCA file to attach (from 'vpr fit-pca'); none by default")
     parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
                         help="with --pca: whiten (scale by the eigenvalues^-1/2) or only project "
                              "(default: the PCA file's 'whiten' attribute, on when absent)")

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "retrieve with a features file and write the Recall@N table"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from vpr.evaluate import RERANK_MAX_ITEMS

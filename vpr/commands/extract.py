@@ -19,13 +19,12 @@ import argparse
 
 from vpr.precision import PRECISION_HELP, PRECISIONS
 
-HELP = "extract database and query descriptors of an index file into an HDF5 features file"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pth)")
     parser.add_argument("--index", required=True, help="index file of the split (from 'vpr index')")
-    parser.add_argument("--pca", default=None, help="PCA file to attach (from 'vpr pca'); none by default")
+    parser.add_argument("--pca", default=None,
+                        help="PCA file to attach (from 'vpr fit-pca'); none by default")
     parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
                         help="with --pca: whiten (scale by the eigenvalues^-1/2) or only project "
                              "(default: the PCA file's 'whiten' attribute, on when absent)")

@@ -16,27 +16,22 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from vpr.cli import positive_int
 from vpr.errors import VprError
 
-HELP = "fit PCA-whitening on a features file"
 SUBSETS = ("all", "db", "query")
 _READ_ROWS = 1024  # rows read from the features file at a time
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", required=True, type=Path, metavar="F.h5",
                         help="features file with float32 datasets 'db' and 'query' (from 'vpr extract')")
     parser.add_argument("--out", required=True, type=Path, metavar="PCA.h5", help="PCA file to write")
-    parser.add_argument("--dim", type=_positive_int, default=4096,
+    parser.add_argument("--dim", type=positive_int, default=4096,
                         help="number of principal components to keep (capped at min(D, N-1))")
-    parser.add_argument("--samples", type=_positive_int, default=10000,
+    parser.add_argument("--samples", type=positive_int, default=10000,
                         help="number of descriptors sampled (without replacement) to fit on")
     parser.add_argument("--seed", type=int, default=43, help="seed of the row sample")
     parser.add_argument("--subset", choices=SUBSETS, default="all",

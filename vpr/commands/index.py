@@ -24,8 +24,6 @@ from pathlib import Path
 
 from vpr.errors import VprError
 
-HELP = "index one data-set split (.mat or .csv) into an HDF5 index file"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from vpr.data.formats import FORMATS

@@ -17,14 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "draw Recall@N curves, training curves or example retrievals (PNG)"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+from vpr.cli import positive_int
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -61,8 +54,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--index", required=True, help="index file of the evaluated split (images, ground truth)")
     p.add_argument("--rankings", required=True, help="rankings HDF5 of 'vpr evaluate' on that index")
     p.add_argument("--out", required=True, metavar="PNG", help="PNG file to write")
-    p.add_argument("--queries", type=_positive_int, default=6, help="number of queries (rows)")
-    p.add_argument("--top", type=_positive_int, default=5, help="retrievals shown per query")
+    p.add_argument("--queries", type=positive_int, default=6, help="number of queries (rows)")
+    p.add_argument("--top", type=positive_int, default=5, help="retrievals shown per query")
     p.add_argument("--seed", type=int, default=0, help="seed of the query choice (default: 0)")
     p.add_argument("--root", default=None, help="data-set root (default: the one recorded in the index)")
     p.add_argument("--title", default="", help="figure title (default: index name and colour legend)")

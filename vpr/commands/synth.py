@@ -21,8 +21,6 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "generate the synthetic Pittsburgh/Tokyo-style data set"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from vpr.synth.presets import PRESETS

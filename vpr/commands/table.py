@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "collect recall CSVs into a Markdown/CSV results table with the published numbers"
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recall", nargs=3, action="append", required=True,

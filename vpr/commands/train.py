@@ -15,8 +15,6 @@ import dataclasses
 
 from vpr.train.config import TrainConfig
 
-HELP = "train NetVLAD/SARE or one SFRS generation (resumable, torchrun-ready)"
-
 
 def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):

@@ -157,7 +157,7 @@ def make_config(yaml_path: str | os.PathLike | None = None, overrides: dict | No
     """Defaults, then the YAML file, then the overrides (None values are ignored)."""
     defaults = TrainConfig()
     known = {f.name: getattr(defaults, f.name) for f in fields(TrainConfig)}
-    values: dict = {}   # TODO-HELP
+    values: dict = {}
     if yaml_path is not None:
         path = Path(yaml_path)
         if not path.is_file():
