@@ -135,11 +135,11 @@ def val_history(log_csv):
     return {n: {int(r["epoch"]): 100 * float(r[f"recall@{n}"]) for r in rows} for n in (1, 5)}
 
 
-# Measured on the demo DAG (README, "What training buys on the synthetic data"): against the untrained
-# model's val R@5 of 46.2, every run's best epoch reaches +6.2 (SFRS generation 0, one epoch) to +17.5
-# points; val R@1 gains are smaller (+2.5 to +10 on 80 queries). The margins asserted sit below those.
+# Measured on two demo DAG runs (README, "What training buys on the synthetic data"): every run's best
+# val R@5 exceeds the untrained model's 46.2 by 6.2 to 17.5 points, and the best method's mean test R@5
+# exceeds the untrained model's by 6.6 and 9.4. Val R@1 gains are not robust on 80 queries (-1.2 to +11.2
+# between the two runs), so they are not asserted. The margins asserted sit below the measured ones.
 VAL_R5_MARGIN = 5.0
-VAL_R1_MARGIN = 1.0
 TEST_R5_MARGIN = 5.0
 
 
@@ -165,7 +165,6 @@ def test_the_demo_dag_runs_end_to_end_and_training_beats_the_untrained_model(tmp
         history = val_history(log_csv)
         best = {n: max(h[e] for e in h if e >= 0) for n, h in history.items()}
         assert best[5] >= history[5][-1] + VAL_R5_MARGIN, (name, history)
-        assert best[1] >= history[1][-1] + VAL_R1_MARGIN, (name, history)
 
     # On the test sets (PCA-whitened, as in the paper) the best method clearly beats the untrained model.
     def mean_r5(method):
