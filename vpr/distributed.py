@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import socket
 import warnings
 from dataclasses import dataclass
 
@@ -76,7 +77,8 @@ def init(timeout_minutes: int = 60) -> DistInfo:
         os.environ.setdefault("WORLD_SIZE", str(world))
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(minutes=timeout_minutes))
-        log.info("process group: backend=%s rank=%d/%d local_rank=%d", backend, rank, world, local_rank)
+        log.info("process group: backend=%s rank=%d/%d local_rank=%d host=%s", backend, rank, world,
+                 local_rank, socket.gethostname())
     return DistInfo(rank, world, local_rank, device)
 
 

@@ -4,8 +4,9 @@
 #
 # Layout of the state directory (default /tmp/vpr-slurm, or $VPR_SLURM_STATE, or --state DIR):
 #   env                  shell lines a caller sources/parses: SLURM_CONF=..., partition, node names
-#   etc/                 slurm.conf, slurmdbd.conf, gres.conf
-#   dev/nvidia0,1        fake GPUs: character devices (copies of /dev/null)
+#   etc/                 slurm.conf, slurmdbd.conf, gres.conf; hosts (two-node mode: node names, bind-
+#                        mounted over /etc/hosts in the slurmds' own mount namespaces)
+#   dev/nvidia<i>        fake GPUs: character devices (copies of /dev/null)
 #   run/<daemon>.pid     PID of every daemon started for this directory (what stop-cluster.sh stops)
 #   log/                 slurmctld, slurmd-<node>, slurmdbd logs and each daemon's stdout/stderr
 #   munge/               munged's socket, its own pid file and PRNG seed (owned by the munge user)

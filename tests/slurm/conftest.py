@@ -1,10 +1,13 @@
 """Fixtures for tests that need a real local Slurm cluster, started by tests/slurm/start-cluster.sh.
 
-`slurm_cluster` (session): one node `localhost` with two fake GPUs, accounting through slurmdbd, partition
-`debug`, and /etc/slurm/slurm.conf linked to its configuration when that path is free (`system_conf`):
-the Snakemake Slurm plugin drops SLURM_CONF before it runs srun inside a job.
+`slurm_cluster` (session): one node `localhost` with four fake GPUs, 32 CPUs and 256 GB declared (more
+than the machine has: the largest requests of profiles/slurm, 4 GPUs, 16 CPUs and 128 GB per training job,
+must be schedulable as shipped), accounting through slurmdbd, partition `debug`, and /etc/slurm/slurm.conf
+linked to its configuration when that path is free (`system_conf`): the Snakemake Slurm plugin drops
+SLURM_CONF before it runs srun inside a job.
 `slurm_cluster_2nodes` (session, started only when a test asks for it): nodes `node1` and `node2` in their
-own network namespaces.
+own network namespaces (the machine's CPUs and memory, two fake GPUs each); their jobs resolve the node
+names and find the cluster's slurm.conf as /etc/slurm/slurm.conf.
 
 A cluster that cannot be started (not root, no apt-get, a daemon fails) skips the tests that use it, with
 the start script's output in the reason; VPR_SLURM_REQUIRED=1 turns that into an error. A cluster already
@@ -30,6 +33,10 @@ import pytest
 HERE = Path(__file__).resolve().parent
 START = HERE / "start-cluster.sh"
 STOP = HERE / "stop-cluster.sh"
+
+# What the one-node cluster declares: room for the largest requests of profiles/slurm (a training job: 4
+# GPUs, 16 CPUs, 128 GB) and a second job beside it.
+PROFILE_SIZED = ("--gpus", "4", "--cpus", "32", "--mem", "262144")
 
 # sacct states after which a job never changes again.
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
@@ -67,7 +74,7 @@ class SlurmCluster:
     partition: str
     account: str
     nodes: list[str]
-    system_conf: str  # "/etc/slurm/slurm.conf" when linked to this cluster's configuration, else ""
+    system_conf: str  # "/etc/slurm/slurm.conf" when jobs find this cluster's configuration there, else ""
 
     def run(self, *args: str | Path, timeout: float = 30) -> str:
         """Run a Slurm client command against this cluster; return its stdout, raise on failure."""
@@ -168,10 +175,12 @@ def _cluster(state: Path, nodes: int, port: int, *options: str) -> Iterator[Slur
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[SlurmCluster]:
-    """One node `localhost` (all CPUs, two fake GPUs), accounting on; state in $VPR_SLURM_STATE or
-    /tmp/vpr-slurm, the default of start-cluster.sh, so a cluster started by hand is reused."""
+    """One node `localhost` (32 CPUs, 256 GB, four fake GPUs declared), accounting on; state in
+    $VPR_SLURM_STATE or /tmp/vpr-slurm, the default of start-cluster.sh, so a cluster started by hand is
+    reused (start it with the same --gpus/--cpus/--mem to run the workflow tests)."""
     state = Path(os.environ.get("VPR_SLURM_STATE", "/tmp/vpr-slurm"))
-    yield from _cluster(state, 1, int(os.environ.get("VPR_SLURM_PORT", "16817")), "--system-conf")
+    yield from _cluster(state, 1, int(os.environ.get("VPR_SLURM_PORT", "16817")), "--system-conf",
+                        *PROFILE_SIZED)
 
 
 @pytest.fixture(scope="session")

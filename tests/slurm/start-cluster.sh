@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # Start a throw-away Slurm cluster on this machine for the test suite: munged, a private MariaDB,
-# slurmdbd (so sacct works), slurmctld and one slurmd named `localhost` with two fake GPUs, or two slurmds
+# slurmdbd (so sacct works), slurmctld and one slurmd named `localhost` with fake GPUs, or two slurmds
 # (node1, node2) in their own network namespaces with --nodes 2; partitions debug (the default) and cpu and
 # gpu (the names profiles/slurm uses), all over every node. Everything lives in one state directory;
 # stop-cluster.sh stops exactly what this started. Measured facts behind the settings:
 # /work/shared/spec/SLURM-LOCAL.md (Debian 12, slurm-wlm 22.05, run as root, no systemd).
 #
-# Usage: start-cluster.sh [--state DIR] [--nodes 1|2] [--system-conf] [--status]
+# Usage: start-cluster.sh [--state DIR] [--nodes 1|2] [--gpus N] [--cpus N] [--mem MB] [--system-conf]
+#                         [--status]
 #   --state DIR    state directory (default $VPR_SLURM_STATE or /tmp/vpr-slurm)
 #   --nodes N      1 (default, $VPR_SLURM_NODES) or 2 (node1/node2 in network namespaces, 10.200.0.0/24)
+#   --gpus N       fake GPUs per node (default 2, $VPR_SLURM_GPUS)
+#   --cpus N, --mem MB
+#                  CPUs and memory (MB) each node declares, more than the machine has if need be (default:
+#                  what `slurmd -C` finds, 95% of its memory; $VPR_SLURM_CPUS, $VPR_SLURM_MEM_MB): lets the
+#                  cluster schedule a site profile's real requests (16 CPUs, 128 GB) on a small machine.
+#                  slurmd then trusts slurm.conf (SlurmdParameters=config_overrides); task/affinity binds
+#                  tasks to the CPUs that exist (a job given only non-existent ones runs on all real CPUs and
+#                  slurmd logs "error: job N allocated no CPUs", harmless).
 #   --system-conf  also link /etc/slurm/slurm.conf (the compiled-in default) to this cluster's config,
 #                  when that path is free; stop-cluster.sh removes the link. Needed by the Snakemake Slurm
 #                  plugin: its job-step executor drops every SLURM_* variable but a few job IDs, SLURM_CONF
 #                  included, before it calls srun inside the job. Recorded as VPR_SLURM_SYSTEM_CONF in env.
+#                  Two-node mode needs no link: its jobs see the cluster's etc/ as /etc/slurm anyway.
 #   --status       start nothing: exit 0 when every daemon of DIR runs, 3 when none does, 4 when some do
 # Environment: VPR_SLURM_PORT (first of four TCP ports, default 16817), VPR_SLURM_TIMEOUT (seconds to wait
 # for the node(s) to become idle, default 60).
@@ -27,12 +37,18 @@ source "$here/common.sh"
 
 STATE=${VPR_SLURM_STATE:-$VPR_SLURM_DEFAULT_STATE}
 NODES=${VPR_SLURM_NODES:-1}
+GPUS=${VPR_SLURM_GPUS:-2}
+DECLARED_CPUS=${VPR_SLURM_CPUS:-}
+DECLARED_MEM=${VPR_SLURM_MEM_MB:-}
 STATUS_ONLY=0
 SYSTEM_CONF=0
 while (($#)); do
     case $1 in
         --state) STATE=$2; shift 2 ;;
         --nodes) NODES=$2; shift 2 ;;
+        --gpus) GPUS=$2; shift 2 ;;
+        --cpus) DECLARED_CPUS=$2; shift 2 ;;
+        --mem) DECLARED_MEM=$2; shift 2 ;;
         --system-conf) SYSTEM_CONF=1; shift ;;
         --status) STATUS_ONLY=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -40,6 +56,9 @@ while (($#)); do
     esac
 done
 [[ $NODES == 1 || $NODES == 2 ]] || die "--nodes must be 1 or 2, got '$NODES'"
+[[ $GPUS =~ ^[1-9][0-9]?$ ]] || die "--gpus must be a number from 1 to 99, got '$GPUS'"
+[[ -z $DECLARED_CPUS || $DECLARED_CPUS =~ ^[1-9][0-9]*$ ]] || die "--cpus must be a positive number"
+[[ -z $DECLARED_MEM || $DECLARED_MEM =~ ^[1-9][0-9]*$ ]] || die "--mem must be a positive number (MB)"
 if ((STATUS_ONLY)) && [[ ! -d $STATE ]]; then exit 3; fi
 mkdir -p "$STATE" 2>/dev/null || die "cannot create state directory $STATE"
 STATE=$(cd "$STATE" && pwd)
@@ -135,7 +154,7 @@ write_config() {
     mkdir -p "$STATE"/{etc,dev,run,log,ctld}
     rm -f "$STATE"/run/*.pid "$STATE/env"   # env is rewritten once the cluster is up
     # Fake GPUs: gres.conf rejects regular files and missing File=, a character device is accepted.
-    for i in 0 1; do
+    for ((i = 0; i < GPUS; i++)); do
         [[ -c $STATE/dev/nvidia$i ]] || { rm -f "$STATE/dev/nvidia$i"; mknod "$STATE/dev/nvidia$i" c 1 3; }
     done
 
@@ -146,6 +165,12 @@ write_config() {
     cores=$(hw_field CoresPerSocket) threads=$(hw_field ThreadsPerCore) mem=$(hw_field RealMemory)
     [[ -n $cpus && -n $mem ]] || die "cannot parse 'slurmd -C' output: $hw"
     mem=$((mem * 95 / 100))
+    # Declared sizes: one socket of single-thread cores; slurmd takes them from here, not from the hardware.
+    local overrides=0
+    if [[ -n $DECLARED_CPUS ]]; then
+        cpus=$DECLARED_CPUS boards=1 sockets=1 cores=$DECLARED_CPUS threads=1 overrides=1
+    fi
+    if [[ -n $DECLARED_MEM ]]; then mem=$DECLARED_MEM overrides=1; fi
 
     if ((NODES == 2)); then ctld_host="localhost($NET.1)"; else ctld_host=localhost; fi
     {
@@ -188,21 +213,27 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=$DBD_PORT
 AccountingStorageTRES=gres/gpu
+# Keep each job's --comment for sacct (the Snakemake plugin puts the rule name there).
+AccountingStoreFlags=job_comment
 # Connections to slurmdbd take their munge socket from here, not from AuthInfo.
 AccountingStoragePass=$MUNGE_SOCKET
 GresTypes=gpu
 EOF
+        if ((overrides)); then
+            echo "# Declared CPUs/memory beyond the machine's: slurmd uses these instead of what it detects."
+            echo "SlurmdParameters=config_overrides"
+        fi
         for n in "${NODE_NAMES[@]}"; do
             if [[ $n == localhost ]]; then addr=127.0.0.1; else addr=$NET.$((${n#node} + 1)); fi
             echo "NodeName=$n NodeAddr=$addr CPUs=$cpus Boards=$boards SocketsPerBoard=$sockets" \
-                 "CoresPerSocket=$cores ThreadsPerCore=$threads RealMemory=$mem Gres=gpu:2 State=UNKNOWN"
+                 "CoresPerSocket=$cores ThreadsPerCore=$threads RealMemory=$mem Gres=gpu:$GPUS State=UNKNOWN"
         done
         echo "PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
         # The partition names profiles/slurm uses, over the same node(s).
         echo "PartitionName=cpu Nodes=ALL MaxTime=INFINITE State=UP"
         echo "PartitionName=gpu Nodes=ALL MaxTime=INFINITE State=UP"
     } >"$CONF"
-    printf 'Name=gpu File=%s\nName=gpu File=%s\n' "$STATE/dev/nvidia0" "$STATE/dev/nvidia1" \
+    for ((i = 0; i < GPUS; i++)); do printf 'Name=gpu File=%s\n' "$STATE/dev/nvidia$i"; done \
         >"$STATE/etc/gres.conf"
 
     # slurmdbd refuses a configuration readable by others (it holds the database password).
@@ -366,12 +397,23 @@ if ((NODES == 2)); then
     # initialises its cgroup plugin even with proctrack/linuxproc ("No filesystem mounted on
     # /sys/fs/cgroup ... slurmd initialization failed"). A UTS namespace gives each node its own hostname,
     # so `hostname` in a job step names the node it ran on. The munge socket is a path on the shared
-    # filesystem, reachable from every network namespace.
+    # filesystem, reachable from every network namespace. A private mount namespace gives the slurmd and
+    # its jobs (only them) two files of the state directory: etc/hosts over /etc/hosts, so node1/node2
+    # resolve to their namespace addresses, which a multi-node job needs (torchrun's rendezvous endpoint
+    # is a node name; gloo binds to the address its host name resolves to); and etc/ over /etc/slurm, so
+    # a command in a job finds this cluster's slurm.conf without SLURM_CONF (the Snakemake plugin drops
+    # it), whatever the machine's /etc/slurm/slurm.conf is (the one-node cluster's --system-conf link).
+    printf '127.0.0.1 localhost\n%s.1 vpr-slurm-bridge\n' "$NET" >"$STATE/etc/hosts"
+    for n in "${NODE_NAMES[@]}"; do
+        printf '%s.%d %s\n' "$NET" $((${n#node} + 1)) "$n" >>"$STATE/etc/hosts"
+    done
+    mkdir -p /etc/slurm   # (slurm-client's own directory: it exists already)
     for n in "${NODE_NAMES[@]}"; do
         mkdir -p "$STATE/spool/$n"
-        # shellcheck disable=SC2016  # $1 is expanded by the inner sh
-        launch "slurmd-$n" nsenter --net="/run/netns/vpr-$n" unshare --uts \
-            sh -c 'hostname "$1" && exec slurmd -D -N "$1"' sh "$n"
+        # shellcheck disable=SC2016  # $1..$3 are expanded by the inner sh
+        launch "slurmd-$n" nsenter --net="/run/netns/vpr-$n" unshare --uts --mount --propagation private \
+            sh -c 'mount --bind "$2" /etc/hosts && mount --bind "$3" /etc/slurm && hostname "$1" &&
+                   exec slurmd -D -N "$1"' sh "$n" "$STATE/etc/hosts" "$STATE/etc"
     done
 else
     mkdir -p "$STATE/spool/localhost"
@@ -398,6 +440,8 @@ done
 # The link is ours when it points to our config; a dangling link (a cluster gone without stop-cluster.sh)
 # configures nothing and is replaced; anything else is another Slurm installation's and stays.
 system_conf=
+# Two-node mode: jobs see etc/slurm.conf as /etc/slurm/slurm.conf in any case (the slurmds' mount namespace).
+if ((NODES == 2)); then system_conf=/etc/slurm/slurm.conf; fi
 if ((SYSTEM_CONF)); then
     link=/etc/slurm/slurm.conf
     if [[ -L $link && $(readlink "$link") == "$CONF" ]]; then

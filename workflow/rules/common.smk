@@ -121,8 +121,10 @@ def torchrun(resources):
     if nodes == 1:
         return f"torchrun --standalone --nnodes=1 --nproc-per-node={per_node} -m vpr.cli"
     # Several nodes: the job (resources mpi='srun', tasks=nodes) starts one torchrun per node, joined by a
-    # c10d rendezvous on the first node of the allocation.
-    head = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+    # c10d rendezvous on the first node of the allocation. The Slurm plugin's job step runs the rule
+    # without SLURM_JOB_NODELIST (it keeps only the job ID): then squeue names the nodes.
+    nodelist = '${SLURM_JOB_NODELIST:-$(squeue -h -o %N -j "$SLURM_JOB_ID")}'
+    head = f'$(scontrol show hostnames "{nodelist}" | head -n 1)'
     return (f"srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 torchrun --nnodes={nodes} "
             f"--nproc-per-node={per_node} --rdzv-backend=c10d --rdzv-endpoint={head}:29500 "
             f"--rdzv-id=$SLURM_JOB_ID -m vpr.cli")
