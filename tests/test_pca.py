@@ -123,10 +123,10 @@ def write_pca_file(path, **datasets):
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(VprError, match=r"missing\.h5 does not exist"):
+    with pytest.raises(VprError, match=r"missing\.h5: PCA file not found"):
         load_pca(tmp_path / "missing.h5")
     (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
-    with pytest.raises(VprError, match=r"junk\.h5 is not a readable HDF5 file"):
+    with pytest.raises(VprError, match=r"junk\.h5: not a readable HDF5 PCA file"):
         load_pca(tmp_path / "junk.h5")
     ok = dict(U=np.eye(4, 2), lams=np.ones(2), mu=np.zeros(4), Utmu=np.zeros(2))
     write_pca_file(tmp_path / "nolams.h5", **{k: v for k, v in ok.items() if k != "lams"})
@@ -184,7 +184,8 @@ def test_fit_pca_command(tmp_path):
 def test_fit_pca_command_errors(tmp_path, capsys):
     out = tmp_path / "pca.h5"
     assert cli.main(["fit-pca", "--features", str(tmp_path / "none.h5"), "--out", str(out)]) == 2
-    assert "vpr fit-pca: error: features file" in capsys.readouterr().err and not out.exists()
+    assert "none.h5: features file not found (create it with 'vpr extract')" in capsys.readouterr().err
+    assert not out.exists()
     with h5py.File(tmp_path / "dbonly.h5", "w") as f:
         f.create_dataset("db", data=np.ones((5, 3), np.float32))
     assert cli.main(["fit-pca", "--features", str(tmp_path / "dbonly.h5"), "--out", str(out)]) == 2

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from vpr import distributed
 from vpr.data.images import ImageListDataset, check_images_exist
 from vpr.errors import VprError
-from vpr.io import atomic_output
+from vpr.io import atomic_output, open_h5
 from vpr.models import EmbedNet
 from vpr.precision import Precision, channels_last, resolve_precision, to_channels_last
 
@@ -111,10 +111,8 @@ def cluster(model: EmbedNet, files: Sequence[str], out: str | os.PathLike, *, nu
 def read_centers(path: str | os.PathLike, num_clusters: int | None = None,
                  dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(centroids K×D, descriptors M×D) from a centres file, checked against the model's K and D."""
-    if not os.path.isfile(path):
-        raise VprError(f"{path}: centres file not found (create it with 'vpr cluster')")
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path, "centres file", "vpr cluster") as f:
             centroids = np.asarray(f["centroids"][()], dtype=np.float32)
             descriptors = np.asarray(f["descriptors"][()], dtype=np.float32)
     except (OSError, KeyError) as err:

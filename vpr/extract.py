@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from vpr.data.images import ImageListDataset, SizeBucketBatchSampler, check_images_exist
 from vpr.errors import VprError
-from vpr.io import atomic_output
+from vpr.io import atomic_output, open_h5
 from vpr.precision import Precision, resolve_precision, to_channels_last
 from vpr.precision import channels_last as model_channels_last
 
@@ -146,10 +146,8 @@ def write_features(path: str | os.PathLike, db: np.ndarray, query: np.ndarray, a
 
 def read_features(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
     """(db, query, attrs) of a features file; a missing, unreadable or malformed file is a VprError."""
-    if not os.path.isfile(path):
-        raise VprError(f"{path}: features file not found (create it with 'vpr extract')")
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path, "features file", "vpr extract") as f:
             db = np.asarray(f["db"][()], dtype=np.float32)
             query = np.asarray(f["query"][()], dtype=np.float32)
             attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}

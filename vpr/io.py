@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from vpr.errors import VprError
+
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
@@ -37,3 +39,20 @@ def sha256sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def open_h5(path: str | os.PathLike, what: str, made_by: str):
+    """Open the HDF5 file ``path`` for reading (an ``h5py.File``, to use in a ``with`` block).
+
+    A missing file or one HDF5 cannot open is a VprError naming the file, ``what`` it should be (e.g.
+    "PCA file") and the command that ``made_by`` it.
+    """
+    import h5py  # here, not at the top: light commands (select, table) use vpr.io without HDF5
+
+    path = Path(path)
+    if not path.is_file():
+        raise VprError(f"{path}: {what} not found (create it with '{made_by}')")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise VprError(f"{path}: not a readable HDF5 {what} ({err})") from None

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from vpr.errors import VprError
-from vpr.io import atomic_output
+from vpr.io import atomic_output, open_h5
 
 log = logging.getLogger(__name__)
 
@@ -189,13 +189,7 @@ def load_pca(path: str | os.PathLike) -> PCAParams:
     """Read a PCA file written by :func:`save_pca`; ``VprError`` naming the file for a missing, unreadable
     or inconsistent one. ``mu`` and ``Utmu`` may also be stored as column vectors (D×1, k×1)."""
     path = Path(path)
-    if not path.is_file():
-        raise VprError(f"PCA file {path} does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise VprError(f"PCA file {path} is not a readable HDF5 file ({err})") from None
-    with f:
+    with open_h5(path, "PCA file", "vpr fit-pca") as f:
         arrays = {}
         for name in ("U", "lams", "mu", "Utmu"):
             if name not in f or not isinstance(f[name], h5py.Dataset):

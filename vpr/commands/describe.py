@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 
+from vpr.commands.extract import add_pca_options
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pth)")
-    parser.add_argument("--pca", default=None,
-                        help="PCA file to attach (from 'vpr fit-pca'); none by default")
-    parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
-                        help="with --pca: whiten (scale by the eigenvalues^-1/2) or only project "
-                             "(default: the PCA file's 'whiten' attribute, on when absent)")
+    add_pca_options(parser)
     parser.add_argument("--resize", choices=("fixed", "shorter-side"), default="fixed",
                         help="the model's fixed image size, or shorter side = the longer side of that size "
                              "keeping the aspect ratio")

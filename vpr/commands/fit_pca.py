@@ -18,6 +18,7 @@ import numpy as np
 
 from vpr.cli import positive_int
 from vpr.errors import VprError
+from vpr.io import open_h5
 
 SUBSETS = ("all", "db", "query")
 _READ_ROWS = 1024  # rows read from the features file at a time
@@ -61,13 +62,7 @@ def read_sample(path: Path, subset: str, n_sample: int, seed: int) -> np.ndarray
     """The seeded sample of rows of ``subset`` (db rows first, then query rows), as float32 (n, D)."""
     from vpr.pca import sample_rows
 
-    if not path.is_file():
-        raise VprError(f"features file {path} does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise VprError(f"features file {path} is not a readable HDF5 file ({err})") from None
-    with f:
+    with open_h5(path, "features file", "vpr extract") as f:
         datasets = _datasets(f, path, subset)
         total = sum(ds.shape[0] for ds in datasets)
         if total < 2:

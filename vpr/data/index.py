@@ -27,7 +27,7 @@ import numpy as np
 
 from vpr.data.geometry import csr_rows, radius_neighbours
 from vpr.errors import VprError
-from vpr.io import atomic_output
+from vpr.io import atomic_output, open_h5
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -157,10 +157,8 @@ class Index:
 
     def __init__(self, path: str | os.PathLike, root: str | os.PathLike | None = None):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise VprError(f"{self.path}: index file not found (create it with 'vpr index')")
         try:
-            with h5py.File(self.path, "r") as f:
+            with open_h5(self.path, "index file", "vpr index") as f:
                 self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
                 if self.attrs.get("schema_version") != SCHEMA_VERSION:
                     raise VprError(f"{self.path}: not a vpr index file of schema version {SCHEMA_VERSION} "
