@@ -1,4 +1,5 @@
-"""`vpr extract` / `vpr describe` against a plain re-statement: PIL load, torchvision resize, mean, model."""
+"""`vpr extract` / `vpr describe` against a plain re-statement (PIL load, torchvision resize, mean, model),
+and the image loading that `vpr cluster` shares with them."""
 
 from __future__ import annotations
 
@@ -204,3 +205,42 @@ def test_describe_npy_and_h5(tmp_path, model_and_checkpoint, capsys):
     assert _no_leftovers(tmp_path, "e.npy")
     assert main(["describe", str(files[0]), "--checkpoint", str(ckpt), "--device", "nonsense"]) == 2
     assert "--device nonsense: not a torch device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_cluster_corrupt_image_fails_cleanly(tmp_path, capsys, workers):
+    """`vpr cluster` loads its sample through the same batches as `vpr extract`: one clean line."""
+    index, db_files, q_files = _make_dataset(tmp_path)
+    db_files[1].write_bytes(b"\xff\xd8\xff garbage")
+    out = tmp_path / "centers.h5"
+    args = ["cluster", "--index", str(index), "--out", str(out), "--backbone", "small", "--image-size", "48",
+            "64", "--num-clusters", "2", "--images", "100", "--per-image", "4",
+            "--workers", str(workers), "--batch-size", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{db_files[1]}: unreadable or corrupt image" in err and "Traceback" not in err
+    assert err.count("\n") == 1
+    assert _no_leftovers(tmp_path, "centers.h5")
+
+
+def test_cluster_sample_is_seeded_and_independent_of_file_order_and_workers(tmp_path):
+    from vpr.cluster import cluster
+
+    _, db_files, q_files = _make_dataset(tmp_path)
+    files = [str(p) for p in db_files + q_files]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="small", num_clusters=2, image_size=(48, 64)))
+    kw = dict(num_clusters=2, num_images=4, per_image=5, iterations=5, seed=7, batch_size=3)
+
+    def read(path):
+        with h5py.File(path) as f:
+            return f["centroids"][()], f["descriptors"][()]
+
+    cluster(model, files, tmp_path / "a.h5", workers=0, **kw)
+    cluster(model, files[::-1], tmp_path / "b.h5", workers=1, **kw)
+    cluster(model, files, tmp_path / "c.h5", workers=0, **{**kw, "seed": 8})
+    (ca, da), (cb, db), (_, dc) = read(tmp_path / "a.h5"), read(tmp_path / "b.h5"), read(tmp_path / "c.h5")
+    assert da.shape == (4 * 5, 128)
+    np.testing.assert_array_equal(da, db)
+    np.testing.assert_array_equal(ca, cb)
+    assert not np.array_equal(da, dc)   # another seed draws other images or locations

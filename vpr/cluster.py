@@ -15,6 +15,7 @@ they are cast to float32 before the L2 normalisation, so the stored descriptors 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 
@@ -23,12 +24,12 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vpr import distributed
-from vpr.data.images import ImageListDataset, check_images_exist
+from vpr.data.images import check_images_exist
 from vpr.errors import VprError
+from vpr.extract import image_batches
 from vpr.io import atomic_output, open_h5
 from vpr.models import EmbedNet
 from vpr.precision import Precision, channels_last, resolve_precision, to_channels_last
@@ -53,13 +54,13 @@ def local_descriptors(model: EmbedNet, files: Sequence[str], positions: Sequence
     ``positions[i]`` is the sample position of ``files[i]``; it seeds that image's location choice.
     """
     precision = resolve_precision(precision, device)
-    loader = DataLoader(ImageListDataset(files, size=size), batch_size=batch_size, num_workers=workers,
-                        pin_memory=torch.device(device).type == "cuda")
+    device = torch.device(device)
+    batches = image_batches(files, size, batch_size, workers, device)
     model.eval().to(device)
     out = []
     with channels_last(model):
-        for images, idx in tqdm(loader, desc="cluster: descriptors", unit="batch",
-                                disable=not progress or None):
+        for images, idx in tqdm(batches, total=math.ceil(len(files) / batch_size),
+                                desc="cluster: descriptors", unit="batch", disable=not progress or None):
             with precision.autocast():
                 fmap = model.feature_map(to_channels_last(images.to(device, non_blocking=True)))
             fmap = F.normalize(fmap.float(), p=2, dim=1)                            # (B, D, h, w)

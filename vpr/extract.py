@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -69,6 +69,27 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def image_batches(files: Sequence[str | os.PathLike], size: tuple[int, int] | None, batch_size: int,
+                  workers: int, device: torch.device, shorter_side: int | None = None
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images (B, 3, H, W), row indices into files)`` batches, images of one output size per batch.
+
+    Resizing as in :class:`ImageListDataset`; loaded by ``workers`` processes. A missing or unreadable
+    image raises VprError naming it (in this process, not as a worker's traceback).
+    """
+    dataset = ImageListDataset(files, size=size, shorter_side=shorter_side)
+    if dataset.size is not None:
+        sizes = [dataset.size] * len(dataset)
+    else:
+        sizes = [dataset.output_size(i) for i in range(len(dataset))]
+    loader = DataLoader(_Guarded(dataset), batch_sampler=SizeBucketBatchSampler(sizes, batch_size),
+                        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda")
+    for images, idx, error in loader:
+        if error is not None:
+            raise VprError(error)
+        yield images, idx
+
+
 def extract_features(
     model: torch.nn.Module,
     files: Sequence[str | os.PathLike],
@@ -101,13 +122,6 @@ def extract_features(
     check_images_exist(files)
     if shorter_side is not None:
         size = None
-    dataset = ImageListDataset(files, size=size, shorter_side=shorter_side)
-    if dataset.size is not None:
-        sizes = [dataset.size] * len(files)
-    else:
-        sizes = [dataset.output_size(i) for i in range(len(files))]
-    loader = DataLoader(_Guarded(dataset), batch_sampler=SizeBucketBatchSampler(sizes, batch_size),
-                        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda")
     was_training = model.training
     model.eval()
     model.to(device)
@@ -118,9 +132,7 @@ def extract_features(
             stack.enter_context(model_channels_last(model, channels_last))
             stack.enter_context(torch.inference_mode())
             bar = stack.enter_context(tqdm(total=len(files), desc=desc, unit="img", disable=None))
-            for images, idx, error in loader:
-                if error is not None:
-                    raise VprError(error)
+            for images, idx in image_batches(files, size, batch_size, workers, device, shorter_side):
                 images = to_channels_last(images.to(device, non_blocking=True), channels_last)
                 with precision.autocast():
                     # float32 whatever the precision: the model's head runs with autocast off
