@@ -24,8 +24,6 @@ SUBSETS = ("all", "db", "query")
 _READ_ROWS = 1024  # rows read from the features file at a time
 
 
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", required=True, type=Path, metavar="F.h5",
                         help="features file with float32 datasets 'db' and 'query' (from 'vpr extract')")
