@@ -156,3 +156,167 @@ def test_dataset_fixed_and_native_sizes(tmp_path):
     assert tuple(ImageListDataset([tmp_path / "a.png"])[0][0].shape) == (3, 30, 40)
     with pytest.raises(ValueError):
         ImageListDataset([tmp_path / "a.png"], size=(16, 24), shorter_side=10)
+
+
+# ---- every image mode to 8-bit RGB with its content ---------------------------------------------------
+
+def _grey_ramp() -> np.ndarray:
+    """8-bit levels 0..255 along a 4x256 image (every level once per row)."""
+    return np.tile(np.arange(256, dtype=np.uint8), (4, 1))
+
+
+def _rgb(path) -> np.ndarray:
+    img = load_rgb(path)
+    assert img.mode == "RGB"
+    return np.asarray(img).astype(np.int64)
+
+
+def _assert_grey(got: np.ndarray, expected_levels: np.ndarray, tol: int = 0) -> None:
+    for c in range(3):
+        np.testing.assert_allclose(got[..., c], expected_levels, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("fmt, mode", [("png", "I;16"), ("tiff", "I;16"), ("tiff", "I;16B"),
+                                       ("png", "I;16B")])
+def test_16_bit_grey_keeps_its_levels(tmp_path, fmt, mode):
+    # The issue's case: an 8-bit image saved with 16-bit samples (v*257) was read as all white.
+    g8 = _grey_ramp()
+    path = tmp_path / f"g16.{fmt}"
+    Image.fromarray((g8.astype(np.uint16) * 257).astype(">u2" if mode == "I;16B" else "<u2")).save(path)
+    with Image.open(path) as opened:
+        assert opened.mode.startswith("I;16")
+    _assert_grey(_rgb(path), g8)
+    # the network input equals the 8-bit image's, so the descriptor is the same
+    Image.fromarray(g8).save(tmp_path / "g8.png")
+    np.testing.assert_array_equal(to_tensor(load_rgb(path)), to_tensor(load_rgb(tmp_path / "g8.png")))
+
+
+def test_16_bit_values_between_levels_go_to_the_nearest_level(tmp_path):
+    x = np.array([[0, 128, 129, 385, 386, 65278, 65535, 30000]], dtype=np.uint16)
+    Image.fromarray(x).save(tmp_path / "x.png")
+    # nearest level k minimises |x - 257 k|: 128/257 < 0.5 -> 0, 129 -> 1, 385 -> 1 (1.498), 386 -> 2,
+    # 65278 = 254*257 -> 254, 30000/257 = 116.73 -> 117
+    _assert_grey(_rgb(tmp_path / "x.png"), np.array([[0, 0, 1, 1, 2, 254, 255, 117]]))
+
+
+def test_32_bit_integer_is_read_as_16_bit_samples(tmp_path):
+    # mode I: a 32-bit TIFF and a 16-bit PGM (which Pillow opens as I); out-of-range values are clipped
+    g8 = _grey_ramp()
+    wide = g8.astype(np.int32) * 257
+    wide[0, :3] = [-7, 70000, 2**31 - 1]
+    Image.fromarray(wide).save(tmp_path / "i32.tiff")
+    expected = g8.astype(np.int64)
+    expected[0, :3] = [0, 255, 255]
+    with Image.open(tmp_path / "i32.tiff") as opened:
+        assert opened.mode == "I"
+    _assert_grey(_rgb(tmp_path / "i32.tiff"), expected)
+    # a PGM with maxval 1000: Pillow stretches its samples to 0..65535, so 500 is mid-grey (127.5 -> 128)
+    pgm = tmp_path / "g.pgm"
+    pgm.write_bytes(b"P5 3 1 1000\n" + np.array([0, 500, 1000], ">u2").tobytes())
+    with Image.open(pgm) as opened:
+        assert opened.mode == "I"
+    _assert_grey(_rgb(pgm), np.array([[0, 128, 255]]), tol=1)
+
+
+def test_float_images(tmp_path):
+    g8 = _grey_ramp()
+    Image.fromarray(g8.astype(np.float32) / 255).save(tmp_path / "unit.tiff")  # unit scale -> x255
+    with Image.open(tmp_path / "unit.tiff") as opened:
+        assert opened.mode == "F"
+    _assert_grey(_rgb(tmp_path / "unit.tiff"), g8)
+    levels = np.array([[-3.0, 0.4, 17.6, 254.5, 300.0, np.nan]], dtype=np.float32)  # levels, clipped
+    Image.fromarray(levels).save(tmp_path / "levels.tiff")
+    _assert_grey(_rgb(tmp_path / "levels.tiff"), np.array([[0, 0, 18, 254, 255, 0]]), tol=0)
+
+
+def test_bilevel_grey_and_grey_alpha(tmp_path):
+    bits = (np.indices((4, 6)).sum(axis=0) % 2).astype(bool)
+    Image.fromarray(bits).save(tmp_path / "b.png")
+    with Image.open(tmp_path / "b.png") as opened:
+        assert opened.mode == "1"
+    _assert_grey(_rgb(tmp_path / "b.png"), np.where(bits, 255, 0))
+    g8 = _grey_ramp()
+    Image.fromarray(g8).save(tmp_path / "l.png")
+    _assert_grey(_rgb(tmp_path / "l.png"), g8)
+    la = np.stack([g8, np.full_like(g8, 7)], axis=-1)  # nearly transparent: the grey is still the content
+    Image.fromarray(la, mode="LA").save(tmp_path / "la.png")
+    _assert_grey(_rgb(tmp_path / "la.png"), g8)
+    Image.fromarray(g8).save(tmp_path / "l.jpg", quality=95)
+    _assert_grey(_rgb(tmp_path / "l.jpg"), g8, tol=3)  # lossy
+
+
+def test_palette_with_and_without_transparency(tmp_path):
+    palette = [(10, 20, 30), (200, 100, 0), (0, 255, 128), (90, 90, 90)]
+    idx = np.array([[0, 1, 2, 3], [3, 2, 1, 0]], dtype=np.uint8)
+    expected = np.array([[palette[i] for i in row] for row in idx])
+    img = Image.fromarray(idx, mode="P")
+    img.putpalette([v for rgb in palette for v in rgb])
+    img.save(tmp_path / "p.png")
+    img.save(tmp_path / "pt.png", transparency=1)  # palette entry 1 transparent (tRNS)
+    img.convert("PA").save(tmp_path / "pa.tiff")
+    for name in ("p.png", "pt.png"):
+        with Image.open(tmp_path / name) as opened:
+            assert opened.mode == "P"
+        np.testing.assert_array_equal(_rgb(tmp_path / name), expected)
+    with Image.open(tmp_path / "pa.tiff") as opened:
+        assert opened.mode == "PA"
+    np.testing.assert_array_equal(_rgb(tmp_path / "pa.tiff"), expected)
+
+
+def test_colour_modes(tmp_path):
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [20, 200, 90]]], dtype=np.uint8)
+    rgba = np.concatenate([rgb, np.array([[[255], [0], [128], [1]]], dtype=np.uint8)], axis=-1)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "a.png")
+    np.testing.assert_array_equal(_rgb(tmp_path / "a.png"), rgb)  # alpha dropped, colours kept
+    # CMYK with K = 0: R = 255 - C, G = 255 - M, B = 255 - Y
+    cmy = np.array([[[0, 255, 255, 0], [255, 0, 255, 0], [255, 255, 0, 0], [235, 55, 165, 0]]], np.uint8)
+    Image.fromarray(cmy, mode="CMYK").save(tmp_path / "c.tiff")
+    with Image.open(tmp_path / "c.tiff") as opened:
+        assert opened.mode == "CMYK"
+    np.testing.assert_array_equal(_rgb(tmp_path / "c.tiff"), rgb)
+    # YCbCr (JFIF): R = Y + 1.402 Cr, G = Y - 0.344136 Cb - 0.714136 Cr, B = Y + 1.772 Cb (Cb, Cr minus 128)
+    ycc = np.array([[[76, 85, 255], [150, 44, 21], [29, 255, 107], [126, 106, 64]]], dtype=np.float64)
+    y, cb, cr = ycc[..., 0], ycc[..., 1] - 128, ycc[..., 2] - 128
+    by_formula = np.clip(np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], -1),
+                         0, 255)
+    Image.fromarray(ycc.astype(np.uint8), mode="YCbCr").save(tmp_path / "y.tiff")
+    with Image.open(tmp_path / "y.tiff") as opened:
+        assert opened.mode == "YCbCr"
+    np.testing.assert_allclose(_rgb(tmp_path / "y.tiff"), by_formula, atol=2)
+
+
+def test_lab_follows_the_cie_formulas(tmp_path):
+    # A CIELAB TIFF stores L* 255/100 and signed 8-bit a*, b*. Neutral grey (a* = b* = 0): relative
+    # luminance Y = ((L*+16)/116)^3 (L* > 8), then the sRGB transfer 255 (1.055 Y^(1/2.4) - 0.055).
+    l_bytes = np.array([40, 90, 137, 200, 250, 136], dtype=np.uint8)
+    lab = np.stack([l_bytes, np.zeros(6, np.uint8), np.zeros(6, np.uint8)], -1)[None]
+    lab[0, -1, 1:] = [80, 67]  # sRGB red is L* 53.24, a* 80.09, b* 67.20
+    Image.fromarray(lab, mode="LAB").save(tmp_path / "lab.tiff")
+    with Image.open(tmp_path / "lab.tiff") as opened:
+        assert opened.mode == "LAB"
+    got = _rgb(tmp_path / "lab.tiff")
+    lum = ((l_bytes[:-1].astype(np.float64) * 100 / 255 + 16) / 116) ** 3
+    srgb = 255 * (1.055 * lum ** (1 / 2.4) - 0.055)
+    _assert_grey(got[:, :-1], srgb[None], tol=2)
+    np.testing.assert_allclose(got[0, -1], [255, 0, 0], atol=12)
+
+
+def test_in_memory_modes_without_a_file_format():
+    # premultiplied alpha is undone: (100, 50, 20) at alpha 128 is stored as about half of it
+    from vpr.data.images import to_rgb8
+
+    rgba = Image.fromarray(np.array([[[100, 50, 20, 128]]], np.uint8), mode="RGBA")
+    np.testing.assert_allclose(np.asarray(to_rgb8(rgba.convert("RGBa"))), [[[100, 50, 20]]], atol=2)
+    la = Image.fromarray(np.array([[[100, 128]]], np.uint8), mode="LA")
+    np.testing.assert_allclose(np.asarray(to_rgb8(la.convert("La"))), [[[100, 100, 100]]], atol=2)
+    hsv = Image.fromarray(np.array([[[0, 255, 255], [85, 255, 255]]], np.uint8), mode="HSV")
+    np.testing.assert_allclose(np.asarray(to_rgb8(hsv)), [[[255, 0, 0], [0, 255, 0]]], atol=1)
+
+
+def test_directory_in_place_of_an_image(tmp_path):
+    (tmp_path / "d.jpg").mkdir()
+    Image.fromarray(_grey_ramp()).save(tmp_path / "ok.png")
+    with pytest.raises(VprError, match=r"d\.jpg: is a directory, not an image \(1 of 2"):
+        check_images_exist([tmp_path / "ok.png", tmp_path / "d.jpg"])
+    with pytest.raises(VprError, match=r"d\.jpg: is a directory, not an image"):
+        load_rgb(tmp_path / "d.jpg")

@@ -9,6 +9,10 @@ Tokyo 24/7 queries keep their aspect ratio (shorter side = 640, METHOD.md §5.5)
 in size. :class:`SizeBucketBatchSampler` groups images whose *output* size agrees into common batches
 (the output size is computed from the image header, without decoding the image), so variable-size query
 sets do not force a batch size of 1.
+
+Every image mode Pillow opens becomes 8-bit RGB with its content (:func:`to_rgb8`): 16-bit samples (modes
+``I;16*`` and ``I``) are scaled to the nearest 8-bit level, floats (``F``) on the unit scale are multiplied by
+255, alpha is dropped, and the other modes use Pillow's own conversion.
 """
 
 from __future__ import annotations
@@ -30,11 +34,51 @@ VGG_MEAN_RGB = (123.68, 116.779, 103.939)
 _PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """``img`` as an 8-bit RGB image that keeps its content, whatever its mode.
+
+    Pillow's own ``convert("RGB")`` clips wide samples to 255 (a 16-bit grayscale image becomes white), so:
+
+    * 16-bit integer modes (``I;16``, ``I;16B``, ``I;16L``, ...) and ``I`` (32-bit; what Pillow gives for
+      16-bit PNG/PGM files, PGMs with a smaller maxval already stretched to 0..65535): level
+      ``round(x / 257)``, clipped to 0..255. 257 = 65535 / 255 is the factor by which PNG widens an 8-bit
+      sample v to 16 bits (v·257: the byte repeated), so an 8-bit image saved as 16 bits comes back
+      exactly, and any other value maps to its nearest 8-bit level (``x >> 8`` would truncate: up to one
+      level darker).
+    * ``F`` (32-bit float): when every finite value lies in [0, 1] the image is on the unit scale and is
+      multiplied by 255; otherwise its values are taken as 8-bit levels. Rounded, clipped to 0..255; NaN
+      becomes 0.
+    * Alpha (``LA``, ``PA``, ``RGBA``, palette transparency) is dropped: the stored colours are kept, not
+      composited on a background; premultiplied ``La``/``RGBa`` are un-premultiplied first.
+    * Everything else (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ...) uses Pillow's
+      conversion, which is colorimetric for these (an embedded ICC profile is ignored).
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "I" or mode.startswith("I;16"):
+        levels = np.rint(np.asarray(img, dtype=np.float64) / 257.0)
+    elif mode == "F":
+        x = np.asarray(img, dtype=np.float64)
+        finite = x[np.isfinite(x)]
+        if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
+            x = x * 255.0
+        levels = np.rint(np.nan_to_num(x, nan=0.0, posinf=255.0, neginf=0.0))
+    else:
+        unpremultiplied = {"La": "LA", "RGBa": "RGBA"}.get(mode)
+        return (img.convert(unpremultiplied) if unpremultiplied else img).convert("RGB")
+    return Image.fromarray(np.clip(levels, 0, 255).astype(np.uint8)).convert("RGB")
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file into an RGB PIL image; a missing or unreadable file is a VprError."""
+    """Decode an image file into an 8-bit RGB PIL image (:func:`to_rgb8`); a missing, unreadable or
+    non-file path is a VprError naming it."""
+    if os.path.isdir(path):
+        raise VprError(f"{path}: is a directory, not an image")
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")  # convert() decodes the whole image, so truncation shows up here
+            img.load()  # decodes the whole image, so truncation shows up here
+            return to_rgb8(img)
     except FileNotFoundError as err:
         raise VprError(f"{path}: image not found") from err
     except _PIL_ERRORS as err:
@@ -45,6 +89,10 @@ def check_images_exist(files: Sequence[str | os.PathLike]) -> None:
     """Fail early, before any work, when image files are missing (names the first one and the count)."""
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
+        dirs = [f for f in missing if os.path.isdir(f)]
+        if dirs:
+            raise VprError(f"{dirs[0]}: is a directory, not an image ({len(dirs)} of {len(files)} image "
+                           "path(s) are directories)")
         raise VprError(f"{missing[0]}: image not found ({len(missing)} of {len(files)} image(s) missing)")
 
 
@@ -84,7 +132,7 @@ def resize_shorter_side(img: Image.Image, s: int) -> Image.Image:
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """float32 (3, H, W): RGB pixels on the 0..255 scale minus :data:`VGG_MEAN_RGB`, no std division."""
-    rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))   # (H, W, 3) uint8, no copy
+    rgb = np.asarray(to_rgb8(img))   # (H, W, 3) uint8, no copy
     out = np.empty((3, *rgb.shape[:2]), dtype=np.float32)
     # One pass per channel straight into the planar float32 output: 4x faster than converting, subtracting
     # and transposing whole arrays (a 480x640 image: about 2 ms instead of 9 in a loader worker).
