@@ -488,3 +488,91 @@ def test_csv_bad_input(tmp_path, capsys, case):
     assert rc == 2
     assert message in err and str(csv_file) in err
     assert_nothing_written(out)
+
+
+# --------------------------------------------------------------------------- inputs that make no sense
+
+@pytest.mark.parametrize("case", ["db and query", "db twice", "query twice", "db twice normalised"])
+def test_csv_image_listed_twice(tmp_path, capsys, case):
+    rows = list(CSV_ROWS)  # file lines: header 1, rows 2..8
+    if case == "db and query":
+        rows[4] = ("a/db1.jpg", E0 + 30.0, N0, "query")
+        message = ("set.csv: image 'a/db1.jpg' is listed both as database image (line 3) and as query "
+                   "(line 6); a query would retrieve itself")
+    elif case == "db twice":
+        rows[6] = ("a/db0.jpg", E0 + 50.0, N0, "db")
+        message = "set.csv: database image 'a/db0.jpg' is listed twice (line 2 and line 8)"
+    elif case == "query twice":
+        rows[5] = ("b/q0.jpg", E0 + 5.0, N0, "query")
+        message = "set.csv: query image 'b/q0.jpg' is listed twice (line 5 and line 7)"
+    else:
+        rows[6] = ("a/./db2.jpg", E0 + 50.0, N0, "db")  # the same file as line 4
+        message = "set.csv: database image 'a/./db2.jpg' is listed twice (line 4 and line 8)"
+    csv_file = _write_csv(tmp_path, rows)
+    out = tmp_path / "csv.h5"
+    rc, _, err = run_cli(["--format", "csv", "--csv", str(csv_file), "--root", str(tmp_path),
+                          "--out", str(out)], capsys)
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert_nothing_written(out)
+
+
+def test_mat_database_image_listed_twice(tmp_path, capsys):
+    db_fns = list(DB_FNS)
+    db_fns[9] = db_fns[2]
+    mat, _ = write_pitts(tmp_path, [(E0 + 3.0, N0)], dbImageFns=cell(db_fns))
+    out = tmp_path / "i.h5"
+    rc, _, err = run_cli(["--format", "pitts", "--mat", str(mat), "--root", str(tmp_path), "--out", str(out)],
+                         capsys)
+    assert rc == 2
+    assert (f"database image 'Pittsburgh/images/{DB_FNS[2]}' is listed twice (dbImageFns entry 3 and "
+            "dbImageFns entry 10)") in err
+    assert_nothing_written(out)
+
+
+def test_directory_where_an_image_should_be(tmp_path, capsys):
+    csv_file = _write_csv(tmp_path)
+    (tmp_path / "a/db2.jpg").unlink()
+    (tmp_path / "a/db2.jpg").mkdir()
+    out = tmp_path / "csv.h5"
+    rc, _, err = run_cli(["--format", "csv", "--csv", str(csv_file), "--root", str(tmp_path),
+                          "--out", str(out)], capsys)
+    assert rc == 2
+    assert f"set.csv: 1 of 4 database image path(s) listed are not files under {tmp_path}" in err
+    assert "first: a/db2.jpg" in err
+    assert_nothing_written(out)
+    # with the image check skipped the index is written; extraction then names the directory
+    rc, _, err = run_cli(["--format", "csv", "--csv", str(csv_file), "--root", str(tmp_path),
+                          "--out", str(out), "--skip-image-check"], capsys)
+    assert rc == 0, err
+    from vpr.data.images import check_images_exist
+    with pytest.raises(VprError, match=r"db2\.jpg: is a directory, not an image"):
+        check_images_exist(Index(out).db_files())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train-pos-radius", "30"], "--train-pos-radius 30 is above --train-neg-radius 25: training "
+                                   "positives between the two would also be eligible negatives"),
+    (["--train-pos-radius", "nan"], "--train-pos-radius must be positive and finite (metres), got nan"),
+    (["--train-neg-radius", "nan"], "--train-neg-radius must be positive and finite (metres), got nan"),
+    (["--eval-radius", "inf"], "--eval-radius must be positive and finite (metres), got inf"),
+    (["--eval-radius", "-1"], "--eval-radius must be positive and finite (metres), got -1.0"),
+])
+def test_radii_that_make_no_sense(tmp_path, capsys, argv, message):
+    mat, _ = write_pitts(tmp_path, [(E0 + 3.0, N0)], which="train")
+    out = tmp_path / "i.h5"
+    rc, _, err = run_cli(["--format", "pitts", "--mat", str(mat), "--root", str(tmp_path), "--out", str(out),
+                          *argv], capsys)
+    assert rc == 2 and message in err, err
+    assert_nothing_written(out)
+
+
+def test_equal_training_radii_are_consistent(tmp_path, capsys):
+    # positives within r are non-negatives within r: none can be drawn as a negative
+    mat, _ = write_pitts(tmp_path, [(E0 + 3.0, N0), (E0 + 50.0, N0)], which="train")
+    out = tmp_path / "i.h5"
+    rc, _, err = run_cli(["--format", "pitts", "--mat", str(mat), "--root", str(tmp_path), "--out", str(out),
+                          "--train-pos-radius", "20", "--train-neg-radius", "20"], capsys)
+    assert rc == 0, err
+    idx = Index(out)
+    for pos, nonneg in zip(idx.train_positives, idx.train_nonnegatives, strict=True):
+        assert set(pos.tolist()) <= set(nonneg.tolist())

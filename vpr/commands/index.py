@@ -51,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vpr.data.formats import MAT_FORMATS, READERS
-    from vpr.data.index import build_index
+    from vpr.data.index import build_index, check_radii
     from vpr.io import sha256sum
 
     start = time.perf_counter()
@@ -63,10 +63,7 @@ def run(args: argparse.Namespace) -> int:
         if args.csv is None or args.mat is not None:
             raise VprError("--format csv needs --csv FILE (and no --mat)")
         source = args.csv
-    for name, value in (("--eval-radius", args.eval_radius), ("--train-pos-radius", args.train_pos_radius),
-                        ("--train-neg-radius", args.train_neg_radius)):
-        if not value > 0:
-            raise VprError(f"{name} must be positive, got {value}")
+    check_radii(args.eval_radius, args.train_pos_radius, args.train_neg_radius)
     if not args.root.is_dir():
         raise VprError(f"--root {args.root}: not a directory")
     if args.out.is_dir():

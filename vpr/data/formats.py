@@ -25,8 +25,9 @@ Formats and their identity (place id) rules:
   UTM, database and query places in separate namespaces.
 
 Every reader keeps the file's image order, validates its input (fields, counts, shapes, finite
-coordinates, images present on disk unless ``check_images=False``) and raises ``VprError`` naming the
-file and field. Readers never write anything.
+coordinates, every image listed once and never both as database image and as query (TokyoTM train, whose
+queries are its database by design, excepted), images present on disk as files unless
+``check_images=False``) and raises ``VprError`` naming the file and field. Readers never write anything.
 """
 
 from __future__ import annotations
@@ -58,30 +59,79 @@ _MAX_LISTED = 5  # missing files named in an error message
 # --------------------------------------------------------------------------- helpers
 
 class _DiskView:
-    """Existence checks through cached directory listings (one ``os.listdir`` per directory)."""
+    """Existence checks through cached directory listings (one ``os.scandir`` per directory).
+
+    Only files count as present: a directory (or anything else) where an image should be is not one.
+    """
 
     def __init__(self, root: Path):
         self.root = root
-        self._dirs: dict[str, frozenset[str]] = {}
+        self._dirs: dict[str, dict[str, bool]] = {}  # directory -> {name: is a file (links followed)}
+
+    def _entries(self, parent: str) -> dict[str, bool]:
+        entries = self._dirs.get(parent)
+        if entries is None:
+            entries = {}
+            try:
+                with os.scandir(self.root / parent) as it:
+                    for entry in it:
+                        try:
+                            entries[entry.name] = entry.is_file()
+                        except OSError:
+                            entries[entry.name] = False
+            except OSError:
+                pass
+            self._dirs[parent] = entries
+        return entries
 
     def exists(self, rel: str) -> bool:
+        """``rel`` is a file (or a link to one) under the root."""
         parent, _, name = rel.rpartition("/")
-        names = self._dirs.get(parent)
-        if names is None:
-            try:
-                names = frozenset(os.listdir(self.root / parent))
-            except OSError:
-                names = frozenset()
-            self._dirs[parent] = names
-        return name in names
+        return self._entries(parent).get(name, False)
+
+    def is_other(self, rel: str) -> bool:
+        """``rel`` exists under the root but is not a file (a directory, a dangling link, ...)."""
+        parent, _, name = rel.rpartition("/")
+        return self._entries(parent).get(name) is False
 
 
 def _check_exist(disk: _DiskView, paths: Sequence[str], what: str, source: str) -> None:
     missing = [p for p in paths if not disk.exists(p)]
+    not_files = [p for p in missing if disk.is_other(p)]
+    if not_files:
+        raise VprError(f"{source}: {len(not_files)} of {len(paths)} {what} image path(s) listed are not "
+                       f"files under {disk.root} (a directory, or a link to nothing; first: "
+                       f"{', '.join(not_files[:_MAX_LISTED])})")
     if missing:
         raise VprError(f"{source}: {len(missing)} of {len(paths)} {what} image(s) listed are missing under "
                        f"{disk.root} (first: {', '.join(missing[:_MAX_LISTED])}); "
                        "fix --root or pass --skip-image-check")
+
+
+def _check_distinct(db_path: Sequence[str], q_path: Sequence[str], source: str,
+                    where: Callable[[str, int], str]) -> None:
+    """Refuse an image listed twice in one role, or both as database and as query image.
+
+    A database image listed twice is ranked twice; a query that is also a database image retrieves itself
+    at distance 0 and counts as a hit. Paths are compared after normalisation (``a/./b`` = ``a/b``).
+    ``where(role, i)`` names the row ``i`` of ``role`` ("db" or "query") for the message.
+    """
+    first: dict[str, tuple[str, int]] = {}
+    for role, paths in (("db", db_path), ("query", q_path)):
+        for i, path in enumerate(paths):
+            key = str(PurePosixPath(path))
+            seen = first.setdefault(key, (role, i))
+            if seen == (role, i):
+                continue
+            if seen[0] == role:
+                raise VprError(f"{source}: {'database' if role == 'db' else 'query'} image {path!r} is "
+                               f"listed twice ({where(*seen)} and {where(role, i)}); list every image once")
+            raise VprError(f"{source}: image {path!r} is listed both as database image ({where(*seen)}) "
+                           f"and as query ({where(role, i)}); a query would retrieve itself")
+
+
+def _mat_row(role: str, i: int) -> str:
+    return f"{'dbImageFns' if role == 'db' else 'qImageFns'} entry {i + 1}"
 
 
 def _strings(value: Any, field: str, source: str) -> list[str]:
@@ -171,6 +221,7 @@ def read_pitts(mat: str | os.PathLike, root: str | os.PathLike, *, split: str | 
     q_utm = _utm(s["utmQ"], "utmQ", len(q_fns), "qImageFns", source)
     db_path = [f"Pittsburgh/images/{fn}" for fn in db_fns]
     q_path = [f"Pittsburgh/queries/{fn}" for fn in q_fns]
+    _check_distinct(db_path, q_path, source, _mat_row)
     if check_images:
         disk = _DiskView(Path(root))
         _check_exist(disk, db_path, "database", source)
@@ -240,6 +291,7 @@ def read_tokyo247(mat: str | os.PathLike, root: str | os.PathLike, *, split: str
                 path = png
         db_path.append(path)
     q_path = [f"tokyo247/query/{fn}" for fn in q_fns]
+    _check_distinct(db_path, q_path, source, _mat_row)
     if check_images:
         _check_exist(disk, db_path, "database", source)
         _check_exist(disk, q_path, "query", source)
@@ -336,6 +388,7 @@ def read_csv(csv_file: str | os.PathLike, root: str | os.PathLike, *, split: str
     if not csv_file.is_file():
         raise VprError(f"{source}: file not found")
     rows: dict[str, tuple[list[str], list[tuple[float, float]]]] = {"db": ([], []), "query": ([], [])}
+    lines: dict[str, list[int]] = {"db": [], "query": []}  # file line of every row, for messages
     try:
         with open(csv_file, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
@@ -364,9 +417,11 @@ def read_csv(csv_file: str | os.PathLike, root: str | os.PathLike, *, split: str
                     raise VprError(f"{source} line {line}: coordinates {east!r}, {north!r} are not finite")
                 rows[role][0].append(path)
                 rows[role][1].append(xy)
+                lines[role].append(line)
     except UnicodeDecodeError as err:
         raise VprError(f"{source}: not a UTF-8 text file ({err})") from err
     (db_path, db_xy), (q_path, q_xy) = rows["db"], rows["query"]
+    _check_distinct(db_path, q_path, source, lambda role, i: f"line {lines[role][i]}")
     if check_images:
         disk = _DiskView(Path(root))
         _check_exist(disk, db_path, "database", source)

@@ -18,6 +18,7 @@ Layout (schema version 1; documented in README.md, "The index file"):
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,20 @@ def _check_utm(name: str, utm: np.ndarray, n: int, source: str) -> np.ndarray:
     return utm
 
 
+def check_radii(eval_radius: float, train_pos_radius: float, train_neg_radius: float) -> None:
+    """Refuse radii that make no sense, naming the option: each finite and positive, and the training
+    positive radius not above the non-negative radius (a positive farther than ``train_neg_radius`` would
+    also be an eligible negative)."""
+    for name, value in (("--eval-radius", eval_radius), ("--train-pos-radius", train_pos_radius),
+                        ("--train-neg-radius", train_neg_radius)):
+        if not (math.isfinite(value) and value > 0):
+            raise VprError(f"{name} must be positive and finite (metres), got {value}")
+    if train_pos_radius > train_neg_radius:
+        raise VprError(f"--train-pos-radius {train_pos_radius:g} is above --train-neg-radius "
+                       f"{train_neg_radius:g}: training positives between the two would also be eligible "
+                       "negatives; the positive radius must not exceed the non-negative radius")
+
+
 def build_index(
     records: SplitRecords,
     out: str | os.PathLike,
@@ -75,6 +90,7 @@ def build_index(
 
     Raises VprError (and writes nothing) on inconsistent input. Returns a summary for logging.
     """
+    check_radii(eval_radius, train_pos_radius, train_neg_radius)
     if records.split not in SPLITS:
         raise VprError(f"{source}: unknown split {records.split!r}, expected one of {', '.join(SPLITS)}")
     n_db, n_q = len(records.db_path), len(records.query_path)
