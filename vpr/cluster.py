@@ -1,7 +1,8 @@
 """Initial NetVLAD centres: k-means on local conv descriptors of training images (METHOD.md §6).
 
 The output is the layout of the reference's ``vgg16_pitts_64_desc_cen.hdf5`` (``centroids`` K×D,
-``descriptors`` M×D), so either file can initialise the model.
+``descriptors`` M×D), so either file can initialise the model; vpr's own carries ``kind`` = "vpr-centers"
+(see :mod:`vpr.artifacts`).
 
 Reproducibility: the images are a seeded sample of the *sorted* training image list, and the locations
 taken from each image come from a generator seeded by that image's position in the sample, so the result
@@ -26,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vpr import distributed
+from vpr import artifacts, distributed
 from vpr.data.images import check_images_exist
 from vpr.errors import VprError
 from vpr.extract import image_batches
-from vpr.io import atomic_output, open_h5
+from vpr.io import atomic_output
 from vpr.models import EmbedNet
 from vpr.precision import Precision, channels_last, resolve_precision, to_channels_last
 
@@ -103,8 +104,8 @@ def cluster(model: EmbedNet, files: Sequence[str], out: str | os.PathLike, *, nu
         with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
             f.create_dataset("centroids", data=centroids)
             f.create_dataset("descriptors", data=descriptors)
-            f.attrs.update({"num_images": len(chosen), "per_image": per_image, "iterations": iterations,
-                            "seed": seed, "backbone": model.config.backbone})
+            f.attrs.update({"kind": artifacts.CENTERS, "num_images": len(chosen), "per_image": per_image,
+                            "iterations": iterations, "seed": seed, "backbone": model.config.backbone})
     distributed.barrier()
     return summary
 
@@ -113,7 +114,7 @@ def read_centers(path: str | os.PathLike, num_clusters: int | None = None,
                  dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(centroids K×D, descriptors M×D) from a centres file, checked against the model's K and D."""
     try:
-        with open_h5(path, "centres file", "vpr cluster") as f:
+        with artifacts.open_artifact(path, artifacts.CENTERS) as f:
             centroids = np.asarray(f["centroids"][()], dtype=np.float32)
             descriptors = np.asarray(f["descriptors"][()], dtype=np.float32)
     except (OSError, KeyError) as err:

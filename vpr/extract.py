@@ -1,18 +1,24 @@
 """Descriptor extraction: images -> L2-normalised global descriptors, and the features file.
 
 :func:`extract_features` is the reusable core (no index or file-format assumptions; training reuses it to
-refresh its feature cache). The features file is one HDF5 file per (model, split):
+refresh its feature cache). The features file is one HDF5 file per (model, split), written by
+:func:`write_features` and read only through :class:`FeaturesFile`:
 
     db      float32 (Ndb, D)   descriptors of the database images, in index order, L2-normalised
     query   float32 (Nq, D)    descriptors of the query images, in index order, L2-normalised
-    attrs:  checkpoint, index, image_size (H, W), dim, pca ("" when none), whiten, query_resize
+    attrs:  kind ("vpr-features"), checkpoint, index, image_size (H, W), dim, pca ("" when none), whiten,
+            query_resize, precision, and what the descriptors were made from: index_fingerprint (the
+            index's content fingerprint), checkpoint_sha256 (the checkpoint file), pca_sha256 (the PCA
+            file, "" when none)
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -21,11 +27,18 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from vpr import artifacts
 from vpr.data.images import ImageListDataset, SizeBucketBatchSampler, check_images_exist
 from vpr.errors import VprError
-from vpr.io import atomic_output, open_h5
+from vpr.io import atomic_output
 from vpr.precision import Precision, resolve_precision, to_channels_last
 from vpr.precision import channels_last as model_channels_last
+
+log = logging.getLogger(__name__)
+
+# the descriptor subsets of a features file, as datasets in row order ("all": db rows first)
+SUBSET_DATASETS = {"all": ("db", "query"), "db": ("db",), "query": ("query",)}
+_READ_ROWS = 1024  # rows read from a features file at a time when sampling
 
 
 class _Guarded(Dataset):
@@ -149,24 +162,125 @@ def extract_features(
 
 
 def write_features(path: str | os.PathLike, db: np.ndarray, query: np.ndarray, attrs: dict) -> None:
-    """Write a features file atomically (datasets ``db`` and ``query``, float32, plus ``attrs``)."""
+    """Write a features file atomically (datasets ``db`` and ``query``, float32, plus ``attrs`` and the
+    ``kind`` attribute)."""
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("db", data=np.asarray(db, dtype=np.float32))
         f.create_dataset("query", data=np.asarray(query, dtype=np.float32))
         f.attrs.update(attrs)
+        f.attrs["kind"] = artifacts.FEATURES
+
+
+class FeaturesFile:
+    """A features file: its attributes and shapes, checked on opening; descriptors read on demand.
+
+    The one reader of the format (``vpr evaluate`` reads all rows, ``vpr fit-pca`` a sample). A missing or
+    unreadable file, a file of another kind, or datasets that are not two float matrices with the same
+    number of columns are a VprError naming the file.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.shapes: dict[str, tuple[int, int]] = {}
+        with self._open() as f:
+            self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+            for name in ("db", "query"):
+                ds = f.get(name)
+                if not isinstance(ds, h5py.Dataset):
+                    raise VprError(f"features file {self.path} has no dataset '{name}'")
+                if ds.ndim != 2 or ds.dtype.kind != "f":
+                    raise VprError(f"features file {self.path}: dataset '{name}' is {ds.dtype} with shape "
+                                   f"{ds.shape}, expected a 2-D float matrix (N, D)")
+                self.shapes[name] = ds.shape
+        if self.shapes["db"][1] != self.shapes["query"][1]:
+            raise VprError(f"features file {self.path}: 'db' {self.shapes['db']} and 'query' "
+                           f"{self.shapes['query']} have different descriptor dimensions")
+
+    def _open(self) -> h5py.File:
+        return artifacts.open_artifact(self.path, artifacts.FEATURES)
+
+    @property
+    def num_db(self) -> int:
+        return self.shapes["db"][0]
+
+    @property
+    def num_queries(self) -> int:
+        return self.shapes["query"][0]
+
+    @property
+    def dim(self) -> int:
+        return self.shapes["db"][1]
+
+    def count(self, subset: str = "all") -> int:
+        """Number of descriptors in ``subset`` (a key of :data:`SUBSET_DATASETS`)."""
+        return sum(self.shapes[name][0] for name in _subset_names(subset))
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        """(db, query) float32; NaN or infinite values are a VprError."""
+        try:
+            with self._open() as f:
+                out = tuple(np.asarray(f[name][()], dtype=np.float32) for name in ("db", "query"))
+        except (OSError, KeyError) as err:
+            raise VprError(f"{self.path}: unreadable or incomplete features file ({err})") from err
+        for name, x in zip(("db", "query"), out, strict=True):
+            if not np.isfinite(x).all():
+                raise VprError(f"{self.path}: dataset {name} contains NaN or infinite values")
+        return out
+
+    def read_rows(self, subset: str, rows: np.ndarray) -> np.ndarray:
+        """The descriptors at the ascending positions ``rows`` of ``subset`` (for "all": db rows, then
+        query rows), float32 (len(rows), D); NaN or infinite values are a VprError."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((rows.size, self.dim), dtype=np.float32)
+        filled, offset = 0, 0
+        try:
+            with self._open() as f:
+                for name in _subset_names(subset):
+                    ds = f[name]
+                    mine = rows[(rows >= offset) & (rows < offset + ds.shape[0])] - offset
+                    # contiguous blocks, keeping the wanted rows: far faster than h5py point selection
+                    for start in range(0, ds.shape[0], _READ_ROWS):
+                        in_block = mine[(mine >= start) & (mine < start + _READ_ROWS)]
+                        if in_block.size:
+                            block = ds[start:min(start + _READ_ROWS, ds.shape[0])]
+                            out[filled:filled + in_block.size] = block[in_block - start]
+                            filled += in_block.size
+                    offset += ds.shape[0]
+        except (OSError, KeyError) as err:
+            raise VprError(f"{self.path}: unreadable or incomplete features file ({err})") from err
+        if not np.isfinite(out).all():
+            raise VprError(f"features file {self.path}: the sampled descriptors contain NaN or infinite "
+                           "values")
+        return out
+
+    def check_index(self, index) -> None:
+        """VprError unless these features were extracted from ``index`` (a :class:`vpr.data.index.Index`).
+
+        The index fingerprint recorded at extraction must equal the index's; files from before
+        fingerprints are checked by their row counts only (with a warning).
+        """
+        recorded = self.attrs.get("index_fingerprint")
+        if recorded and recorded != index.fingerprint:
+            raise VprError(f"features of {self.path} were extracted from another index "
+                           f"({self.attrs.get('index', '?')}, fingerprint {recorded[:16]}) than {index.path} "
+                           f"(fingerprint {index.fingerprint[:16]}); extract them from this index")
+        if self.num_db != index.num_db or self.num_queries != index.num_queries:
+            raise VprError(f"{self.path} has {self.num_db} database and {self.num_queries} query descriptors "
+                           f"but {index.path} lists {index.num_db} database and {index.num_queries} query "
+                           "images; extract the features from this index")
+        if not recorded:
+            log.warning("%s records no index fingerprint (written by an older vpr): cannot check that it "
+                        "was extracted from %s beyond its row counts", self.path, index.path)
+
+
+def _subset_names(subset: str) -> tuple[str, ...]:
+    if subset not in SUBSET_DATASETS:
+        raise ValueError(f"subset must be one of {', '.join(SUBSET_DATASETS)}, got {subset!r}")
+    return SUBSET_DATASETS[subset]
 
 
 def read_features(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(db, query, attrs) of a features file; a missing, unreadable or malformed file is a VprError."""
-    try:
-        with open_h5(path, "features file", "vpr extract") as f:
-            db = np.asarray(f["db"][()], dtype=np.float32)
-            query = np.asarray(f["query"][()], dtype=np.float32)
-            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-    except (OSError, KeyError) as err:
-        raise VprError(f"{path}: unreadable or incomplete features file ({err})") from err
-    if db.ndim != 2 or query.ndim != 2 or db.shape[1] != query.shape[1]:
-        raise VprError(f"{path}: malformed features file: db {db.shape} and query {query.shape} must be "
-                       "2-d with the same number of columns")
-    return db, query, attrs
-
+    """(db, query, attrs) of a features file (see :class:`FeaturesFile`)."""
+    features = FeaturesFile(path)
+    db, query = features.read()
+    return db, query, features.attrs

@@ -15,8 +15,11 @@ same data gives the same file.
 Applying: y = normalise(U_wᵀ (x − μ)) with U_w = U·diag(λ^{−1/2}) when whitening (the default), U otherwise.
 ``pca_projection`` gives the same map as a weight and bias, the form a 1×1 convolution head stores.
 
-File (HDF5): ``U`` (D×k), ``lams`` (k), ``mu`` (D), ``Utmu`` (k) = Uᵀμ, all float32; attributes ``whiten``
-(the default for applying), ``n_samples`` and ``source``.
+File (HDF5): ``U`` (D×k), ``lams`` (k), ``mu`` (D), ``Utmu`` (k) = Uᵀμ, all float32; attributes ``kind``
+("vpr-pca"), ``whiten`` (the default for applying), ``n_samples``, ``source`` and ``checkpoint_sha256``: the
+SHA-256 of the checkpoint whose descriptors it was fitted on ("" when unknown), which
+:func:`check_pca_model` compares with the model it is attached to: a PCA of another model's descriptors
+is meaningless even when the dimensions agree.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vpr import artifacts
 from vpr.errors import VprError
-from vpr.io import atomic_output, open_h5
+from vpr.io import atomic_output, sha256sum
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,7 @@ class PCAParams:
     whiten: bool = True
     n_samples: int = 0
     source: str = ""
+    checkpoint_sha256: str = ""
 
     @property
     def dim(self) -> int:
@@ -90,11 +95,12 @@ def _fix_signs(U: torch.Tensor) -> torch.Tensor:
 
 
 def fit_pca(X: torch.Tensor | np.ndarray, k: int, *, device: str | torch.device | None = None,
-            source: str = "", whiten: bool = True) -> PCAParams:
+            source: str = "", whiten: bool = True, checkpoint_sha256: str = "") -> PCAParams:
     """Fit PCA with ``k`` components to the rows of ``X`` (N×D).
 
     ``k`` is capped at min(D, N−1) with a logged warning. ``device`` selects where the float64 products
-    and the eigendecomposition run (default: X's device); ``source`` and ``whiten`` are only recorded.
+    and the eigendecomposition run (default: X's device); ``source``, ``whiten`` and
+    ``checkpoint_sha256`` (the model the descriptors came from) are only recorded.
     """
     X = torch.as_tensor(X)
     if X.dim() != 2:
@@ -146,7 +152,7 @@ def fit_pca(X: torch.Tensor | np.ndarray, k: int, *, device: str | torch.device 
     Utmu = U.T @ mu
     as32 = lambda t: t.to("cpu", torch.float32).contiguous()  # noqa: E731
     return PCAParams(U=as32(U), lams=as32(lams), mu=as32(mu), Utmu=as32(Utmu), whiten=whiten,
-                     n_samples=n, source=source)
+                     n_samples=n, source=source, checkpoint_sha256=checkpoint_sha256)
 
 
 def pca_projection(params: PCAParams, whiten: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,16 +186,18 @@ def save_pca(path: str | os.PathLike, params: PCAParams) -> None:
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         for name in ("U", "lams", "mu", "Utmu"):
             f.create_dataset(name, data=getattr(params, name).to(torch.float32).numpy())
+        f.attrs["kind"] = artifacts.PCA
         f.attrs["whiten"] = bool(params.whiten)
         f.attrs["n_samples"] = int(params.n_samples)
         f.attrs["source"] = str(params.source)
+        f.attrs["checkpoint_sha256"] = str(params.checkpoint_sha256)
 
 
 def load_pca(path: str | os.PathLike) -> PCAParams:
     """Read a PCA file written by :func:`save_pca`; ``VprError`` naming the file for a missing, unreadable
     or inconsistent one. ``mu`` and ``Utmu`` may also be stored as column vectors (D×1, k×1)."""
     path = Path(path)
-    with open_h5(path, "PCA file", "vpr fit-pca") as f:
+    with artifacts.open_artifact(path, artifacts.PCA) as f:
         arrays = {}
         for name in ("U", "lams", "mu", "Utmu"):
             if name not in f or not isinstance(f[name], h5py.Dataset):
@@ -214,8 +222,30 @@ def load_pca(path: str | os.PathLike) -> PCAParams:
             raise VprError(f"PCA file {path}: dataset '{name}' contains NaN or infinite values")
     if (lams <= 0).any():
         raise VprError(f"PCA file {path}: 'lams' has non-positive eigenvalues")
-    source = attrs.get("source", "")
+    def text(name: str) -> str:
+        value = attrs.get(name, "")
+        return value.decode() if isinstance(value, bytes) else str(value)
+
     return PCAParams(U=torch.from_numpy(U), lams=torch.from_numpy(lams),
                      mu=torch.from_numpy(mu.reshape(d)), Utmu=torch.from_numpy(Utmu.reshape(k)),
                      whiten=bool(attrs.get("whiten", True)), n_samples=int(attrs.get("n_samples", 0)),
-                     source=source.decode() if isinstance(source, bytes) else str(source))
+                     source=text("source"), checkpoint_sha256=text("checkpoint_sha256"))
+
+
+def check_pca_model(params: PCAParams, pca: str | os.PathLike, checkpoint: str | os.PathLike,
+                    checkpoint_sha256: str | None = None) -> None:
+    """VprError when the PCA ``params`` (read from ``pca``) were fitted on descriptors of another model
+    than ``checkpoint`` (SHA-256 ``checkpoint_sha256``, hashed here when not given).
+
+    A PCA file that records no checkpoint (written by an older vpr, or by the reference) cannot be checked
+    and is accepted; the dimensions are still checked when it is attached.
+    """
+    if not params.checkpoint_sha256:
+        log.warning("%s records no checkpoint: cannot check that it was fitted on descriptors of %s",
+                    pca, checkpoint)
+        return
+    actual = checkpoint_sha256 or sha256sum(checkpoint)
+    if actual != params.checkpoint_sha256:
+        raise VprError(f"{pca} was fitted on descriptors of another model (checkpoint sha256 "
+                       f"{params.checkpoint_sha256[:16]}, {checkpoint} is {actual[:16]}); fit a PCA on this "
+                       "model's features with 'vpr fit-pca'")

@@ -46,21 +46,16 @@ def run(args: argparse.Namespace) -> int:
     from vpr.data.index import Index
     from vpr.errors import VprError
     from vpr.evaluate import evaluate
-    from vpr.extract import read_features
+    from vpr.extract import FeaturesFile
     from vpr.io import atomic_output
 
     ns = sorted(set(args.recall_at))
     if ns[0] < 1:
         raise VprError(f"--recall-at: values must be positive, got {args.recall_at}")
     index = Index(args.index)
-    db, query, _ = read_features(args.features)
-    if db.shape[0] != index.num_db or query.shape[0] != index.num_queries:
-        raise VprError(f"{args.features} has {db.shape[0]} database and {query.shape[0]} query descriptors "
-                       f"but {args.index} lists {index.num_db} database and {index.num_queries} query "
-                       "images; extract the features from this index")
-    for name, x in (("db", db), ("query", query)):
-        if not np.isfinite(x).all():
-            raise VprError(f"{args.features}: dataset {name} contains NaN or infinite values")
+    features = FeaturesFile(args.features)
+    features.check_index(index)  # extracted from this index (fingerprint), before reading the descriptors
+    db, query = features.read()
     nms = args.nms if args.nms is not None else index.attrs.get("format") == "tokyo247"
     rerank = None
     if args.rerank:

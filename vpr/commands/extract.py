@@ -5,7 +5,9 @@ optionally attaches a PCA-whitening file, and writes one HDF5 features file with
 (Ndb x D) and `query` (Nq x D), L2-normalised, in index order. Database images are resized to the model's
 image size; queries too, except for Tokyo 24/7 indexes, whose queries keep their aspect ratio with the
 shorter side equal to the longer side of the model's image size (640 for 480x640; METHOD.md §5.5).
-A missing or unreadable image stops the command before any output is written.
+A missing or unreadable image stops the command before any output is written. The features file records
+what it was made from (the index fingerprint and the SHA-256 of the checkpoint and of the PCA file); a PCA
+file fitted on another model's descriptors is refused.
 
 --precision auto (the default) runs the backbone under bfloat16 autocast where the hardware does that fast
 (a CUDA GPU with bfloat16, a CPU with AMX-BF16 or AVX512-BF16) and in float32 elsewhere; the NetVLAD head
@@ -16,6 +18,7 @@ and the stored descriptors are float32 in every case. The choice is logged and s
 from __future__ import annotations
 
 import argparse
+import os
 
 from vpr.precision import PRECISION_HELP, PRECISIONS
 
@@ -48,14 +51,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="run the model through torch.compile (pays off on long GPU runs)")
 
 
-def load_model_with_pca(checkpoint: str, pca: str | None, whiten: bool | None = None):
+def load_model_with_pca(checkpoint: str, pca: str | None, whiten: bool | None = None,
+                        checkpoint_sha256: str | None = None):
     """Load a checkpoint and attach a PCA file if one is given; returns (model, whiten actually used).
 
-    ``whiten=None`` follows the PCA file's ``whiten`` attribute.
+    ``whiten=None`` follows the PCA file's ``whiten`` attribute. A PCA fitted on another model's
+    descriptors is refused (``checkpoint_sha256``: the checkpoint's, hashed when needed and not given).
     """
     from vpr.errors import VprError
     from vpr.models import load_model
-    from vpr.pca import load_pca
+    from vpr.pca import check_pca_model, load_pca
 
     model = load_model(checkpoint)
     if not pca:
@@ -63,6 +68,7 @@ def load_model_with_pca(checkpoint: str, pca: str | None, whiten: bool | None = 
     if model.pca_layer is not None:
         raise VprError(f"{checkpoint}: the model already has a PCA layer; do not pass --pca {pca}")
     params = load_pca(pca)
+    check_pca_model(params, pca, checkpoint, checkpoint_sha256)
     whiten = params.whiten if whiten is None else whiten
     try:
         model.attach_pca(params.U.numpy(), params.lams.numpy(), params.mu.numpy(), whiten=whiten)
@@ -76,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from vpr.data.index import Index
     from vpr.errors import VprError
     from vpr.extract import extract_features, resolve_device, write_features
+    from vpr.io import sha256sum
     from vpr.precision import resolve_precision
 
     if args.batch_size < 1 or args.workers < 0:
@@ -83,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     index = Index(args.index, root=args.root)
     db_files, query_files = index.db_files(), index.query_files()
     check_images_exist(db_files + query_files)  # fail before hours of database extraction
-    model, whiten = load_model_with_pca(args.checkpoint, args.pca, whiten=args.whiten)
+    checkpoint_sha256 = sha256sum(args.checkpoint) if os.path.isfile(args.checkpoint) else None
+    model, whiten = load_model_with_pca(args.checkpoint, args.pca, whiten=args.whiten,
+                                        checkpoint_sha256=checkpoint_sha256)
     size = tuple(int(s) for s in model.config.image_size)
     query_resize = args.query_resize or (
         "shorter-side" if index.attrs.get("format") == "tokyo247" else "fixed")
@@ -104,6 +113,9 @@ def run(args: argparse.Namespace) -> int:
         "whiten": bool(whiten),
         "query_resize": query_resize,
         "precision": precision.name,
+        "index_fingerprint": index.fingerprint,
+        "checkpoint_sha256": checkpoint_sha256 or "",
+        "pca_sha256": sha256sum(args.pca) if args.pca else "",
     })
     print(f"{args.out}: {db.shape[0]} database and {query.shape[0]} query descriptors, "
           f"dimension {db.shape[1]}")

@@ -4,7 +4,8 @@ Reads the descriptors of a features file written by `vpr extract` (float32 datas
 `query` (Nq×D)), draws a seeded sample of --samples rows from the chosen subset (default: all rows, the
 reference fits on training queries and database together), fits --dim principal components (capped at
 min(D, N−1), with a warning) and writes the PCA file (HDF5: U, lams, mu, Utmu) that
-`vpr extract --pca` applies.
+`vpr extract --pca` applies. The PCA file records the checkpoint the features came from
+(`checkpoint_sha256`), so that `vpr extract --pca` refuses it with another model.
 """
 
 from __future__ import annotations
@@ -13,15 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import h5py
-import numpy as np
-
 from vpr.cli import positive_int
 from vpr.errors import VprError
-from vpr.io import open_h5
 
-SUBSETS = ("all", "db", "query")
-_READ_ROWS = 1024  # rows read from the features file at a time
+SUBSETS = ("all", "db", "query")  # the keys of vpr.extract.SUBSET_DATASETS (not imported: --help stays light)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -39,57 +35,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="record that the projection is applied without whitening by default")
 
 
-def _datasets(f: h5py.File, path: Path, subset: str) -> list[h5py.Dataset]:
-    names = ["db", "query"] if subset == "all" else [subset]
-    datasets = []
-    for name in names:
-        if name not in f or not isinstance(f[name], h5py.Dataset):
-            raise VprError(f"features file {path} has no dataset '{name}'")
-        ds = f[name]
-        if ds.ndim != 2 or ds.dtype.kind != "f":
-            raise VprError(f"features file {path}: dataset '{name}' is {ds.dtype} with shape {ds.shape}, "
-                           "expected a 2-D float matrix (N, D)")
-        datasets.append(ds)
-    if len({ds.shape[1] for ds in datasets}) > 1:
-        raise VprError(f"features file {path}: 'db' and 'query' have different descriptor dimensions "
-                       f"({datasets[0].shape[1]} and {datasets[1].shape[1]})")
-    return datasets
-
-
-def read_sample(path: Path, subset: str, n_sample: int, seed: int) -> np.ndarray:
-    """The seeded sample of rows of ``subset`` (db rows first, then query rows), as float32 (n, D)."""
-    from vpr.pca import sample_rows
-
-    with open_h5(path, "features file", "vpr extract") as f:
-        datasets = _datasets(f, path, subset)
-        total = sum(ds.shape[0] for ds in datasets)
-        if total < 2:
-            raise VprError(f"features file {path}: subset '{subset}' has {total} descriptor(s); "
-                           "PCA needs at least 2")
-        wanted = sample_rows(total, n_sample, seed)
-        out = np.empty((wanted.size, datasets[0].shape[1]), dtype=np.float32)
-        filled, offset = 0, 0
-        for ds in datasets:
-            rows = wanted[(wanted >= offset) & (wanted < offset + ds.shape[0])] - offset
-            # Read contiguous blocks and keep the sampled rows: far faster than h5py point selection.
-            for start in range(0, ds.shape[0], _READ_ROWS):
-                in_block = rows[(rows >= start) & (rows < start + _READ_ROWS)]
-                if in_block.size:
-                    block = ds[start:min(start + _READ_ROWS, ds.shape[0])]
-                    out[filled:filled + in_block.size] = block[in_block - start]
-                    filled += in_block.size
-            offset += ds.shape[0]
-    if not np.isfinite(out).all():
-        raise VprError(f"features file {path}: the sampled descriptors contain NaN or infinite values")
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
-    from vpr.pca import fit_pca, save_pca
+    from vpr.extract import FeaturesFile
+    from vpr.pca import fit_pca, sample_rows, save_pca
 
-    X = read_sample(args.features, args.subset, args.samples, args.seed)
+    features = FeaturesFile(args.features)
+    total = features.count(args.subset)
+    if total < 2:
+        raise VprError(f"features file {args.features}: subset '{args.subset}' has {total} descriptor(s); "
+                       "PCA needs at least 2")
+    X = features.read_rows(args.subset, sample_rows(total, args.samples, args.seed))
     source = f"{args.features}:{args.subset} (samples={args.samples}, seed={args.seed})"
-    params = fit_pca(X, args.dim, source=source, whiten=args.whiten)
+    params = fit_pca(X, args.dim, source=source, whiten=args.whiten,
+                     checkpoint_sha256=str(features.attrs.get("checkpoint_sha256", "")))
     save_pca(args.out, params)
     print(f"wrote {args.out}: {params.dim} components of {params.input_dim}-d descriptors, fitted on "
           f"{params.n_samples} '{args.subset}' rows of {args.features} "

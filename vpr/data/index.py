@@ -12,23 +12,31 @@ Layout (schema version 1; documented in README.md, "The index file"):
     query/train_positives_indptr/_indices             within train_pos_radius (10 m), same place excluded
     query/train_nonnegatives_indptr/_indices          within train_neg_radius (25 m), same place included
     dropped/path, dropped/utm                         training queries dropped for having no positive
-  attributes: schema_version, format, split, eval_radius, train_pos_radius, train_neg_radius, source,
-    source_sha256, root, num_dropped
+  attributes: kind ("vpr-index"), schema_version, fingerprint, format, split, eval_radius,
+    train_pos_radius, train_neg_radius, source, source_sha256, root, num_dropped
+
+``fingerprint`` identifies the content: the SHA-256 of every dataset above except ``dropped/*`` (paths,
+coordinates, places, ground truth), computed from the arrays themselves (:func:`index_fingerprint`), not
+from the HDF5 bytes, so it does not depend on chunking, compression or library version. Files derived from
+an index (features) record it, and their consumers compare it with the index they are given.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from vpr import artifacts
 from vpr.data.geometry import csr_rows, radius_neighbours
 from vpr.errors import VprError
-from vpr.io import atomic_output, open_h5
+from vpr.io import atomic_output
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -47,6 +55,39 @@ class SplitRecords:
     query_utm: np.ndarray
     query_place: np.ndarray
     extra_attrs: dict = field(default_factory=dict)
+
+
+# the datasets the fingerprint covers (all but dropped/*), in the order they are hashed
+FINGERPRINTED = ("db/path", "db/utm", "db/place", "query/path", "query/utm", "query/place",
+                 "query/positives_indptr", "query/positives_indices",
+                 "query/train_positives_indptr", "query/train_positives_indices",
+                 "query/train_nonnegatives_indptr", "query/train_nonnegatives_indices")
+_PATH_DATASETS = ("db/path", "query/path")
+_FLOAT_DATASETS = ("db/utm", "query/utm")
+
+
+def index_fingerprint(datasets: Mapping[str, np.ndarray | list[str]]) -> str:
+    """Hex SHA-256 of an index's content: the :data:`FINGERPRINTED` datasets present in ``datasets``.
+
+    Each is hashed as its name, then its values in a fixed encoding: paths as UTF-8 strings each preceded
+    by its byte length, coordinates as little-endian float64, ids and ground truth as little-endian int64,
+    every array preceded by its shape. The same content gives the same fingerprint however it is stored.
+    """
+    digest = hashlib.sha256(b"vpr index fingerprint 1\0")
+    for name in FINGERPRINTED:
+        if name not in datasets:
+            continue
+        digest.update(name.encode() + b"\0")
+        value = datasets[name]
+        if name in _PATH_DATASETS:
+            digest.update(len(value).to_bytes(8, "little"))
+            for path in value:
+                raw = str(path).encode("utf-8")
+                digest.update(len(raw).to_bytes(8, "little") + raw)
+            continue
+        arr = np.ascontiguousarray(value, dtype="<f8" if name in _FLOAT_DATASETS else "<i8")
+        digest.update(np.asarray(arr.shape, dtype="<i8").tobytes() + arr.tobytes())
+    return digest.hexdigest()
 
 
 def _check_utm(name: str, utm: np.ndarray, n: int, source: str) -> np.ndarray:
@@ -132,24 +173,24 @@ def build_index(
         raise VprError(f"{source}: {no_gt.size} query image(s) have no database image within "
                        f"{eval_radius} m (first: {first}); every evaluation query needs a positive")
 
+    datasets: dict[str, np.ndarray | list[str]] = {
+        "db/path": list(records.db_path), "db/utm": db_utm, "db/place": db_place,
+        "query/path": query_path, "query/utm": q_utm, "query/place": q_place,
+        "query/positives_indptr": eval_ptr, "query/positives_indices": eval_idx,
+    }
+    if train:
+        datasets.update({
+            "query/train_positives_indptr": pos_ptr, "query/train_positives_indices": pos_idx,
+            "query/train_nonnegatives_indptr": nonneg_ptr, "query/train_nonnegatives_indices": nonneg_idx,
+            "dropped/path": dropped_path, "dropped/utm": dropped_utm.reshape(-1, 2),
+        })
     with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("db/path", data=records.db_path, dtype=_STR)
-        f.create_dataset("db/utm", data=db_utm)
-        f.create_dataset("db/place", data=db_place)
-        f.create_dataset("query/path", data=query_path, dtype=_STR)
-        f.create_dataset("query/utm", data=q_utm)
-        f.create_dataset("query/place", data=q_place)
-        f.create_dataset("query/positives_indptr", data=eval_ptr)
-        f.create_dataset("query/positives_indices", data=eval_idx)
-        if train:
-            f.create_dataset("query/train_positives_indptr", data=pos_ptr)
-            f.create_dataset("query/train_positives_indices", data=pos_idx)
-            f.create_dataset("query/train_nonnegatives_indptr", data=nonneg_ptr)
-            f.create_dataset("query/train_nonnegatives_indices", data=nonneg_idx)
-            f.create_dataset("dropped/path", data=dropped_path, dtype=_STR)
-            f.create_dataset("dropped/utm", data=dropped_utm.reshape(-1, 2))
+        for name, value in datasets.items():
+            f.create_dataset(name, data=value, dtype=_STR if name.endswith("/path") else None)
         f.attrs.update({
+            "kind": artifacts.INDEX,
             "schema_version": SCHEMA_VERSION,
+            "fingerprint": index_fingerprint(datasets),
             "format": fmt,
             "split": records.split,
             "eval_radius": float(eval_radius),
@@ -174,11 +215,15 @@ class Index:
     def __init__(self, path: str | os.PathLike, root: str | os.PathLike | None = None):
         self.path = Path(path)
         try:
-            with open_h5(self.path, "index file", "vpr index") as f:
+            with artifacts.open_artifact(self.path, artifacts.INDEX) as f:
                 self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
                 if self.attrs.get("schema_version") != SCHEMA_VERSION:
                     raise VprError(f"{self.path}: not a vpr index file of schema version {SCHEMA_VERSION} "
                                    f"(found {self.attrs.get('schema_version')!r})")
+                if "fingerprint" not in self.attrs:  # a file from before fingerprints: hash its content
+                    self.attrs["fingerprint"] = index_fingerprint(
+                        {name: (list(f[name].asstr()[()]) if name in _PATH_DATASETS else f[name][()])
+                         for name in FINGERPRINTED if name in f})
                 self.db_path = list(f["db/path"].asstr()[()])
                 self.db_utm = f["db/utm"][()]
                 self.db_place = f["db/place"][()]
@@ -195,6 +240,11 @@ class Index:
         except (OSError, KeyError) as err:
             raise VprError(f"{self.path}: unreadable or incomplete index file ({err})") from err
         self.root = Path(root) if root is not None else Path(self.attrs["root"])
+
+    @property
+    def fingerprint(self) -> str:
+        """Hex SHA-256 of the index's content (see :func:`index_fingerprint`)."""
+        return self.attrs["fingerprint"]
 
     @property
     def split(self) -> str:
