@@ -320,3 +320,5 @@ def test_directory_in_place_of_an_image(tmp_path):
         check_images_exist([tmp_path / "ok.png", tmp_path / "d.jpg"])
     with pytest.raises(VprError, match=r"d\.jpg: is a directory, not an image"):
         load_rgb(tmp_path / "d.jpg")
+    with pytest.raises(VprError, match=r"d\.jpg: is a directory, not an image"):
+        image_size(tmp_path / "d.jpg")

@@ -17,6 +17,7 @@ Every image mode Pillow opens becomes 8-bit RGB with its content (:func:`to_rgb8
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -70,19 +71,26 @@ def to_rgb8(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(levels, 0, 255).astype(np.uint8)).convert("RGB")
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file into an 8-bit RGB PIL image (:func:`to_rgb8`); a missing, unreadable or
-    non-file path is a VprError naming it."""
+@contextlib.contextmanager
+def _open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """``Image.open`` with a VprError naming ``path`` for a missing, unreadable or non-file path."""
     if os.path.isdir(path):
         raise VprError(f"{path}: is a directory, not an image")
     try:
         with Image.open(path) as img:
-            img.load()  # decodes the whole image, so truncation shows up here
-            return to_rgb8(img)
+            yield img
     except FileNotFoundError as err:
         raise VprError(f"{path}: image not found") from err
     except _PIL_ERRORS as err:
         raise VprError(f"{path}: unreadable or corrupt image ({err})") from err
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode an image file into an 8-bit RGB PIL image (:func:`to_rgb8`); a missing, unreadable or
+    non-file path is a VprError naming it."""
+    with _open_image(path) as img:
+        img.load()  # decodes the whole image, so truncation shows up here
+        return to_rgb8(img)
 
 
 def check_images_exist(files: Sequence[str | os.PathLike]) -> None:
@@ -98,13 +106,8 @@ def check_images_exist(files: Sequence[str | os.PathLike]) -> None:
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(H, W) of an image file, read from its header without decoding the pixels."""
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-    except FileNotFoundError as err:
-        raise VprError(f"{path}: image not found") from err
-    except _PIL_ERRORS as err:
-        raise VprError(f"{path}: unreadable or corrupt image ({err})") from err
+    with _open_image(path) as img:
+        w, h = img.size
     return h, w
 
 
