@@ -60,7 +60,7 @@ def write_recall_csv(path: str | os.PathLike, table: RecallTable) -> None:
         f.write(",".join(RECALL_COLUMNS) + "\n")
         for n, r in table.recall.items():
             low, high = table.interval[n]
-            f.write(f"{n},{r!r},{low!r},{high!r},{table.queries}\n")
+            f.write(f"{int(n)},{float(r)!r},{float(low)!r},{float(high)!r},{int(table.queries)}\n")
 
 
 def read_recall_csv(path: str | os.PathLike) -> RecallTable:
