@@ -13,7 +13,7 @@ from scipy.stats import binomtest
 
 from vpr.cli import main
 from vpr.data.index import SplitRecords, build_index
-from vpr.plots import select_queries, training_positions
+from vpr.plots import read_training_log, select_queries, training_positions
 
 MIN_PNG = (400, 250)  # every figure is at least this large (width, height) in pixels
 
@@ -332,6 +332,41 @@ def write_log(path: Path, generation: int, epochs: int, r1_start: float) -> Path
             w.writerow([generation, e, loss, loss, 0.0, "nan" if e < 0 else 0.001, r1, min(r1 + 0.1, 1),
                         min(r1 + 0.15, 1), 1.0, 2.0, 0.5])
     return path
+
+
+def add_interval_columns(path: Path, queries: int, blank_first: bool = False) -> Path:
+    """Add the recall@1/5/10 interval columns of a log over ``queries`` val queries (Wilson, from scipy);
+    ``blank_first``: leave them empty in the first row, as a run resumed from an older log does."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = [f"recall@{n}_ci_{s}" for n in (1, 5, 10) for s in ("low", "high")]
+    for i, row in enumerate(rows):
+        for n in (1, 5, 10):
+            low, high = wilson_pct(round(float(row[f"recall@{n}"]) * queries), queries)
+            row[f"recall@{n}_ci_low"], row[f"recall@{n}_ci_high"] = ("", "") if blank_first and i == 0 else (
+                low / 100, high / 100)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*FIELDS[:9], *names, *FIELDS[9:]])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_plot_training_draws_the_intervals(tmp_path):
+    plain = write_log(tmp_path / "plain.csv", 0, 4, 0.3)
+    banded = add_interval_columns(write_log(tmp_path / "banded.csv", 0, 4, 0.3), 20)
+    resumed = add_interval_columns(write_log(tmp_path / "resumed.csv", 0, 4, 0.3), 20, blank_first=True)
+    rows = read_training_log(resumed)
+    assert "recall@1_ci_low" not in rows[0] and rows[1]["recall@1_ci_low"] == pytest.approx(
+        wilson_pct(round(0.35 * 20), 20)[0] / 100)
+    counts = {}
+    for name, log in (("plain", plain), ("banded", banded), ("resumed", resumed)):
+        png = tmp_path / f"{name}.png"
+        assert main(["plot", "training", "--log", name, str(log), "--out", str(png)]) == 0
+        counts[name] = band_pixels(read_png(png), TAB10_BLUE, 0.12)
+    # a band of the run's colour (alpha 0.12) where the rows have their interval, a gap where they do not
+    assert counts["banded"] > 3000 and counts["plain"] < 300, counts
+    assert 1000 < counts["resumed"] < counts["banded"] - 500, counts
 
 
 def test_training_positions_chain_and_overlay():

@@ -202,10 +202,10 @@ def plot_training(runs: Sequence[tuple[str, list[dict[str, float]]]], out: str |
         ax_loss.plot(x[trained], loss[trained], marker="o", color=colour, label=label)
         for key, style, marker in (("recall@1", "-", "o"), ("recall@5", "--", "s")):
             ax_rec.plot(x, [100.0 * r[key] for r in rows], linestyle=style, marker=marker, color=colour)
-            if all(f"{key}_ci_low" in r and f"{key}_ci_high" in r for r in rows):
-                ax_rec.fill_between(x, [100.0 * r[f"{key}_ci_low"] for r in rows],
-                                    [100.0 * r[f"{key}_ci_high"] for r in rows], color=colour, alpha=0.12,
-                                    linewidth=0)
+            low = np.array([100.0 * r.get(f"{key}_ci_low", math.nan) for r in rows])
+            high = np.array([100.0 * r.get(f"{key}_ci_high", math.nan) for r in rows])
+            if np.isfinite(low).any():  # a gap where a row has no interval (logged before there were any)
+                ax_rec.fill_between(x, low, high, color=colour, alpha=0.12, linewidth=0)
         start = ~trained
         if start.any():  # the model before training: hollow markers
             for key in ("recall@1", "recall@5"):
