@@ -233,3 +233,31 @@ def test_evaluate_rerank_runs(tmp_path, capsys):
     with h5py.File(tmp_path / "recall_rankings.h5", "r") as f:
         assert f.attrs["rerank"] and f.attrs["rr_k1"] == 2
         assert sorted(f["topk"][0].tolist()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_evaluate_output_feeds_the_table_comparison(tmp_path, capsys):
+    """`vpr table --compare-to` finds the rankings of `vpr evaluate` beside the recall CSVs, as the workflow
+    names them, and pairs the queries."""
+    index, feats = _write_case(tmp_path)
+    worse = tmp_path / "worse.h5"
+    with h5py.File(feats, "r") as f, h5py.File(worse, "w") as g:
+        g["db"], g["query"] = f["db"][()], f["query"][()][[1, 2, 0]]   # queries shuffled: other rankings
+    argv = []
+    for method, features in (("base", worse), ("good", feats)):
+        out = tmp_path / method / "pitts30k_recall.csv"
+        assert main(["evaluate", "--index", str(index), "--features", str(features), "--out", str(out),
+                     "--recall-at", "1", "3"]) == 0
+        argv += ["--recall", method, "pitts30k", str(out)]
+    md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
+    assert main(["table", *argv, "--ns", "1", "3", "--compare-to", "base", "--out-md", str(md),
+                 "--out-csv", str(table_csv)]) == 0
+    with open(table_csv) as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    good = rows["good"]
+    # good: first positives 0, 2, 2 (R@1 1/3, R@3 3/3). base ranks query q with the weights of query
+    # (1, 2, 0)[q]: rankings 1 0 4 / 0 1 2 / 1 0 2 (top 3) against positives {0,1} / {4,5} / {2,3}
+    # -> first positives 0, -1, 2 -> R@1 1/3, R@3 2/3. Discordant: none at R@1, one at R@3 (p = 1 both).
+    assert (good["R@1"], good["R@3"], rows["base"]["R@1"], rows["base"]["R@3"]) == (
+        "33.33", "100.00", "33.33", "66.67")
+    assert (good["baseline"], good["p R@1"], good["vs baseline R@1"], good["p R@3"]) == (
+        "base", "1", "no", "1")

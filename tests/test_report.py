@@ -244,6 +244,7 @@ def test_table_reads_rankings_without_kind(tmp_path):
     ("header", "expected the header 'n,recall,ci_low,ci_high,queries'"),
     ("interval", "must lie in [0, 1] around the recall"),
     ("queries", "one positive count in every row"),
+    ("hits", "not a whole number of hits out of 4 queries"),
     ("range", "a fraction in [0, 1]"),
     ("text", "malformed row 3"),
     ("no_n", "no Recall@10"),
@@ -257,6 +258,8 @@ def test_table_bad_input(tmp_path, capsys, case, message):
         write_recall(bad, [(1, 0.5), (5, 60.0), (10, 0.7)])
     elif case == "interval":
         bad.write_text("n,recall,ci_low,ci_high,queries\n1,0.5,0.6,0.7,10\n")
+    elif case == "hits":
+        bad.write_text("n,recall,ci_low,ci_high,queries\n1,0.6,0.2,0.8,4\n")
     elif case == "queries":
         bad.write_text("n,recall,ci_low,ci_high,queries\n1,0.5,0.2,0.8,10\n5,0.6,0.3,0.9,12\n")
     elif case == "text":

@@ -29,7 +29,7 @@ import numpy as np
 
 from vpr.errors import VprError
 from vpr.io import atomic_output
-from vpr.stats import hits_at, recall_interval
+from vpr.stats import hits_at, hits_of, recall_interval
 
 RECALL_COLUMNS = ("n", "recall", "ci_low", "ci_high", "queries")
 LEGACY_RECALL_COLUMNS = ("n", "recall")
@@ -103,6 +103,10 @@ def read_recall_csv(path: str | os.PathLike) -> RecallTable:
             if queries < 1 or (table.queries is not None and queries != table.queries):
                 raise VprError(f"{path}: row {line}: {queries} queries; expected one positive count in "
                                "every row")
+            try:
+                hits_of(r, queries)
+            except ValueError as err:
+                raise VprError(f"{path}: row {line}: {err}") from None
             table.interval[n], table.queries = (low, high), queries
     if not table.recall:
         raise VprError(f"{path}: the recall CSV has a header but no rows")
