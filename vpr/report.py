@@ -281,7 +281,8 @@ def table_markdown(rows: Sequence[TableRow], ns: Sequence[int], compare_to: str 
     if compare_to is not None:
         notes.append(f"▲ / ▼: significantly above / below {method_name(compare_to)} on the same queries at "
                      f"the {100 * SIGNIFICANCE:g} % level (two-sided McNemar exact test: a binomial test on "
-                     "the queries that one method hits and the other misses); no mark: not significant.")
+                     "the queries that one method hits and the other misses); no mark: not significant. "
+                     "Each cell is tested on its own, without a correction for the number of cells.")
     if len(by_key) < len(methods) * len(datasets):
         notes.append(f"{MISSING}: not evaluated.")
     if any_published:
