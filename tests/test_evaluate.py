@@ -7,6 +7,7 @@ import csv
 import h5py
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 
 from vpr.cli import main
 from vpr.data.index import SplitRecords, build_index
@@ -123,6 +124,11 @@ def _write_case(tmp_path, fmt="csv", n_db_rows=6):
     return index, feats
 
 
+def wilson(k, n):
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return ci.low, ci.high
+
+
 def _read_csv(path):
     with open(path) as f:
         rows = list(csv.DictReader(f))
@@ -135,10 +141,16 @@ def test_evaluate_cli_by_hand(tmp_path, capsys):
     rc = main(["evaluate", "--index", str(index), "--features", str(feats), "--out", str(out),
                "--recall-at", "1", "2", "3", "5"])
     assert rc == 0, capsys.readouterr().err
-    assert out.read_text().splitlines()[0] == "n,recall"
+    assert out.read_text().splitlines()[0] == "n,recall,ci_low,ci_high,queries"
     # first positives at 0, 2, 2
     assert _read_csv(out) == {1: pytest.approx(1 / 3), 2: pytest.approx(1 / 3), 3: pytest.approx(1.0),
                               5: pytest.approx(1.0)}
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    for row, hits in zip(rows, [1, 1, 3, 3], strict=True):   # the 95 % Wilson interval of hits of 3 queries
+        assert row["queries"] == "3"
+        assert (float(row["ci_low"]), float(row["ci_high"])) == pytest.approx(wilson(hits, 3), abs=1e-12)
+    assert "Recall@1: 33.33% (95% CI 6.15-79.23%, 3 queries)" in capsys.readouterr().out
     with h5py.File(tmp_path / "res" / "recall_rankings.h5", "r") as f:
         assert f["topk"][()].tolist() == [[1, 0, 2, 3, 4], [1, 0, 4, 5, 3], [0, 1, 2, 3, 4]]
         assert f["first_positive"][()].tolist() == [0, 2, 2]
@@ -148,6 +160,18 @@ def test_evaluate_cli_by_hand(tmp_path, capsys):
         assert f.attrs["recall_n"].tolist() == [1, 2, 3, 5]
         np.testing.assert_allclose(f.attrs["recall"], [1 / 3, 1 / 3, 1, 1])
         assert not f.attrs["nms"]
+        assert f.attrs["kind"] == "vpr-rankings"
+
+
+def test_evaluate_default_rankings_name(tmp_path, capsys):
+    index, feats = _write_case(tmp_path)
+    out = tmp_path / "tokyo_recall.csv"
+    assert main(["evaluate", "--index", str(index), "--features", str(feats), "--out", str(out)]) == 0
+    # X_recall.csv -> X_rankings.h5, as the workflow names them
+    assert (tmp_path / "tokyo_rankings.h5").is_file() and not (tmp_path / "tokyo_recall_rankings.h5").exists()
+    assert main(["evaluate", "--index", str(index), "--features", str(feats), "--out", str(out),
+                 "--rankings", str(out)]) == 2
+    assert "is the recall CSV" in capsys.readouterr().err
 
 
 def test_evaluate_nms_on_for_tokyo_by_default(tmp_path, capsys):
@@ -209,3 +233,31 @@ def test_evaluate_rerank_runs(tmp_path, capsys):
     with h5py.File(tmp_path / "recall_rankings.h5", "r") as f:
         assert f.attrs["rerank"] and f.attrs["rr_k1"] == 2
         assert sorted(f["topk"][0].tolist()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_evaluate_output_feeds_the_table_comparison(tmp_path, capsys):
+    """`vpr table --compare-to` finds the rankings of `vpr evaluate` beside the recall CSVs, as the workflow
+    names them, and pairs the queries."""
+    index, feats = _write_case(tmp_path)
+    worse = tmp_path / "worse.h5"
+    with h5py.File(feats, "r") as f, h5py.File(worse, "w") as g:
+        g["db"], g["query"] = f["db"][()], f["query"][()][[1, 2, 0]]   # queries shuffled: other rankings
+    argv = []
+    for method, features in (("base", worse), ("good", feats)):
+        out = tmp_path / method / "pitts30k_recall.csv"
+        assert main(["evaluate", "--index", str(index), "--features", str(features), "--out", str(out),
+                     "--recall-at", "1", "3"]) == 0
+        argv += ["--recall", method, "pitts30k", str(out)]
+    md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
+    assert main(["table", *argv, "--ns", "1", "3", "--compare-to", "base", "--out-md", str(md),
+                 "--out-csv", str(table_csv)]) == 0
+    with open(table_csv) as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    good = rows["good"]
+    # good: first positives 0, 2, 2 (R@1 1/3, R@3 3/3). base ranks query q with the weights of query
+    # (1, 2, 0)[q]: rankings 1 0 4 / 0 1 2 / 1 0 2 (top 3) against positives {0,1} / {4,5} / {2,3}
+    # -> first positives 0, -1, 2 -> R@1 1/3, R@3 2/3. Discordant: none at R@1, one at R@3 (p = 1 both).
+    assert (good["R@1"], good["R@3"], rows["base"]["R@1"], rows["base"]["R@3"]) == (
+        "33.33", "100.00", "33.33", "66.67")
+    assert (good["baseline"], good["p R@1"], good["vs baseline R@1"], good["p R@3"]) == (
+        "base", "1", "no", "1")

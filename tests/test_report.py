@@ -9,10 +9,11 @@ import h5py
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.stats import binomtest
 
 from vpr.cli import main
 from vpr.data.index import SplitRecords, build_index
-from vpr.plots import select_queries, training_positions
+from vpr.plots import read_training_log, select_queries, training_positions
 
 MIN_PNG = (400, 250)  # every figure is at least this large (width, height) in pixels
 
@@ -30,49 +31,220 @@ def read_png(path: Path) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ table
+def wilson_pct(k: int, n: int) -> tuple[float, float]:
+    """The 95 % Wilson interval in %, from scipy (independent of vpr.stats)."""
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return 100 * float(ci.low), 100 * float(ci.high)
+
+
+def write_recall_ci(path: Path, hits: dict[int, int], queries: int) -> Path:
+    """A recall CSV in the current format: hits[N] of ``queries`` queries, Wilson interval from scipy."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["n,recall,ci_low,ci_high,queries"]
+    for n, k in hits.items():
+        low, high = wilson_pct(k, queries)
+        lines.append(f"{n},{k / queries!r},{low / 100!r},{high / 100!r},{queries}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cell(k: int, n: int) -> str:
+    low, high = wilson_pct(k, n)
+    return f"{100 * k / n:.1f} [{low:.1f}, {high:.1f}]"
+
+
 def test_table_cells(tmp_path, capsys):
-    a = write_recall(tmp_path / "netvlad_p250.csv", [(1, 0.80149), (5, 0.90167), (10, 0.95), (20, 0.97)])
-    b = write_recall(tmp_path / "sfrs_p250.csv", [(1, 0.9012), (5, 0.96), (10, 0.9749)])
-    c = write_recall(tmp_path / "sfrs_tokyo.csv", [(1, 0.8), (5, 0.9), (10, 0.92)])
+    a = write_recall_ci(tmp_path / "netvlad_p250.csv", {1: 160, 5: 181, 10: 190, 20: 194}, 200)
+    b = write_recall_ci(tmp_path / "sfrs_p250.csv", {1: 180, 5: 192, 10: 195}, 200)
+    c = write_recall_ci(tmp_path / "sfrs_tokyo.csv", {1: 40, 5: 45, 10: 46}, 50)
     md, out_csv = tmp_path / "res" / "table.md", tmp_path / "res" / "table.csv"
     rc = main(["table", "--recall", "netvlad", "pitts250k", str(a), "--recall", "sfrs", "pitts250k", str(b),
                "--recall", "sfrs", "tokyo", str(c), "--out-md", str(md), "--out-csv", str(out_csv)])
     assert rc == 0
     lines = md.read_text().splitlines()
     assert lines[0] == ("| Method | Pitts250k-test R@1 | Pitts250k-test R@5 | Pitts250k-test R@10 "
-                        "| Tokyo 24/7 R@1 | Tokyo 24/7 R@5 | Tokyo 24/7 R@10 |")
-    # 80.149 -> 80.1, 90.167 -> 90.2 (rounded, not truncated); NetVLAD was not evaluated on Tokyo: "-"
-    assert lines[2] == "| NetVLAD | 80.1 | 90.2 | 95.0 | - | - | - |"
-    # SFRS beside the MODEL_ZOO numbers 90.7/96.4/97.6 (Pitts250k) and 85.4/91.1/93.3 (Tokyo)
-    assert lines[3] == ("| SFRS | 90.1 (pub. 90.7) | 96.0 (pub. 96.4) | 97.5 (pub. 97.6) "
-                        "| 80.0 (pub. 85.4) | 90.0 (pub. 91.1) | 92.0 (pub. 93.3) |")
-    assert len(lines) == 6 and "MODEL_ZOO.md" in lines[5] and "not evaluated" in lines[5]
-    assert "| SFRS | 90.1 (pub. 90.7)" in capsys.readouterr().out   # the table is printed too
+                        "| Tokyo 24/7 R@1 | Tokyo 24/7 R@5 | Tokyo 24/7 R@10 "
+                        "| Pooled R@1 | Pooled R@5 | Pooled R@10 |")
+    # 181/200 = 90.5 -> "90.5"; NetVLAD was not evaluated on Tokyo: "-", and so has no pooled cells
+    assert lines[2] == (f"| NetVLAD | {cell(160, 200)} | {cell(181, 200)} | {cell(190, 200)} | - | - | - "
+                        "| - | - | - |")
+    # SFRS pooled over both test sets: (180 + 40) of 250 queries, ...
+    assert lines[3] == (f"| SFRS | {cell(180, 200)} | {cell(192, 200)} | {cell(195, 200)} | {cell(40, 50)} "
+                        f"| {cell(45, 50)} | {cell(46, 50)} | {cell(220, 250)} | {cell(237, 250)} "
+                        f"| {cell(241, 250)} |")
+    # ... and under it the MODEL_ZOO numbers 90.7/96.4/97.6 (Pitts250k, 8,280 queries) and 85.4/91.1/93.3
+    # (Tokyo 24/7, 315 queries) with the interval of round(recall x queries) hits
+    pub = [cell(round(r * q / 100), q) for r, q in ((90.7, 8280), (96.4, 8280), (97.6, 8280),
+                                                   (85.4, 315), (91.1, 315), (93.3, 315))]
+    pub = [f"{r:.1f}{p[4:]}" for r, p in zip((90.7, 96.4, 97.6, 85.4, 91.1, 93.3), pub, strict=True)]
+    assert lines[4] == "| SFRS, published | " + " | ".join(pub) + " | - | - | - |"
+    assert lines[5] == ""
+    notes = "\n".join(lines[6:])
+    assert "95 % Wilson score interval" in notes and "Pitts250k-test 200, Tokyo 24/7 50 queries" in notes
+    assert "MODEL_ZOO.md" in notes and "8,280" in notes and "315" in notes and "not evaluated" in notes
+    assert "Pooled: all queries of the 2 test sets" in notes and "independent" in notes
+    assert "▲" not in md.read_text()   # no comparison asked for
+    assert f"| SFRS | {cell(180, 200)}" in capsys.readouterr().out   # the table is printed too
 
     with open(out_csv, newline="") as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == ["method", "dataset", "R@1", "R@5", "R@10", "published R@1", "published R@5",
-                       "published R@10"]
-    assert rows[1] == ["netvlad", "pitts250k", "80.15", "90.17", "95.00", "", "", ""]
-    assert rows[2] == ["sfrs", "pitts250k", "90.12", "96.00", "97.49", "90.7", "96.4", "97.6"]
-    assert rows[3] == ["sfrs", "tokyo", "80.00", "90.00", "92.00", "85.4", "91.1", "93.3"]
-    assert len(rows) == 4
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["dataset"]) for r in rows] == [
+        ("netvlad", "pitts250k"), ("sfrs", "pitts250k"), ("sfrs", "tokyo"), ("sfrs", "pooled")]
+    low, high = wilson_pct(181, 200)
+    assert (rows[0]["queries"], rows[0]["R@5"], rows[0]["R@5 ci_low"], rows[0]["R@5 ci_high"]) == (
+        "200", "90.50", f"{low:.2f}", f"{high:.2f}")
+    assert rows[0]["published R@1"] == "" and rows[0]["p R@1"] == "" and rows[0]["baseline"] == ""
+    low, high = wilson_pct(round(0.854 * 315), 315)
+    assert (rows[2]["published R@1"], rows[2]["published R@1 ci_low"], rows[2]["published R@1 ci_high"],
+            rows[2]["published queries"]) == ("85.4", f"{low:.2f}", f"{high:.2f}", "315")
+    assert (rows[3]["queries"], rows[3]["R@10"]) == ("250", "96.40")
 
 
-def test_table_other_ns(tmp_path):
+def test_table_reads_old_two_column_csvs(tmp_path):
     a = write_recall(tmp_path / "a.csv", [(1, 0.5), (20, 0.75)])
     md, out_csv = tmp_path / "t.md", tmp_path / "t.csv"
     assert main(["table", "--recall", "sare_ind", "pitts30k", str(a), "--out-md", str(md),
                  "--out-csv", str(out_csv), "--ns", "1", "20"]) == 0
     lines = md.read_text().splitlines()
     assert lines[0] == "| Method | Pitts30k-test R@1 | Pitts30k-test R@20 |"
-    assert lines[2] == "| SARE_ind | 50.0 | 75.0 |"   # no published SARE_ind numbers on Pitts30k
-    assert "not evaluated" not in md.read_text()
+    assert lines[2] == "| SARE_ind | 50.0 | 75.0 |"   # no interval without a query count; nothing published
+    text = md.read_text()
+    assert "not evaluated" not in text and "earlier vpr" in text and "Pooled" not in text
+    with open(out_csv, newline="") as f:
+        row = next(csv.DictReader(f))
+    assert (row["R@1"], row["R@1 ci_low"], row["queries"]) == ("50.00", "", "")
+
+
+def write_evaluation(folder: Path, dataset: str, first_positive: list[int], ns=(1, 5), k: int = 5,
+                     kind: str | None = "vpr-rankings") -> Path:
+    """A rankings file (``first_positive`` as given, ``k`` columns) and the recall CSV that goes with it,
+    named as the workflow names them; returns the recall CSV."""
+    folder.mkdir(parents=True, exist_ok=True)
+    first = np.array(first_positive, dtype=np.int64)
+    with h5py.File(folder / f"{dataset}_rankings.h5", "w") as f:
+        f.create_dataset("topk", data=np.tile(np.arange(k, dtype=np.int64), (first.size, 1)))
+        f.create_dataset("distances", data=np.zeros((first.size, k), np.float32))
+        f.create_dataset("first_positive", data=first)
+        if kind is not None:
+            f.attrs["kind"] = kind
+    hits = {n: int(((first >= 0) & (first < n)).sum()) for n in ns}
+    return write_recall_ci(folder / f"{dataset}_recall.csv", hits, first.size)
+
+
+MISS, TOP = [-1] * 5, [0] * 5
+
+
+@pytest.fixture
+def compared(tmp_path) -> list[str]:
+    """Three methods on two test sets of 10 queries each (first-positive positions by hand):
+
+    pitts30k: untrained hits 4 at R@1 (the tenth query at position 3) and 5 at R@5; sfrs hits all 10;
+    netvlad none. tokyo: untrained hits 5 (at 1 and 5), sfrs 10, netvlad 0.
+    """
+    runs = {"untrained": {"pitts30k": MISS + [0] * 4 + [3], "tokyo": MISS + TOP},
+            "sfrs": {"pitts30k": TOP + TOP, "tokyo": TOP + TOP},
+            "netvlad": {"pitts30k": MISS + MISS, "tokyo": MISS + MISS}}
+    argv = []
+    for method, per in runs.items():
+        for dataset, first in per.items():
+            argv += ["--recall", method, dataset, str(write_evaluation(tmp_path / method, dataset, first))]
+    return argv
+
+
+def test_table_compare_to_baseline(tmp_path, compared):
+    md, out_csv = tmp_path / "t.md", tmp_path / "t.csv"
+    assert main(["table", *compared, "--ns", "1", "5", "--compare-to", "untrained", "--out-md", str(md),
+                 "--out-csv", str(out_csv)]) == 0
+    lines = md.read_text().splitlines()
+    assert lines[0] == ("| Method | Pitts30k-test R@1 | Pitts30k-test R@5 | Tokyo 24/7 R@1 | Tokyo 24/7 R@5 "
+                        "| Pooled R@1 | Pooled R@5 |")
+    assert lines[2] == (f"| untrained (baseline) | {cell(4, 10)} | {cell(5, 10)} | {cell(5, 10)} "
+                        f"| {cell(5, 10)} | {cell(9, 20)} | {cell(10, 20)} |")
+    # McNemar by hand: SFRS on pitts30k R@1 wins 6 discordant queries of 6, p = 2 / 2^6 = 0.031 (marked);
+    # at R@5 and on tokyo 5 of 5, p = 2 / 2^5 = 0.0625 (not marked); pooled 11 of 11 and 10 of 10 (marked)
+    assert lines[3] == (f"| SFRS | {cell(10, 10)} ▲ | {cell(10, 10)} | {cell(10, 10)} | {cell(10, 10)} "
+                        f"| {cell(20, 20)} ▲ | {cell(20, 20)} ▲ |")
+    # NetVLAD loses 4 and 5 of 4 and 5 per test set (p >= 0.125), and 9 and 10 pooled (p <= 2 / 2^9)
+    assert "SFRS, published" in lines[4]   # SFRS has MODEL_ZOO numbers on Tokyo 24/7
+    assert lines[5] == (f"| NetVLAD | {cell(0, 10)} | {cell(0, 10)} | {cell(0, 10)} | {cell(0, 10)} "
+                        f"| {cell(0, 20)} ▼ | {cell(0, 20)} ▼ |")
+    assert "▲ / ▼: significantly above / below untrained" in md.read_text()
+    assert "McNemar" in md.read_text()
+    with open(out_csv, newline="") as f:
+        rows = {(r["method"], r["dataset"]): r for r in csv.DictReader(f)}
+    sfrs = rows["sfrs", "pitts30k"]
+    assert (sfrs["baseline"], sfrs["p R@1"], sfrs["vs baseline R@1"]) == ("untrained", "0.03125", "above")
+    assert (sfrs["p R@5"], sfrs["vs baseline R@5"]) == ("0.0625", "no")
+    pooled = rows["netvlad", "pooled"]
+    assert (pooled["p R@1"], pooled["vs baseline R@1"]) == (f"{2 / 2 ** 9:.4g}", "below")
+    assert rows["untrained", "pooled"]["p R@1"] == ""   # the baseline is not tested against itself
+
+
+def test_table_compare_with_rankings_elsewhere(tmp_path, compared):
+    # the netvlad rankings moved away: found through --rankings
+    moved = tmp_path / "moved.h5"
+    (tmp_path / "netvlad" / "tokyo_rankings.h5").rename(moved)
+    md, out_csv = tmp_path / "t.md", tmp_path / "t.csv"
+    argv = ["table", *compared, "--ns", "1", "5", "--compare-to", "untrained", "--out-md", str(md),
+            "--out-csv", str(out_csv)]
+    assert main(argv) == 2 and not md.exists()
+    assert main([*argv, "--rankings", "netvlad", "tokyo", str(moved)]) == 0
+    assert "▼" in md.read_text()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("stale", "not from the same evaluation"),
+    ("missing", "rankings file not found"),
+    ("kind", "is a vpr features file, not a rankings file"),
+    ("baseline", "--compare-to nobody: no --recall of that method"),
+    ("rankings_only", "--rankings is only read for a comparison"),
+    ("same_out", "is also an input"),
+])
+def test_table_compare_bad_input(tmp_path, capsys, compared, case, message):
+    baseline = "untrained"
+    extra = []
+    if case == "stale":   # the recall CSV of another evaluation than its rankings file
+        write_recall_ci(tmp_path / "sfrs" / "tokyo_recall.csv", {1: 9, 5: 10}, 10)
+    elif case == "missing":
+        (tmp_path / "sfrs" / "tokyo_rankings.h5").unlink()
+    elif case == "kind":
+        with h5py.File(tmp_path / "sfrs" / "tokyo_rankings.h5", "a") as f:
+            f.attrs["kind"] = "vpr-features"
+    elif case == "baseline":
+        baseline = "nobody"
+    elif case == "rankings_only":
+        baseline = None
+        extra = ["--rankings", "sfrs", "tokyo", str(tmp_path / "sfrs" / "tokyo_rankings.h5")]
+    md, out_csv = tmp_path / "t.md", tmp_path / "t.csv"
+    if case == "same_out":
+        md = tmp_path / "sfrs" / "tokyo_recall.csv"
+    argv = ["table", *compared, *extra, "--ns", "1", "5", "--out-md", str(md), "--out-csv", str(out_csv)]
+    if baseline:
+        argv += ["--compare-to", baseline]
+    before = md.read_text() if md.exists() else None
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert not out_csv.exists() and (md.read_text() if md.exists() else None) == before
+
+
+def test_table_reads_rankings_without_kind(tmp_path):
+    """Rankings files of earlier versions (no kind attribute) still serve a comparison."""
+    a = write_evaluation(tmp_path / "untrained", "pitts30k", MISS + MISS, kind=None)
+    b = write_evaluation(tmp_path / "sfrs", "pitts30k", TOP + TOP, kind=None)
+    md, out_csv = tmp_path / "t.md", tmp_path / "t.csv"
+    assert main(["table", "--recall", "untrained", "pitts30k", str(a), "--recall", "sfrs", "pitts30k",
+                 str(b), "--ns", "1", "--compare-to", "untrained", "--out-md", str(md),
+                 "--out-csv", str(out_csv)]) == 0
+    assert f"| SFRS | {cell(10, 10)} ▲ |" in md.read_text()   # 10 of 10 discordant: p = 2 / 1024
 
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "recall CSV not found"),
-    ("header", "expected the header 'n,recall'"),
+    ("header", "expected the header 'n,recall,ci_low,ci_high,queries'"),
+    ("interval", "must lie in [0, 1] around the recall"),
+    ("queries", "one positive count in every row"),
+    ("hits", "not a whole number of hits out of 4 queries"),
     ("range", "a fraction in [0, 1]"),
     ("text", "malformed row 3"),
     ("no_n", "no Recall@10"),
@@ -84,6 +256,12 @@ def test_table_bad_input(tmp_path, capsys, case, message):
         write_recall(bad, [(1, 0.5), (5, 0.6), (10, 0.7)], header="N,R")
     elif case == "range":
         write_recall(bad, [(1, 0.5), (5, 60.0), (10, 0.7)])
+    elif case == "interval":
+        bad.write_text("n,recall,ci_low,ci_high,queries\n1,0.5,0.6,0.7,10\n")
+    elif case == "hits":
+        bad.write_text("n,recall,ci_low,ci_high,queries\n1,0.6,0.2,0.8,4\n")
+    elif case == "queries":
+        bad.write_text("n,recall,ci_low,ci_high,queries\n1,0.5,0.2,0.8,10\n5,0.6,0.3,0.9,12\n")
     elif case == "text":
         bad.write_text("n,recall\n1,0.5\n5,abc\n10,0.7\n")
     elif case == "no_n":
@@ -110,6 +288,29 @@ def test_plot_recall(tmp_path):
     assert pixels.std() > 10   # not a blank canvas
 
 
+def band_pixels(px: np.ndarray, rgb: tuple[float, float, float], alpha: float) -> int:
+    """Pixels of the colour ``rgb`` (0..1) drawn with ``alpha`` over white."""
+    tint = 255 - alpha * (255 - 255 * np.array(rgb))
+    return int((np.abs(px - tint).max(axis=-1) <= 6).sum())
+
+
+TAB10_BLUE = (0.12156862745098039, 0.4666666666666667, 0.7058823529411765)   # the first method's colour
+
+
+def test_plot_recall_draws_the_intervals(tmp_path):
+    ns = {1: 30, 5: 50, 10: 60, 20: 70}
+    wide = write_recall_ci(tmp_path / "wide.csv", ns, 100)    # 95 % interval about +-9 points
+    old = write_recall(tmp_path / "old.csv", [(n, k / 100) for n, k in ns.items()])   # no interval
+    for name, path in (("wide", wide), ("old", old)):
+        png = tmp_path / f"{name}.png"
+        assert main(["plot", "recall", "--recall", "netvlad", str(path), "--out", str(png)]) == 0
+    # the band (alpha 0.18 over white) covers a large area with intervals; without, only a few anti-aliased
+    # edge pixels of the line happen to have its tint
+    with_band = band_pixels(read_png(tmp_path / "wide.png"), TAB10_BLUE, 0.18)
+    without = band_pixels(read_png(tmp_path / "old.png"), TAB10_BLUE, 0.18)
+    assert with_band > 5000 and without < 300, (with_band, without)
+
+
 def test_plot_recall_bad_csv(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("")
@@ -134,6 +335,41 @@ def write_log(path: Path, generation: int, epochs: int, r1_start: float) -> Path
             w.writerow([generation, e, loss, loss, 0.0, "nan" if e < 0 else 0.001, r1, min(r1 + 0.1, 1),
                         min(r1 + 0.15, 1), 1.0, 2.0, 0.5])
     return path
+
+
+def add_interval_columns(path: Path, queries: int, blank_first: bool = False) -> Path:
+    """Add the recall@1/5/10 interval columns of a log over ``queries`` val queries (Wilson, from scipy);
+    ``blank_first``: leave them empty in the first row, as a run resumed from an older log does."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = [f"recall@{n}_ci_{s}" for n in (1, 5, 10) for s in ("low", "high")]
+    for i, row in enumerate(rows):
+        for n in (1, 5, 10):
+            low, high = wilson_pct(round(float(row[f"recall@{n}"]) * queries), queries)
+            row[f"recall@{n}_ci_low"], row[f"recall@{n}_ci_high"] = ("", "") if blank_first and i == 0 else (
+                low / 100, high / 100)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*FIELDS[:9], *names, *FIELDS[9:]])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_plot_training_draws_the_intervals(tmp_path):
+    plain = write_log(tmp_path / "plain.csv", 0, 4, 0.3)
+    banded = add_interval_columns(write_log(tmp_path / "banded.csv", 0, 4, 0.3), 20)
+    resumed = add_interval_columns(write_log(tmp_path / "resumed.csv", 0, 4, 0.3), 20, blank_first=True)
+    rows = read_training_log(resumed)
+    assert "recall@1_ci_low" not in rows[0] and rows[1]["recall@1_ci_low"] == pytest.approx(
+        wilson_pct(round(0.35 * 20), 20)[0] / 100)
+    counts = {}
+    for name, log in (("plain", plain), ("banded", banded), ("resumed", resumed)):
+        png = tmp_path / f"{name}.png"
+        assert main(["plot", "training", "--log", name, str(log), "--out", str(png)]) == 0
+        counts[name] = band_pixels(read_png(png), TAB10_BLUE, 0.12)
+    # a band of the run's colour (alpha 0.12) where the rows have their interval, a gap where they do not
+    assert counts["banded"] > 3000 and counts["plain"] < 300, counts
+    assert 1000 < counts["resumed"] < counts["banded"] - 500, counts
 
 
 def test_training_positions_chain_and_overlay():

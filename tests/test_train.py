@@ -127,3 +127,22 @@ def test_resume_refuses_a_different_configuration(tiny_data, centers, tmp_path):
                    check=False)
     assert proc.returncode == 2
     assert "different configuration" in proc.stderr and "lr: saved 0.01, now 0.5" in proc.stderr
+
+
+def test_the_validation_log_carries_the_95_percent_interval_of_each_recall(tiny_data, centers, tmp_path):
+    from scipy.stats import binomtest
+
+    from vpr.data.index import Index
+
+    out = tmp_path / "run"
+    run_vpr(*train_args(tiny_data, centers, out, "--epochs", "1", "--iters", "1"))
+    n = Index(tiny_data["val"]).num_queries
+    with open(out / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["-1", "0"]
+    for row in rows:
+        for recall_at in (1, 5, 10):
+            hits = round(float(row[f"recall@{recall_at}"]) * n)
+            ci = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="wilson")
+            assert float(row[f"recall@{recall_at}_ci_low"]) == pytest.approx(ci.low, abs=1e-12)
+            assert float(row[f"recall@{recall_at}_ci_high"]) == pytest.approx(ci.high, abs=1e-12)

@@ -16,7 +16,9 @@ import numpy as np
 
 from vpr.errors import VprError
 from vpr.io import atomic_output
-from vpr.published import dataset_name, method_name, published
+from vpr.published import dataset_name, method_name, published, query_count
+from vpr.results import RecallTable
+from vpr.stats import interval_column_names, recall_interval
 
 # Frame colours of the example grid (RGB 0..1): a retrieved image that is a ground-truth positive / not.
 MATCH_COLOUR = (0.0, 0.68, 0.0)
@@ -25,6 +27,9 @@ QUERY_COLOUR = (0.15, 0.15, 0.15)
 THUMBNAIL_SIZE = 320  # longest side of an image in the example grid, pixels
 
 TRAINING_LOG_COLUMNS = ("generation", "epoch", "loss", "recall@1", "recall@5")
+# the 95 % intervals of the logged recalls: optional (logs of earlier versions have none, and rows of a run
+# resumed from such a log leave them empty)
+TRAINING_LOG_INTERVALS = tuple(interval_column_names((1, 5)))
 LAYOUTS = ("auto", "chain", "overlay")
 
 
@@ -41,33 +46,46 @@ def save_png(fig, out: str | os.PathLike, dpi: int = 120) -> None:
 
 
 # ---------------------------------------------------------------------------------------- Recall@N curves
-def plot_recall_curves(curves: Sequence[tuple[str, dict[int, float]]], out: str | os.PathLike,
+def plot_recall_curves(curves: Sequence[tuple[str, RecallTable]], out: str | os.PathLike,
                        title: str = "", dataset: str | None = None) -> None:
-    """One Recall@N line per method (recall given as fractions) over N on a logarithmic axis.
+    """One Recall@N line per method over N on a logarithmic axis, with its 95 % interval as a band and
+    error bars (recall CSVs of earlier versions carry no interval: line only).
 
     With ``dataset`` (a key of :mod:`vpr.published`), published numbers of the same methods are drawn as
-    crosses in the method's colour.
+    crosses in the method's colour, with the interval their query count implies.
     """
     fig = _new_figure(7.6, 4.4)
     ax = fig.add_subplot()
     cycle = [c["color"] for c in _colour_cycle(len(curves))]
     all_ns: set[int] = set()
-    for (method, recall), colour in zip(curves, cycle, strict=True):
-        ns = sorted(recall)
+    for (method, table), colour in zip(curves, cycle, strict=True):
+        ns = sorted(table.recall)
         all_ns.update(ns)
-        ax.plot(ns, [100.0 * recall[n] for n in ns], marker="o", color=colour, label=method_name(method))
+        y = np.array([100.0 * table.recall[n] for n in ns])
+        ax.plot(ns, y, marker="o", color=colour, label=method_name(method))
+        if table.interval is not None:
+            low = np.array([100.0 * table.interval[n][0] for n in ns])
+            high = np.array([100.0 * table.interval[n][1] for n in ns])
+            ax.fill_between(ns, low, high, color=colour, alpha=0.18, linewidth=0)
+            ax.errorbar(ns, y, yerr=[y - low, high - y], fmt="none", ecolor=colour, capsize=3)
         pub = published(method, dataset) if dataset else None
         if pub:
             pub_ns = sorted(pub)
             all_ns.update(pub_ns)
-            ax.plot(pub_ns, [pub[n] for n in pub_ns], linestyle="none", marker="x", markersize=9,
-                    markeredgewidth=2, color=colour, label=f"{method_name(method)} (published)")
+            py = np.array([pub[n] for n in pub_ns])
+            count = query_count(dataset)
+            yerr = None
+            if count:
+                ci = np.array([recall_interval(pub[n] / 100.0, count, exact=False) for n in pub_ns]) * 100.0
+                yerr = [py - ci[:, 0], ci[:, 1] - py]
+            ax.errorbar(pub_ns, py, yerr=yerr, linestyle="none", marker="x", markersize=9, markeredgewidth=2,
+                        color=colour, capsize=4, label=f"{method_name(method)} (published)")
     ax.set_xscale("log")
     ticks = sorted(all_ns)
     ax.set_xticks(ticks, [str(n) for n in ticks])
     ax.minorticks_off()
     ax.set_xlabel("N (number of retrieved database images)")
-    ax.set_ylabel("Recall@N (%)")
+    ax.set_ylabel("Recall@N (%), band: 95 % interval")
     low, _ = ax.get_ylim()
     ax.set_ylim(max(0.0, low), 100.0)
     ax.grid(True, alpha=0.3)
@@ -85,7 +103,8 @@ def _colour_cycle(n: int) -> list[dict]:
 
 # -------------------------------------------------------------------------------------- training curves
 def read_training_log(path: str | os.PathLike) -> list[dict[str, float]]:
-    """Rows of a training ``log.csv`` (vpr.train.trainer.LOG_FIELDS) as floats, in file order."""
+    """Rows of a training ``log.csv`` (vpr.train.trainer.LOG_FIELDS) as floats, in file order; the interval
+    columns (``recall@N_ci_low``/``_ci_high``) are in a row's dict only where the log has them."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -106,6 +125,11 @@ def read_training_log(path: str | os.PathLike) -> list[dict[str, float]]:
         except (TypeError, ValueError):
             raise VprError(f"{path}: malformed row {line}: non-numeric value in "
                            f"{', '.join(TRAINING_LOG_COLUMNS)}") from None
+        for c in TRAINING_LOG_INTERVALS:
+            try:
+                values[c] = float(row[c])
+            except (KeyError, TypeError, ValueError):
+                pass  # no interval logged for this row
         if not values["epoch"].is_integer() or not values["generation"].is_integer():
             raise VprError(f"{path}: row {line}: epoch and generation must be integers")
         out.append(values)
@@ -158,7 +182,8 @@ def training_positions(runs: Sequence[tuple[str, list[dict[str, float]]]], chain
 
 def plot_training(runs: Sequence[tuple[str, list[dict[str, float]]]], out: str | os.PathLike,
                   title: str = "", layout: str = "auto") -> None:
-    """Training loss per epoch (left) and validation R@1/R@5 per epoch (right), one colour per run."""
+    """Training loss per epoch (left) and validation R@1/R@5 per epoch (right), one colour per run; the
+    95 % interval of each recall is a band where the log has it."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}")
     chain = _chainable(runs) if layout == "auto" else layout == "chain"
@@ -177,6 +202,10 @@ def plot_training(runs: Sequence[tuple[str, list[dict[str, float]]]], out: str |
         ax_loss.plot(x[trained], loss[trained], marker="o", color=colour, label=label)
         for key, style, marker in (("recall@1", "-", "o"), ("recall@5", "--", "s")):
             ax_rec.plot(x, [100.0 * r[key] for r in rows], linestyle=style, marker=marker, color=colour)
+            low = np.array([100.0 * r.get(f"{key}_ci_low", math.nan) for r in rows])
+            high = np.array([100.0 * r.get(f"{key}_ci_high", math.nan) for r in rows])
+            if np.isfinite(low).any():  # a gap where a row has no interval (logged before there were any)
+                ax_rec.fill_between(x, low, high, color=colour, alpha=0.12, linewidth=0)
         start = ~trained
         if start.any():  # the model before training: hollow markers
             for key in ("recall@1", "recall@5"):
@@ -198,7 +227,7 @@ def plot_training(runs: Sequence[tuple[str, list[dict[str, float]]]], out: str |
     ax_loss.set_ylabel("training loss (mean over the epoch)")
     ax_loss.set_title("training loss")
     ax_loss.legend()
-    ax_rec.set_ylabel("validation Recall@N (%)")
+    ax_rec.set_ylabel("validation Recall@N (%), band: 95 % interval")
     ax_rec.set_title("validation recall")
     from matplotlib.lines import Line2D
 
@@ -213,29 +242,6 @@ def plot_training(runs: Sequence[tuple[str, list[dict[str, float]]]], out: str |
 
 
 # ------------------------------------------------------------------------------------- example retrievals
-def read_rankings(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """``topk`` (Nq x K int64, -1 padded) and ``distances`` (or None) of a rankings file of `vpr evaluate`."""
-    import h5py
-
-    path = Path(path)
-    if not path.is_file():
-        raise VprError(f"{path}: rankings file not found (written by 'vpr evaluate --rankings')")
-    try:
-        with h5py.File(path, "r") as f:
-            if "topk" not in f:
-                raise VprError(f"{path}: not a rankings file: no dataset 'topk'")
-            topk = np.asarray(f["topk"][()])
-            distances = np.asarray(f["distances"][()]) if "distances" in f else None
-    except OSError as err:
-        raise VprError(f"{path}: unreadable rankings file ({err})") from None
-    if topk.ndim != 2 or topk.dtype.kind not in "iu":
-        raise VprError(f"{path}: dataset 'topk' is {topk.dtype} with shape {topk.shape}, expected a 2-D "
-                       "integer matrix (queries x K)")
-    if distances is not None and distances.shape != topk.shape:
-        distances = None
-    return topk.astype(np.int64), distances
-
-
 def select_queries(success: np.ndarray, n: int, seed: int) -> np.ndarray:
     """``n`` query indices drawn with ``seed``: half successes, half failures where both exist (the
     other kind fills up when one runs short), in ascending order."""

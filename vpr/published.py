@@ -28,6 +28,12 @@ MODEL_ZOO: dict[tuple[str, str], dict[int, float]] = {
     ("sfrs", "tokyo"): {1: 85.4, 5: 91.1, 10: 93.3},
 }
 
+# data set -> number of test queries, which sets the uncertainty of a published recall (vpr.stats).
+# Pitts250k-test and Tokyo 24/7: Arandjelovic et al., "NetVLAD", CVPR 2016, section 5.1 (8,280 and 315
+# queries); Pitts30k-test: the query count of NetVLAD's split file pitts30k_test.mat (6,816 queries).
+QUERY_COUNTS = {"pitts30k": 6816, "pitts250k": 8280, "tokyo": 315}
+QUERY_COUNT_SOURCE = "query counts from Arandjelović et al., NetVLAD, CVPR 2016 and its split files"
+
 
 def published(method: str, dataset: str) -> dict[int, float] | None:
     """The published {N: Recall@N in %} of ``method`` on ``dataset``, or None when there is none."""
@@ -42,3 +48,8 @@ def method_name(method: str) -> str:
 def dataset_name(dataset: str) -> str:
     """Display name of a data-set key (the key itself when it is not a known data set)."""
     return DATASET_NAMES.get(dataset, dataset)
+
+
+def query_count(dataset: str) -> int | None:
+    """Number of test queries of a published data set (None for other keys)."""
+    return QUERY_COUNTS.get(dataset)

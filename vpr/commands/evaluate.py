@@ -3,10 +3,9 @@
 Exact search on squared Euclidean distances (faiss, top K only). Recall@N = fraction of queries with a
 ground-truth positive (database image within the index's evaluation radius) among the first N results.
 Tokyo 24/7 indexes use the spatial non-maximum suppression by default (top max(N) x 12 results, first
-image of each panorama kept). Writes the recall table as CSV (`n,recall`, recall as a fraction) and the
-per-query rankings as HDF5 (`topk` int64 db indices, -1 padded; `distances` float32 squared L2, or the
-re-ranked distance with --rerank, inf where padded; `first_positive` position of the first positive or -1;
-the recall table in the attributes `recall_n`, `recall`).
+image of each panorama kept). Each Recall@N comes with its 95 % Wilson score interval over the queries
+(vpr.stats). Writes the recall CSV (`n,recall,ci_low,ci_high,queries`, fractions) and the per-query
+rankings (HDF5: `topk`, `distances`, `first_positive`), both in the formats of vpr.results.
 """
 
 from __future__ import annotations
@@ -26,8 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recall-at", type=int, nargs="+", default=[1, 5, 10, 20], metavar="N",
                         help="values of N for Recall@N")
     parser.add_argument("--rankings", default=None,
-                        help="HDF5 file for the per-query rankings "
-                             "(default: <out stem>_rankings.h5 beside --out)")
+                        help="HDF5 file for the per-query rankings (default: beside --out, X_recall.csv -> "
+                             "X_rankings.h5, other X.csv -> X_rankings.h5)")
     parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking before the recall")
     parser.add_argument("--rr-k1", type=int, default=25, help="re-ranking k1")
     parser.add_argument("--rr-k2", type=int, default=1, help="re-ranking k2 (1: no query expansion)")
@@ -40,18 +39,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import h5py
-    import numpy as np
-
     from vpr.data.index import Index
     from vpr.errors import VprError
     from vpr.evaluate import evaluate
     from vpr.extract import FeaturesFile
-    from vpr.io import atomic_output
+    from vpr.results import default_rankings_path, recall_table, write_rankings, write_recall_csv
 
     ns = sorted(set(args.recall_at))
     if ns[0] < 1:
         raise VprError(f"--recall-at: values must be positive, got {args.recall_at}")
+    out = Path(args.out)
+    rankings = Path(args.rankings) if args.rankings else default_rankings_path(out)
+    if rankings.resolve() == out.resolve():
+        raise VprError(f"--rankings {rankings} is the recall CSV --out; give them different names")
     index = Index(args.index)
     features = FeaturesFile(args.features)
     features.check_index(index)  # extracted from this index (fingerprint), before reading the descriptors
@@ -62,24 +62,15 @@ def run(args: argparse.Namespace) -> int:
         rerank = dict(k1=args.rr_k1, k2=args.rr_k2, lambda_value=args.rr_lambda, max_items=args.rr_max_items)
     result = evaluate(db, query, index.positives, ns, place=index.db_place if nms else None, rerank=rerank)
 
-    out = Path(args.out)
-    rankings = Path(args.rankings) if args.rankings else out.with_name(f"{out.stem}_rankings.h5")
-    with atomic_output(rankings) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("topk", data=result.topk)
-        f.create_dataset("distances", data=result.distances)
-        f.create_dataset("first_positive", data=result.first_positive)
-        f.attrs.update({
-            "recall_n": np.asarray(list(result.recall), dtype=np.int64),
-            "recall": np.asarray(list(result.recall.values()), dtype=np.float64),
-            "index": str(args.index), "features": str(args.features), "nms": bool(nms),
-            "rerank": bool(args.rerank),
-        })
-        if args.rerank:
-            f.attrs.update({"rr_k1": args.rr_k1, "rr_k2": args.rr_k2, "rr_lambda": args.rr_lambda})
-    with atomic_output(out) as tmp, open(tmp, "w") as f:
-        f.write("n,recall\n")
-        for n, r in result.recall.items():
-            f.write(f"{n},{r!r}\n")
-    for n, r in result.recall.items():
-        print(f"Recall@{n}: {100 * r:.2f}%")
+    table = recall_table(result.recall, index.num_queries)
+    attrs = {"index": str(args.index), "features": str(args.features), "nms": bool(nms),
+             "rerank": bool(args.rerank)}
+    if args.rerank:
+        attrs.update({"rr_k1": args.rr_k1, "rr_k2": args.rr_k2, "rr_lambda": args.rr_lambda})
+    write_rankings(rankings, result.topk, result.distances, result.first_positive, result.recall, **attrs)
+    write_recall_csv(out, table)
+    for n, r in table.recall.items():
+        low, high = table.interval[n]
+        print(f"Recall@{n}: {100 * r:.2f}% (95% CI {100 * low:.2f}-{100 * high:.2f}%, "
+              f"{table.queries} queries)")
     return 0

@@ -2,10 +2,13 @@
 
 Modes:
   recall    Recall@N curves of several methods on one data set, from recall CSVs of `vpr evaluate`
-            (--recall METHOD CSV, repeated; --dataset KEY adds the published numbers as crosses).
-  training  training loss and validation R@1/R@5 per epoch from training logs (log.csv of `vpr train`,
-            --log LABEL CSV, repeated). Logs of SFRS generations 0, 1, 2, ... given in that order are
-            chained on one axis labelled generation.epoch; other logs are overlaid on a common epoch axis.
+            (--recall METHOD CSV, repeated), each with its 95 % interval as a band and error bars;
+            --dataset KEY adds the published numbers as crosses, with the interval their query count
+            implies.
+  training  training loss and validation R@1/R@5 (95 % interval as a band) per epoch from training
+            logs (log.csv of `vpr train`, --log LABEL CSV, repeated). Logs of SFRS generations 0, 1, 2,
+            ... given in that order are chained on one axis labelled generation.epoch; other logs are
+            overlaid on a common epoch axis.
             The epoch -1 row (the model before training) is the first point of each recall curve.
   examples  a grid of example retrievals from a rankings file of `vpr evaluate`: each row a query and
             its top results, framed green when a result is a ground-truth positive of the index (within
@@ -63,7 +66,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _run_recall(args: argparse.Namespace) -> str:
     from vpr.plots import plot_recall_curves
-    from vpr.report import read_recall_csv
+    from vpr.results import read_recall_csv
 
     curves = [(method, read_recall_csv(path)) for method, path in args.recall]
     plot_recall_curves(curves, args.out, title=args.title, dataset=args.dataset)
@@ -83,10 +86,12 @@ def _run_examples(args: argparse.Namespace) -> str:
 
     from vpr.data.index import Index
     from vpr.errors import VprError
-    from vpr.plots import plot_examples, read_rankings, select_queries
+    from vpr.plots import plot_examples, select_queries
+    from vpr.results import read_rankings
 
     index = Index(args.index, root=args.root)
-    topk, distances = read_rankings(args.rankings)
+    rankings = read_rankings(args.rankings)
+    topk, distances = rankings.topk, rankings.distances
     if topk.shape[0] != index.num_queries:
         raise VprError(f"{args.rankings} ranks {topk.shape[0]} queries but {args.index} has "
                        f"{index.num_queries}; use the rankings of an evaluation of this index")

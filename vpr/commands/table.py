@@ -1,13 +1,21 @@
-"""Collect recall CSVs into the results table, beside the published numbers.
+"""Collect recall CSVs into the results table, with intervals, published numbers and paired tests.
 
-Each --recall METHOD DATASET CSV names one recall CSV of `vpr evaluate` (header `n,recall`, recall as a
-fraction). Method keys netvlad, sare_ind, sare_joint, sfrs and data-set keys pitts30k, pitts250k, tokyo
-get display names and, where OpenIBL's MODEL_ZOO.md has them, published numbers (METHOD.md §5.7); other
-keys are shown as given, without published numbers.
+Each --recall METHOD DATASET CSV names one recall CSV of `vpr evaluate`. Method keys netvlad, sare_ind,
+sare_joint, sfrs and data-set keys pitts30k, pitts250k, tokyo get display names and, where OpenIBL's
+MODEL_ZOO.md has them, published numbers; other keys are shown as given, without published numbers.
 
-Writes a CSV (method, dataset, R@N in percent, published R@N or empty) and a Markdown table (one row per
-method in order of first appearance, one R@N column group per data set, `ours (pub. published)` cells,
-a footnote naming the source), and prints the Markdown table. Nothing is written when an input is bad.
+Every Recall@N is shown with its 95 % Wilson score interval over the queries, `85.4 [83.2, 87.5]`; a
+published number with the interval its test set's query count implies. With two or more data sets a
+"Pooled" column group counts all queries of all test sets as one sample. --compare-to METHOD tests every
+other method against METHOD on the same queries (McNemar's exact test on the per-query hits, read from the
+rankings file beside each recall CSV, X_recall.csv -> X_rankings.h5, or from --rankings) and marks the
+cells significantly above or below it at the 5 % level with ▲ or ▼.
+
+Writes a CSV (one row per method and data set, pooled rows included: R@N and its interval in percent,
+published R@N and its interval, p-value and verdict against the baseline) and a Markdown table (one row per
+method in order of first appearance, a row of published numbers under each method that has them,
+footnotes explaining the interval, the marks and the pooled columns), and prints the Markdown table.
+Nothing is written when an input is bad.
 """
 
 from __future__ import annotations
@@ -23,25 +31,45 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-csv", required=True, metavar="TABLE.csv", help="CSV table to write")
     parser.add_argument("--ns", type=int, nargs="+", default=[1, 5, 10], metavar="N",
                         help="values of N shown (each recall CSV must contain them)")
+    parser.add_argument("--compare-to", default=None, metavar="METHOD",
+                        help="baseline method (one of the --recall methods): mark the cells significantly "
+                             "above/below it on the same queries (McNemar's exact test, 5 %% level)")
+    parser.add_argument("--rankings", nargs=3, action="append", default=[],
+                        metavar=("METHOD", "DATASET", "H5"),
+                        help="rankings file of one --recall entry for --compare-to (repeat; default: the "
+                             "file beside its recall CSV, X_recall.csv -> X_rankings.h5)")
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
+    from pathlib import Path
 
     from vpr.errors import VprError
     from vpr.io import atomic_output
-    from vpr.report import collect, table_csv, table_markdown
+    from vpr.report import collect, pooled_rows, table_csv, table_markdown
 
     ns = list(dict.fromkeys(args.ns))
     if min(ns) < 1:
         raise VprError(f"--ns: values must be positive, got {' '.join(map(str, args.ns))}")
-    rows = collect([tuple(r) for r in args.recall], ns)
-    markdown = table_markdown(rows, ns)
-    csv_text = table_csv(rows, ns)
+    if args.rankings and args.compare_to is None:
+        raise VprError("--rankings is only read for a comparison: add --compare-to METHOD")
+    outs = {"--out-md": Path(args.out_md).resolve(), "--out-csv": Path(args.out_csv).resolve()}
+    if outs["--out-md"] == outs["--out-csv"]:
+        raise VprError(f"--out-md and --out-csv are the same file {args.out_md}")
+    inputs = [r[2] for r in args.recall] + [r[2] for r in args.rankings]
+    for option, out in outs.items():
+        clash = next((p for p in inputs if Path(p).resolve() == out), None)
+        if clash is not None:
+            raise VprError(f"{option} {clash} is also an input; write the table elsewhere")
+    rankings = {(m, d): path for m, d, path in args.rankings}
+    rows = collect([tuple(r) for r in args.recall], ns, compare_to=args.compare_to, rankings=rankings)
+    rows += pooled_rows(rows, ns, args.compare_to)
+    markdown = table_markdown(rows, ns, args.compare_to)
+    csv_text = table_csv(rows, ns, args.compare_to)
     with atomic_output(args.out_csv) as tmp:
         tmp.write_text(csv_text, encoding="utf-8")
     with atomic_output(args.out_md) as tmp:
         tmp.write_text(markdown, encoding="utf-8")
     print(markdown, end="")
-    print(f"wrote {args.out_md} and {args.out_csv}: {len(rows)} result(s)", file=sys.stderr)
+    print(f"wrote {args.out_md} and {args.out_csv}: {len(rows)} row(s)", file=sys.stderr)
     return 0

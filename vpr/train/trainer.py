@@ -33,6 +33,7 @@ from vpr.extract import extract_features
 from vpr.io import atomic_output
 from vpr.models import EmbedNet, ModelConfig, build_model, load_model, load_trunk, save_model
 from vpr.precision import resolve_precision
+from vpr.stats import interval_column_names, interval_columns
 from vpr.train.checkpointing import (
     StopFlag,
     check_compatible,
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 
 RECALL_AT = (1, 5, 10)
 LOG_FIELDS = ["generation", "epoch", "loss", "loss_hard", "loss_soft", "lr", "recall@1", "recall@5",
-              "recall@10", "mining_s", "train_s", "val_s"]
+              "recall@10", *interval_column_names(RECALL_AT), "mining_s", "train_s", "val_s"]
 
 
 @dataclass
@@ -400,6 +401,7 @@ class Trainer:
         return {"generation": self.cfg.generation, "epoch": epoch, "loss": sums[0] / n,
                 "loss_hard": sums[1] / n, "loss_soft": sums[2] / n, "lr": lr,
                 "recall@1": recall[1], "recall@5": recall[5], "recall@10": recall[10],
+                **interval_columns(recall, self.val_index.num_queries),
                 "mining_s": round(times[0], 3), "train_s": round(times[1], 3), "val_s": round(val_s, 3)}
 
     @staticmethod
