@@ -48,7 +48,8 @@ def _tf_same_pad(x, k, s):
 def _conv_bn(state, x, conv, bn, stride=1, groups=1):
     w = state[conv].double()
     x = F.conv2d(_tf_same_pad(x, w.shape[-1], stride), w, stride=stride, groups=groups)
-    mean, var, gamma, beta = (state[f"{bn}.{k}"].double() for k in ("running_mean", "running_var", "weight", "bias"))
+    keys = ("running_mean", "running_var", "weight", "bias")
+    mean, var, gamma, beta = (state[f"{bn}.{k}"].double() for k in keys)
     return F.batch_norm(x, mean, var, gamma, beta, training=False, eps=1e-3)
 
 
@@ -183,8 +184,8 @@ def test_cluster_train_init_only_and_extract_with_the_imagenet_trunk(tiny_data, 
     assert centroids.shape == (4, 112)
     out = tmp_path / "run"
     run_vpr("train", "--train-index", tiny_data["train"], "--val-index", tiny_data["val"],
-            "--centers", centers, "--out", out, "--init-only", "--backbone", "efficientnet_lite0", "--trainable-from", "block8",
-            "--num-clusters", "4", *size)
+            "--centers", centers, "--out", out, "--init-only", "--backbone", "efficientnet_lite0",
+            "--trainable-from", "block8", "--num-clusters", "4", *size)
     initial = load_model(out / "initial.pth")
     assert initial.config.backbone == "efficientnet_lite0" and initial.config.trainable_from == "block8"
     assert np.allclose(initial.net_vlad.centroids.detach().numpy(), centroids)
