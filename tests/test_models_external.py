@@ -227,3 +227,62 @@ def test_describe_with_a_struct_model(tmp_path, struct_model):
     bad.write_bytes(b"MATLAB 5.0 MAT-file, garbage")
     result = run_vpr("describe", str(image), "--checkpoint", str(bad), check=False)
     assert result.returncode == 2 and str(bad) in result.stderr and "Traceback" not in result.stderr
+
+
+def _write_v73(path, layers: list[dict], average) -> None:
+    """A MATLAB v7.3 file (HDF5 with a 512-byte MATLAB header) holding ``net`` like MATLAB writes it:
+    structs as groups, cells as datasets of object references into ``#refs#``, arrays transposed."""
+    import h5py
+
+    with h5py.File(path, "w", userblock_size=512) as f:
+        refs = f.create_group("#refs#")
+        counter = iter(range(10**6))
+
+        def put(group, name, value):
+            if isinstance(value, dict):
+                g = group.create_group(name)
+                g.attrs["MATLAB_class"] = np.bytes_("struct")
+                for k, v in value.items():
+                    put(g, k, v)
+                return g
+            if isinstance(value, str):
+                ds = group.create_dataset(name, data=np.array([[ord(c) for c in value]], np.uint16).T)
+                ds.attrs["MATLAB_class"] = np.bytes_("char")
+                return ds
+            value = np.asarray(value)
+            if value.dtype == object:
+                if value.size == 0:
+                    ds = group.create_dataset(name, data=np.zeros(2, np.uint64))
+                    ds.attrs["MATLAB_class"] = np.bytes_("cell")
+                    ds.attrs["MATLAB_empty"] = np.uint8(1)
+                    return ds
+                items = [put(refs, f"r{next(counter)}", v).ref for v in value.ravel(order="F")]
+                data = np.array(items, dtype=h5py.ref_dtype).reshape(value.shape, order="F").T
+                ds = group.create_dataset(name, data=data, dtype=h5py.ref_dtype)
+                ds.attrs["MATLAB_class"] = np.bytes_("cell")
+                return ds
+            ds = group.create_dataset(name, data=value.T)
+            ds.attrs["MATLAB_class"] = np.bytes_("single" if value.dtype == np.float32 else "double")
+            return ds
+
+        cell = np.empty((1, len(layers)), dtype=object)
+        for i, layer in enumerate(layers):
+            cell[0, i] = layer
+        put(f, "net", {"layers": cell, "meta": {"normalization": {"averageImage": average}}})
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Tue Dec  1 12:00:00 2026 HDF5 schema 1.00"
+    with open(path, "r+b") as fh:
+        fh.write(header.ljust(116) + b"\0" * 8 + b"\x00\x02IM")
+
+
+def test_struct_model_in_matlab_v73_format(tmp_path):
+    layers = _struct_layers(seed=7)
+    path = tmp_path / "Pitts30K_struct_v73.mat"
+    _write_v73(path, layers, np.array(AVERAGE, np.float32).reshape(1, 1, 3))
+    model = load_model(path)
+    assert model.config.num_clusters == K and model.config.pca_dim == P
+    assert model.config.input_shift is not None
+    pixels = _pixels(2, 48, 64, seed=8)
+    x = torch.from_numpy(pixels.astype(np.float32) - np.float32(VGG_MEAN_RGB)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        got = model(x).numpy()
+    assert np.abs(got - original_forward(layers, pixels)).max() <= 1e-5
