@@ -60,7 +60,8 @@ def schema_message(error):
     if error.validator == "required":
         return f"{path}: {error.message}"
     if error.validator == "dependentRequired":
-        return f"{error.message} (needed to train methods)"
+        missing = [k for deps in error.validator_value.values() for k in deps if k not in error.instance]
+        return f"{missing[0]}: missing (needed to train the methods under `methods`)"
     if error.validator == "enum":
         return f"{path}: {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
     if error.validator == "type":

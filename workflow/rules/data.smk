@@ -2,9 +2,6 @@
 # downloaded archive, generated (the synthetic demo data), or asked of a person by a job that fails with
 # one line naming what to put where and the page to get it from.
 
-localrules: download, unpack, by_hand
-
-
 if SYNTH:
 
     rule synth:
@@ -26,6 +23,8 @@ if SYNTH:
 
 if TO_DOWNLOAD:
 
+    localrules: download   # on the machine running Snakemake: cluster nodes may have no internet
+
     rule download:
         output:
             "{download}",
@@ -46,6 +45,8 @@ if TO_DOWNLOAD:
 
 if TO_UNPACK:
 
+    localrules: unpack
+
     rule unpack:
         input:
             lambda wc: TO_UNPACK[wc.member],
@@ -62,6 +63,8 @@ if TO_UNPACK:
 
 
 if BY_HAND:
+
+    localrules: by_hand
 
     rule by_hand:
         output:
