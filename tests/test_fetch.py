@@ -39,7 +39,8 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path in ("/drop", "/flaky"):  # the connection is reset in the middle of the body
             self.wfile.write(BODY[: len(BODY) // 2])
             self.wfile.flush()
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            linger_zero = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # close() sends a reset
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
         self.close_connection = True
 
 

@@ -15,7 +15,6 @@ import http.client
 import logging
 import os
 import shutil
-import socket
 import tarfile
 import time
 import urllib.error
@@ -64,12 +63,12 @@ def _download_once(url: str, tmp: Path, timeout: float) -> tuple[int, str]:
         raise VprError(f"HTTP {err.code} {err.reason}") from None
     except urllib.error.URLError as err:
         reason = err.reason
-        if isinstance(reason, (OSError, socket.timeout)) and not isinstance(reason, FileNotFoundError):
+        if isinstance(reason, OSError) and not isinstance(reason, FileNotFoundError):
             raise _Retryable(str(reason)) from None
         raise VprError(str(reason)) from None
     except http.client.IncompleteRead as err:
         raise _Retryable(f"connection closed after {size + len(err.partial)} bytes") from None
-    except (ConnectionError, socket.timeout, http.client.HTTPException) as err:
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
         raise _Retryable(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__) from None
     except OSError as err:
         if err.filename and Path(err.filename) == tmp:
@@ -99,7 +98,8 @@ def download(url: str, out: str | os.PathLike, sha256: str | None = None, *, att
             return size
         except _Retryable as err:
             if attempt == attempts:
-                raise VprError(f"downloading {url} to {out} failed after {attempts} attempts: {err}") from None
+                raise VprError(f"downloading {url} to {out} failed after {attempts} attempts: {err}"
+                               ) from None
             wait = backoff * 2 ** (attempt - 1)
             log.warning("attempt %d/%d: %s (%s); retrying in %.1f s", attempt, attempts, url, err, wait)
             time.sleep(wait)
@@ -122,7 +122,8 @@ def extract_member(archive: str | os.PathLike, name: str, out: str | os.PathLike
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
-                found = [i for i in zf.infolist() if not i.is_dir() and PurePosixPath(i.filename).name == name]
+                found = [i for i in zf.infolist()
+                         if not i.is_dir() and PurePosixPath(i.filename).name == name]
                 _one(found, name, archive)
                 with zf.open(found[0]) as src, atomic_output(out) as tmp, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst, CHUNK)

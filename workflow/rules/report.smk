@@ -2,6 +2,9 @@
 # table and plots go into --report.
 
 
+localrules: resolved_config
+
+
 rule resolved_config:
     output:
         f"{RESULTS}/config.yaml",
