@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
+import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import h5py
@@ -136,6 +141,71 @@ def test_a_real_run_without_data_stops_at_its_first_job_with_the_instruction(tmp
     instruction = r"^vpr fetch: error: \S+ is missing: put .+ there \(get it from https://\S+\)$"
     assert re.search(instruction, out, re.M), out
     assert not (root / "results" / "index").exists()
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A folder served over HTTP on 127.0.0.1 (the tests cannot reach the internet)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(folder))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_the_workflow_downloads_and_unpacks_the_split_files(tmp_path, tiny_data, http_folder):
+    """The specification archive from a local server: downloaded, checked, the needed member unpacked."""
+    folder, url = http_folder
+    archive = folder / "specs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for name in ("pitts30k_test.mat", "pitts30k_val.mat"):
+            tf.add(tiny_data["pitts_raw"] / name, arcname=f"datasets/{name}")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    work = tmp_path / "work"
+    mat = "data/specs/pitts30k_test.mat"
+
+    def config(sha256):
+        return write_config(tmp_path / "fetch.yaml", "released.yaml", **{
+            "datasets": {"test": {"format": "pitts", "mat": mat, "root": str(tiny_data["pitts_raw"])}},
+            "test_sets": {"t": "test"}, "manual": {},
+            "downloads": {"data/specs.tar.gz": {"url": f"{url}/specs.tar.gz", "sha256": sha256,
+                                                "unpack": [mat]}}})
+
+    # A wrong checksum: the download job fails with one line, and nothing is left at the target.
+    proc = snakemake(work, "--configfile", config("0" * 64), "--cores", "1", "results/index/test.h5",
+                     check=False)
+    assert proc.returncode != 0
+    assert re.search(rf"^vpr fetch: error: downloading {url}/specs.tar.gz to data/specs.tar.gz: checksum "
+                     rf"mismatch: sha256 {digest}, expected 0{{64}}", proc.stderr, re.M), proc.stderr
+    assert not (work / "data").exists() or not any((work / "data").rglob("*.tar.gz"))
+    # The right one: downloaded, the member unpacked by its file name, indexed.
+    snakemake(work, "--configfile", config(digest), "--cores", "1", "results/index/test.h5")
+    assert (work / "data" / "specs.tar.gz").read_bytes() == archive.read_bytes()
+    assert (work / mat).read_bytes() == (tiny_data["pitts_raw"] / "pitts30k_test.mat").read_bytes()
+    assert (work / "results" / "index" / "test.h5").is_file()
+    # Now that the files are there, nothing is fetched again.
+    again = snakemake(work, "--configfile", config(digest), "-n", "results/index/test.h5")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("own_pca", [True, False])
+def test_an_external_model_gets_a_pca_fitted_only_without_its_own(tmp_path, own_pca):
+    config = write_config(tmp_path / "ext.yaml", "demo.yaml",
+                          external={"released": {"checkpoint": "models/released.pth", "own_pca": own_pca}})
+    proc = snakemake(tmp_path, "-n", "--configfile", config)
+    counts = job_counts(proc.stdout)
+    assert counts["fit_pca"] == 5 + (not own_pca) and counts["evaluate"] == 18
+    assert counts["by_hand"] == 1 and "models/released.pth: the model file of external model released" \
+        in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------- configuration
