@@ -160,18 +160,24 @@ def by_hand_instruction(path):
     return BY_HAND[path], (DATA_PAGE if path in DATA_FILES else "README.md, section 'Data'")
 
 
-def missing_inputs_summary():
-    lines = [f"vpr workflow: {len(MISSING)} input(s) of this configuration are not here yet."]
-    if TO_DOWNLOAD or TO_UNPACK:
-        lines.append("  The workflow gets these itself (jobs download, unpack):")
-        lines += [f"    {p}  <- {url}" for p, (url, _) in TO_DOWNLOAD.items()]
-        lines += [f"    {p}  <- {a}" for p, a in TO_UNPACK.items()]
-    if BY_HAND:
+def missing_inputs_summary(still_missing=False):
+    """What is missing and how each is obtained; with still_missing, only what is still missing now."""
+    keep = (lambda p: not Path(p).exists()) if still_missing else (lambda p: True)
+    fetched = [f"    {p}  <- {url}" for p, (url, _) in TO_DOWNLOAD.items() if keep(p)]
+    fetched += [f"    {p}  <- {a}" for p, a in TO_UNPACK.items() if keep(p)]
+    by_hand = [p for p in BY_HAND if keep(p)]
+    count = sum(keep(p) for p in MISSING)
+    if not count:
+        return ""
+    lines = [f"vpr workflow: {count} input(s) of this configuration are not here yet."]
+    if fetched:
+        lines += ["  The workflow gets these itself (jobs download, unpack):", *fetched]
+    if by_hand:
         lines.append("  A person must put these in place (the run stops at the first; jobs by_hand):")
-        for path in BY_HAND:
+        for path in by_hand:
             what, page = by_hand_instruction(path)
             lines.append(f"    {path}: {what}" + (f" (from {page})" if page else ""))
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------
