@@ -137,6 +137,9 @@ def test_an_archive_member_is_found_by_its_file_name(tmp_path):
     proc = fetch("--archive", archive, "--out", missing)
     assert proc.returncode == 2 and "no member named pitts250k_test.mat" in proc.stderr
     assert not missing.exists()
+    before = archive.read_bytes()
+    proc = fetch("--archive", archive, "--member", "tokyo247.mat", "--out", archive)
+    assert proc.returncode == 2 and "is the archive itself" in proc.stderr and archive.read_bytes() == before
     corrupt = tmp_path / "corrupt.tar.gz"
     corrupt.write_bytes(archive.read_bytes()[:100])
     proc = fetch("--archive", corrupt, "--out", tmp_path / "raw" / "x.mat")

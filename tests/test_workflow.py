@@ -129,6 +129,23 @@ def test_a_dry_run_of_the_released_models_needs_no_data(tmp_path):
     assert "https://cvg-data.inf.ethz.ch/hloc/netvlad/Pitts30K_struct.mat" in proc.stderr
 
 
+def test_with_the_data_in_place_nothing_is_fetched_even_under_forceall(tmp_path, tiny_data):
+    """Data a person put in place has no job that could stand for it (and delete it, as -F would)."""
+    root = fresh_copy(tmp_path)
+    for dataset in ("pitts", "tokyo"):
+        (root / "data" / dataset).mkdir(parents=True)
+        (root / "data" / dataset / "raw").symlink_to(tiny_data["data"] / dataset / "raw")
+    (root / "pretrained").mkdir()
+    for name in ("vd16_offtheshelf_conv5_3_max.pth", "vgg16_pitts_64_desc_cen.hdf5"):
+        (root / "pretrained" / name).write_bytes(b"")   # present; a dry run does not read them
+    proc = snakemake_in(root, "-n", "--forceall")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = job_counts(proc.stdout)
+    assert not {"download", "unpack", "by_hand"} & set(counts)
+    assert counts["index"] == 5 and counts["evaluate"] == 15
+    assert "not here yet" not in proc.stderr
+
+
 def test_a_real_run_without_data_stops_at_its_first_job_with_the_instruction(tmp_path):
     root = fresh_copy(tmp_path)
     proc = snakemake_in(root, "--cores", "1")

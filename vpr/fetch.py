@@ -119,6 +119,8 @@ def extract_member(archive: str | os.PathLike, name: str, out: str | os.PathLike
     archive, out = Path(archive), Path(out)
     if not archive.is_file():
         raise VprError(f"{archive}: archive not found")
+    if out.resolve() == archive.resolve():
+        raise VprError(f"--out {out} is the archive itself: choose another path")
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
