@@ -28,6 +28,7 @@ from vpr.io import atomic_output
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+PROGRESS_STEP = 64 << 20   # a log line every 64 MiB of a long download
 USER_AGENT = "vpr-fetch"
 
 
@@ -53,10 +54,15 @@ def _download_once(url: str, tmp: Path, timeout: float) -> tuple[int, str]:
         with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
             length = response.headers.get("Content-Length") if hasattr(response, "headers") else None
             expected = int(length) if length and length.strip().isdigit() else None
+            next_report = PROGRESS_STEP
             while chunk := response.read(CHUNK):
                 out.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
+                if size >= next_report:
+                    total = f" of {expected >> 20}" if expected else ""
+                    log.info("%s: %d%s MiB", url, size >> 20, total)
+                    next_report += PROGRESS_STEP
     except urllib.error.HTTPError as err:
         if err.code >= 500 or err.code == 429:
             raise _Retryable(f"HTTP {err.code} {err.reason}") from None
