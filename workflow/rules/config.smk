@@ -4,6 +4,7 @@
 # config would inherit the paper's methods and paths. Instead: without --configfile the paper config is
 # loaded here; with --configfile, that file's content is the configuration, nothing added. --config
 # key=value overrides apply on top in both cases.
+import json
 import sys
 from pathlib import Path
 
@@ -138,8 +139,12 @@ def resolve_config(cfg):
     if not workflow.overwrite_configfiles:
         loaded = load_default_config()
         update_config(loaded, workflow.config_settings.overwrite_config or {})
-        cfg.clear()
-        cfg.update(loaded)
+    else:
+        loaded = dict(cfg)
+    # Plain dicts and lists (a JSON config file arrives as OrderedDicts), as YAML would give them.
+    plain = json.loads(json.dumps(loaded))
+    cfg.clear()
+    cfg.update(plain)
     source = config_source()
     check_schema(cfg, source)
     check_meaning(cfg, source)
