@@ -1,27 +1,42 @@
-"""The Snakemake workflow: lint, config validation, the paper DAG, and the demo DAG end to end (tiny data).
+"""The Snakemake workflow as its users type it: the front-door commands on a copy without data, the
+configuration (exactly the file given, one-line errors), data sets and external models from the config, and
+the demo DAG end to end.
 
-Snakemake runs as a real subprocess with the shipped Snakefile and profiles.
+Snakemake runs as a real subprocess with the shipped Snakefile, configs and profiles.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
+import hashlib
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tarfile
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
+import torch
 import yaml
+
+from vpr.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile")]
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
 
 def snakemake(workdir, *args, check=True):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run([*SNAKEMAKE, "-d", str(workdir), *map(str, args)], capture_output=True, text=True,
-                          env=env)
+                          env=ENV)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -35,85 +50,290 @@ def write_config(path, base, **changes):
         for key in parents:
             node = node[key]
         node[last] = value
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def test_lint_is_clean(tmp_path):
-    proc = snakemake(tmp_path, "--lint", "--configfile", REPO / "config" / "demo.yaml", check=False)
+def fresh_copy(tmp_path):
+    """The repository's workflow, configs and profiles, as in a fresh clone: no data, no results."""
+    root = tmp_path / "clone"
+    for folder in ("workflow", "config", "profiles"):
+        shutil.copytree(REPO / folder, root / folder)
+    return root
+
+
+def snakemake_in(root, *args):
+    """`snakemake ARGS` typed in ``root`` (no -s, no -d): what a user runs in the repository root."""
+    return subprocess.run([sys.executable, "-m", "snakemake", *map(str, args)], cwd=root, capture_output=True,
+                          text=True, env=ENV)
+
+
+def job_counts(text):
+    stats = text.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
+
+
+PAPER_MODELS = ("untrained", "netvlad", "sare_ind", "sare_joint", "sfrs")
+PAPER_TEST_SETS = ("pitts30k", "pitts250k", "tokyo")
+SPECS_URL = "https://www.di.ens.fr/willow/research/netvlad/data/netvlad_v100_datasets.tar.gz"
+
+
+# ------------------------------------------------------------------------------------------ the front door
+
+def test_a_dry_run_on_a_fresh_clone_lists_the_paper_dag_and_what_is_missing(tmp_path):
+    proc = snakemake_in(fresh_copy(tmp_path), "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    for model in PAPER_MODELS:
+        for test_set in PAPER_TEST_SETS:
+            assert f"results/{model}/{test_set}_recall.csv" in out
+    counts = job_counts(proc.stdout)
+    # 5 data sets (2 .mat files come from the archive each... one archive, 5 members); 3 baselines + 4 SFRS
+    # generations; the untrained model and 4 trained ones, each with a PCA and 3 test sets.
+    assert counts["download"] == 1 and counts["unpack"] == 5 and counts["by_hand"] == 4
+    assert counts["index"] == 5 and counts["train_baseline"] == 3 and counts["train_sfrs"] == 4
+    assert counts["initial_model"] == 1 and counts["select_model"] == 4
+    assert counts["fit_pca"] == 5 and counts["evaluate"] == 15 and counts["table"] == 1
+    assert counts["plot_recall"] == 3 and counts["plot_examples"] == 3
+    assert "cluster" not in counts          # the paper config uses the reference's centres file
+    # The summary: what the workflow fetches, and what a person must get, from where.
+    assert f"data/downloads/netvlad_v100_datasets.tar.gz  <- {SPECS_URL}" in proc.stderr
+    assert "data/pitts/raw/pitts30k_train.mat  <- data/downloads/netvlad_v100_datasets.tar.gz" in proc.stderr
+    for path in ("data/pitts/raw/Pittsburgh", "data/tokyo/raw/tokyo247",
+                 "pretrained/vd16_offtheshelf_conv5_3_max.pth", "pretrained/vgg16_pitts_64_desc_cen.hdf5"):
+        assert re.search(rf"^    {re.escape(path)}: .*\(from https://", proc.stderr, re.M), proc.stderr
+
+
+def test_lint_on_a_fresh_clone_is_clean(tmp_path):
+    proc = snakemake_in(fresh_copy(tmp_path), "--lint")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Congratulations" in proc.stdout + proc.stderr
 
 
-def test_no_configfile_is_a_clear_error(tmp_path):
-    proc = snakemake(tmp_path, "-n", check=False)
-    assert proc.returncode != 0 and "--configfile config/config.yaml" in proc.stdout + proc.stderr
+def test_the_slurm_command_dry_runs_on_a_fresh_clone(tmp_path):
+    proc = snakemake_in(fresh_copy(tmp_path), "--profile", "profiles/slurm", "-n",
+                        "results/sfrs/tokyo_recall.csv")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = job_counts(proc.stdout)
+    assert counts["train_sfrs"] == 4 and counts["evaluate"] == 1 and counts["download"] == 1
+
+
+def test_a_dry_run_of_the_released_models_needs_no_data(tmp_path):
+    proc = snakemake_in(fresh_copy(tmp_path), "-n", "--configfile", "config/released.yaml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = job_counts(proc.stdout)
+    # The archive and both models are downloaded; no training and no PCA (both carry their own).
+    assert counts["download"] == 3 and counts["evaluate"] == 6
+    assert not {"train_baseline", "train_sfrs", "fit_pca", "cluster"} & set(counts)
+    assert "https://github.com/yxgeee/OpenIBL/releases/download/v0.1.0-beta/vgg16_netvlad.pth" in proc.stderr
+    assert "https://cvg-data.inf.ethz.ch/hloc/netvlad/Pitts30K_struct.mat" in proc.stderr
+
+
+def test_with_the_data_in_place_nothing_is_fetched_even_under_forceall(tmp_path, tiny_data):
+    """Data a person put in place has no job that could stand for it (and delete it, as -F would)."""
+    root = fresh_copy(tmp_path)
+    for dataset in ("pitts", "tokyo"):
+        (root / "data" / dataset).mkdir(parents=True)
+        (root / "data" / dataset / "raw").symlink_to(tiny_data["data"] / dataset / "raw")
+    (root / "pretrained").mkdir()
+    for name in ("vd16_offtheshelf_conv5_3_max.pth", "vgg16_pitts_64_desc_cen.hdf5"):
+        (root / "pretrained" / name).write_bytes(b"")   # present; a dry run does not read them
+    proc = snakemake_in(root, "-n", "--forceall")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = job_counts(proc.stdout)
+    assert not {"download", "unpack", "by_hand"} & set(counts)
+    assert counts["index"] == 5 and counts["evaluate"] == 15
+    assert "not here yet" not in proc.stderr
+
+
+def test_a_real_run_without_data_stops_at_its_first_job_with_the_instruction(tmp_path):
+    root = fresh_copy(tmp_path)
+    proc = snakemake_in(root, "--cores", "1")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Traceback" not in out
+    # The first job run is a person's file, its one line naming what, where and the page.
+    first = re.search(r"^(?:local)?rule (\w+):", out, re.M)
+    assert first and first.group(1) == "by_hand", out
+    instruction = r"^vpr fetch: error: \S+ is missing: put .+ there \(get it from https://\S+\)$"
+    assert re.search(instruction, out, re.M), out
+    assert not (root / "results" / "index").exists()
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A folder served over HTTP on 127.0.0.1 (the tests cannot reach the internet)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(folder))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_the_workflow_downloads_and_unpacks_the_split_files(tmp_path, tiny_data, http_folder):
+    """The specification archive from a local server: downloaded, checked, the needed member unpacked."""
+    folder, url = http_folder
+    archive = folder / "specs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for name in ("pitts30k_test.mat", "pitts30k_val.mat"):
+            tf.add(tiny_data["pitts_raw"] / name, arcname=f"datasets/{name}")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    work = tmp_path / "work"
+    mat = "data/specs/pitts30k_test.mat"
+
+    def config(sha256):
+        return write_config(tmp_path / "fetch.yaml", "released.yaml", **{
+            "datasets": {"test": {"format": "pitts", "mat": mat, "root": str(tiny_data["pitts_raw"])}},
+            "test_sets": {"t": "test"}, "manual": {},
+            "downloads": {"data/specs.tar.gz": {"url": f"{url}/specs.tar.gz", "sha256": sha256,
+                                                "unpack": [mat]}}})
+
+    # A wrong checksum: the download job fails with one line, and nothing is left at the target.
+    proc = snakemake(work, "--configfile", config("0" * 64), "--cores", "1", "results/index/test.h5",
+                     check=False)
+    assert proc.returncode != 0
+    assert re.search(rf"^vpr fetch: error: downloading {url}/specs.tar.gz to data/specs.tar.gz: checksum "
+                     rf"mismatch: sha256 {digest}, expected 0{{64}}", proc.stderr, re.M), proc.stderr
+    assert not (work / "data").exists() or not any((work / "data").rglob("*.tar.gz"))
+    # The right one: downloaded, the member unpacked by its file name, indexed.
+    snakemake(work, "--configfile", config(digest), "--cores", "1", "results/index/test.h5")
+    assert (work / "data" / "specs.tar.gz").read_bytes() == archive.read_bytes()
+    assert (work / mat).read_bytes() == (tiny_data["pitts_raw"] / "pitts30k_test.mat").read_bytes()
+    assert (work / "results" / "index" / "test.h5").is_file()
+    # Now that the files are there, nothing is fetched again.
+    again = snakemake(work, "--configfile", config(digest), "-n", "results/index/test.h5")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("own_pca", [True, False])
+def test_an_external_model_gets_a_pca_fitted_only_without_its_own(tmp_path, own_pca):
+    config = write_config(tmp_path / "ext.yaml", "demo.yaml",
+                          external={"released": {"checkpoint": "models/released.pth", "own_pca": own_pca}})
+    proc = snakemake(tmp_path, "-n", "--configfile", config)
+    counts = job_counts(proc.stdout)
+    assert counts["fit_pca"] == 5 + (not own_pca) and counts["evaluate"] == 18
+    assert counts["by_hand"] == 1 and "models/released.pth: the model file of external model released" \
+        in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------- configuration
+
+def flatten(node, prefix=""):
+    """{'a': {'b': 1}} -> {'a.b': 1}: every key path of a configuration."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("--configfile", REPO / "config" / "demo.yaml"), "demo.yaml"),
+    (("--configfile", REPO / "config" / "csv.yaml"), "csv.yaml"),
+    ((), "config.yaml"),                                                      # no flag: the paper
+    (("--config", "untrained=False"), ("config.yaml", {"untrained": False})),  # --config on top
+])
+def test_the_resolved_config_is_exactly_the_file_given(tmp_path, args, expected):
+    name, changes = expected if isinstance(expected, tuple) else (expected, {})
+    snakemake(tmp_path, *args, "--cores", "1", "results/config.yaml")
+    resolved = yaml.safe_load((tmp_path / "results" / "config.yaml").read_text())
+    want = yaml.safe_load((REPO / "config" / name).read_text())
+    want.update(changes)
+    got, want = flatten(resolved), flatten(want)
+    assert sorted(got) == sorted(want)              # no key inherited, none lost
+    for key in want:
+        assert got[key] == want[key], key
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"train.learning_rate": 0.1}, "learning_rate"),                  # unknown key
-    ({"model.num_clusters": "many"}, "num_clusters"),                 # wrong type
-    ({"test_sets": ["pitts30k", "oxford"]}, "oxford"),                 # unknown data set
+    ({"training.learning_rate": 0.1}, "training.learning_rate: unknown key"),
+    ({"model.num_clusters": "many"}, "model.num_clusters: expected integer, got 'many'"),
+    ({"test_sets.oxford": "oxford5k"}, "test_sets.oxford: 'oxford5k' is not a data set under datasets"),
+    ({"methods.sfrs.generations": 3},
+     "methods.sfrs.generations: 3 generations need 3 temperatures, methods.sfrs.temperatures has 2"),
+    ({"training.precision": "fp16"}, "training.precision: 'fp16' is not one of fp32, bf16, auto"),
+    ({"examples": "sfrs_v2"}, "examples: 'sfrs_v2' is not an evaluated model"),
+    ({"external": {"sfrs": {"checkpoint": "x.pth", "own_pca": True}}}, "external.sfrs: the name is taken"),
+    ({"datasets.tokyo247.format": "csv"}, "datasets.tokyo247: format csv needs `csv:`"),
 ])
-def test_a_bad_config_fails_validation_naming_the_key(tmp_path, change, message):
+def test_a_bad_config_is_one_line_naming_the_key(tmp_path, change, message):
     config = write_config(tmp_path / "bad.yaml", "demo.yaml", **change)
     proc = snakemake(tmp_path, "-n", "--configfile", config, check=False)
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and message in out and "validat" in out.lower()
-
-
-def paper_config(tmp_path, tiny_data):
-    pretrained = tmp_path / "pretrained"
-    pretrained.mkdir()
-    for name in ("vd16_offtheshelf_conv5_3_max.pth", "vgg16_pitts_64_desc_cen.hdf5"):
-        (pretrained / name).write_bytes(b"")   # present; a dry run does not read them
-    return write_config(tmp_path / "paper.yaml", "config.yaml",
-                        **{"data.pitts_root": str(tiny_data["data"] / "pitts" / "raw"),
-                           "data.tokyo_root": str(tiny_data["data"] / "tokyo" / "raw"),
-                           "model.trunk": str(pretrained / "vd16_offtheshelf_conv5_3_max.pth"),
-                           "model.centers": str(pretrained / "vgg16_pitts_64_desc_cen.hdf5")})
-
-
-def test_paper_dag_lists_every_step(tmp_path, tiny_data):
-    proc = snakemake(tmp_path, "-n", "--configfile", paper_config(tmp_path, tiny_data))
-    out = proc.stdout
-    counts = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    # 5 splits; 3 baselines + 4 SFRS generations; the untrained model and 4 trained methods, each with
-    # a PCA and 3 test sets.
-    assert counts["index"] == 5 and counts["train_baseline"] == 3 and counts["train_sfrs"] == 4
-    assert counts["initial_model"] == 1 and counts["select_model"] == 4
-    assert counts["fit_pca"] == 5 and counts["evaluate"] == 15
-    assert "cluster" not in counts          # the paper config uses the reference's centres file
-    assert counts["table"] == 1 and counts["plot_recall"] == 3
-
-
-def test_missing_raw_data_names_the_file_and_how_to_get_it(tmp_path, tiny_data):
-    config = paper_config(tmp_path, tiny_data)
-    cfg = yaml.safe_load(config.read_text())
-    cfg["data"]["tokyo_root"] = str(tmp_path / "nowhere")
-    config.write_text(yaml.safe_dump(cfg))
-    proc = snakemake(tmp_path, "-n", "--configfile", config, check=False)
-    out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert str(tmp_path / "nowhere" / "tokyo247.mat") in out and "README.md" in out
+    assert out.strip() == f"vpr workflow: configuration error: {config}: {out.split(': ', 3)[3].strip()}"
+    assert message in out and "Traceback" not in out
 
+
+def test_a_missing_key_needed_for_training_is_named(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    del config["val"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(tmp_path, "-n", "--configfile", tmp_path / "bad.yaml", check=False)
+    assert proc.returncode != 0 and "val: missing" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_a_yaml_syntax_error_in_the_default_config_names_the_file_and_line(tmp_path):
+    root = fresh_copy(tmp_path)
+    path = root / "config" / "config.yaml"
+    lines = path.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("val:"))
+    lines[at] = "val: [pitts30k_val"                  # an unclosed list
+    path.write_text("\n".join(lines) + "\n")
+    proc = snakemake_in(root, "-n")
+    assert proc.returncode != 0
+    message = proc.stderr.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in proc.stdout + proc.stderr
+    line = int(re.search(r"line (\d+)", message).group(1))
+    assert str(path) in message and "not valid YAML" in message
+    assert at + 1 <= line <= at + 2                   # where the list runs into the next key
+
+
+SCHEMA_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
+
+
+def test_the_schema_training_options_are_the_fields_of_TrainConfig():
+    """`training` and `methods.<m>` take the options of `vpr train` but the per-job ones; `model` the rest."""
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    options = schema["$defs"]["train_options"]["properties"]
+    model = schema["properties"]["model"]["properties"]
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    per_job = {"method", "generation"}
+    model_keys = {"backbone", "num_clusters", "trainable_from", "image_size"}
+    assert set(options) == set(fields) - per_job - model_keys
+    assert model_keys <= set(model)
+    defaults = TrainConfig()
+    for name in set(fields) - per_job:
+        prop = options.get(name) or model[name]
+        assert prop["type"] == SCHEMA_TYPES[type(getattr(defaults, name))], name
+        if "choices" in fields[name].metadata:
+            assert sorted(prop["enum"]) == sorted(fields[name].metadata["choices"]), name
+
+
+# --------------------------------------------------------------------------------- tiny real workflows
 
 TINY = {
-    "data.synth": {"preset": "tiny", "seed": 0, "out": "data/synth"},
+    "synth": {"preset": "tiny", "seed": 0, "out": "data/synth"},
     "model.image_size": [96, 128],
     "model.num_clusters": 8,
     "cluster.images": 40,
     "cluster.per_image": 20,
     "cluster.iterations": 10,
-    "train.epochs": 1,
-    "train.cache_size": 20,
-    "train.neg_num": 3,
-    "train.neg_pool": 20,
-    "train.workers": 0,
+    "training.epochs": 1,
+    "training.cache_size": 20,
+    "training.neg_num": 3,
+    "training.neg_pool": 20,
+    "training.workers": 0,
     "methods.sfrs.generations": 2,
     "methods.sfrs.pos_num": 3,
     "methods.sfrs.pos_pool": 6,
@@ -123,16 +343,139 @@ TINY = {
 }
 
 
+def shell_commands(dry_run_output):
+    """rule name -> the shell commands of a `snakemake -n -p` run."""
+    commands = {}
+    for block in re.split(r"^\[.*\]$", dry_run_output, flags=re.M):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        if rule:
+            body = block.split("resources:", 1)[-1]
+            lines = [line.strip() for line in body.splitlines()[1:] if line.strip()]
+            commands.setdefault(rule.group(1), []).append(" ".join(lines))
+    return commands
+
+
+def test_the_untrained_model_takes_only_shared_options_and_precision_reaches_training(tmp_path):
+    """sfrs listed first used to give the untrained model `--generation None`; precision had no key."""
+    config = write_config(tmp_path / "tiny.yaml", "demo.yaml", **TINY, **{
+        "training.precision": "bf16", "training.extract_precision": "fp32", "evaluate.precision": "fp32",
+        "examples": "netvlad"})
+    cfg = yaml.safe_load(config.read_text())
+    cfg["methods"] = {"sfrs": cfg["methods"]["sfrs"], "netvlad": cfg["methods"]["netvlad"]}   # sfrs first
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    dry = snakemake(tmp_path, "-n", "-p", "--configfile", config).stdout
+    commands = shell_commands(dry)
+    [initial] = commands["initial_model"]
+    # The flags of the untrained model, written out: the model section and the shared training options.
+    expected = ["--backbone small", "--num-clusters 8", "--trainable-from full", "--image-size 96 128",
+                "--epochs 1", "--precision bf16", "--extract-precision fp32", "--loss-form euclidean"]
+    assert all(flag in initial for flag in expected), initial
+    assert "--generation" not in initial and "--method" not in initial and "--temperatures" not in initial
+    for command in commands["train_sfrs"] + commands["train_baseline"]:
+        assert "--precision bf16 --extract-precision fp32" in command and "--on-mismatch restart" in command
+    assert all("--precision fp32" in c for c in commands["extract_test"])
+    examples_inputs = dry.split("rule plot_examples:", 1)[1].split("output:")[0]
+    assert "results/netvlad/pitts30k_rankings.h5" in examples_inputs
+    # And it runs: the untrained model is written.
+    snakemake(tmp_path, "--configfile", config, "--cores", "2", "results/train/untrained/initial.pth")
+    assert (tmp_path / "results" / "train" / "untrained" / "initial.pth").stat().st_size > 0
+
+
+def write_csv(path, index, keep_db=None, keep_queries=None):
+    """A CSV data set (path,easting,northing,role) listing the images of an index file."""
+    rows = []
+    with h5py.File(index) as f:
+        for role, group in (("db", "db"), ("query", "query")):
+            paths = [p.decode() for p in f[f"{group}/path"][:]]
+            utm = f[f"{group}/utm"][:]
+            keep = (keep_db if role == "db" else keep_queries)
+            for i in range(len(paths)) if keep is None else keep:
+                rows.append((paths[i], f"{utm[i, 0]:.2f}", f"{utm[i, 1]:.2f}", role))
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "easting", "northing", "role"])
+        writer.writerows(rows)
+    return rows
+
+
+VGG16_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256),
+               (14, 256, 256), (17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512),
+               (28, 512, 512)]
+
+
+def write_reference_checkpoint(path, clusters=4, pca_dim=16, seed=3):
+    """A file in the reference's (OpenIBL) format: DataParallel keys, VGG16 trunk, NetVLAD, PCA layer."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for i, cin, cout in VGG16_CONVS:
+        he = (2 / (9 * cin)) ** 0.5
+        state[f"module.base_model.base.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * he
+        state[f"module.base_model.base.{i}.bias"] = torch.zeros(cout)
+    centroids = torch.randn(clusters, 512, generator=g)
+    state["module.net_vlad.centroids"] = centroids
+    state["module.net_vlad.conv.weight"] = centroids[:, :, None, None] * 2.0
+    state["module.pca_layer.weight"] = torch.randn(pca_dim, clusters * 512, 1, 1, generator=g)
+    state["module.pca_layer.bias"] = torch.zeros(pca_dim)
+    torch.save({"state_dict": state, "epoch": 5}, path)
+
+
 def read_recall(path):
     with open(path) as f:
         return {int(r["n"]): 100 * float(r["recall"]) for r in csv.DictReader(f)}
 
 
-def val_history(log_csv):
-    """{N: {epoch: val recall@N in %}} for N = 1, 5 from a training log.csv (epoch -1: initial model)."""
-    with open(log_csv) as f:
-        rows = list(csv.DictReader(f))
-    return {n: {int(r["epoch"]): 100 * float(r[f"recall@{n}"]) for r in rows} for n in (1, 5)}
+def test_a_csv_data_set_and_an_external_reference_model_through_the_workflow(tmp_path, tiny_data):
+    # The data: CSV files listing the synthetic Pittsburgh images (train, val) and a small test set (VGG16
+    # extraction at 480 x 640 on a CPU is slow): one query and the 6 database images nearest to it.
+    sets = tmp_path / "my set"
+    sets.mkdir()
+    write_csv(sets / "train.csv", tiny_data["train"])
+    write_csv(sets / "val.csv", tiny_data["val"])
+    with h5py.File(tiny_data["test"]) as f:
+        q, db = f["query/utm"][0], f["db/utm"][:]
+    near = np.sort(np.argsort(np.linalg.norm(db - q, axis=1), kind="stable")[:6])
+    test_rows = write_csv(sets / "test.csv", tiny_data["test"], keep_db=near, keep_queries=[0])
+    reference = tmp_path / "released" / "ref model.pth"
+    reference.parent.mkdir()
+    write_reference_checkpoint(reference)
+
+    root = str(tiny_data["pitts_raw"])
+    config = write_config(tmp_path / "csv.yaml", "csv.yaml", **{
+        "datasets.mine_train": {"format": "csv", "csv": str(sets / "train.csv"), "root": root},
+        "datasets.mine_val": {"format": "csv", "csv": str(sets / "val.csv"), "root": root},
+        "datasets.mine_test": {"format": "csv", "csv": str(sets / "test.csv"), "root": root},
+        "untrained": False, "methods": {"netvlad": {"loss": "triplet"}}, "examples": "netvlad",
+        "external": {"reference": {"checkpoint": str(reference), "own_pca": True}},
+        "model.image_size": [96, 128], "model.num_clusters": 8, "cluster.images": 40, "cluster.per_image": 20,
+        "cluster.iterations": 10, "training.epochs": 1, "training.cache_size": 20, "training.neg_num": 3,
+        "training.neg_pool": 20, "training.workers": 0, "pca.dim": 16, "evaluate.workers": 0})
+    snakemake(tmp_path, "--configfile", config, "--cores", "2")
+    results = tmp_path / "results"
+
+    # The CSV data sets were indexed as listed: the training set as a training split.
+    with h5py.File(results / "index" / "mine_test.h5") as f:
+        assert len(f["db/path"]) == len(near) == 6 and len(f["query/path"]) == 1
+        assert len(test_rows) == 7
+    with h5py.File(results / "index" / "mine_train.h5") as f:
+        assert f.attrs["split"] == "train"
+
+    # The reference-format model used its own 16-d PCA (none fitted here); the trained one got its own.
+    assert not (results / "pca" / "reference.h5").exists() and (results / "pca" / "netvlad.h5").is_file()
+    with h5py.File(results / "features" / "reference" / "mine.h5") as f:
+        assert f["db"].shape == (len(near), 16)
+
+    # The table: one column group for the test set "mine", a row per model with its recall.
+    table = (results / "table.md").read_text()
+    header = table.splitlines()[0]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns == ["Method", "mine R@1", "mine R@5", "mine R@10"]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")[1:]]
+            for line in table.splitlines()[2:] if line.startswith("|")}
+    assert set(rows) == {"NetVLAD", "reference"}
+    for model, key in (("reference", "reference"), ("netvlad", "NetVLAD")):
+        recall = read_recall(results / model / "mine_recall.csv")
+        assert rows[key] == [f"{recall[n]:.1f}" for n in (1, 5, 10)]
+    assert (results / "plots" / "examples_mine.png").stat().st_size > 1000
 
 
 # Measured on two demo DAG runs (README, "What training buys on the synthetic data"): every run's best
@@ -143,14 +486,21 @@ VAL_R5_MARGIN = 5.0
 TEST_R5_MARGIN = 5.0
 
 
+def val_history(log_csv):
+    """{N: {epoch: val recall@N in %}} for N = 1, 5 from a training log.csv (epoch -1: initial model)."""
+    with open(log_csv) as f:
+        rows = list(csv.DictReader(f))
+    return {n: {int(r["epoch"]): 100 * float(r[f"recall@{n}"]) for r in rows} for n in (1, 5)}
+
+
 @pytest.mark.slow
 def test_the_demo_dag_runs_end_to_end_and_training_beats_the_untrained_model(tmp_path):
     """`make demo`'s DAG (config/demo.yaml as shipped, demo preset) with the local profile."""
     demo = ["--profile", REPO / "profiles" / "local", "--configfile", REPO / "config" / "demo.yaml"]
     snakemake(tmp_path, *demo, "--cores", "2")
     results = tmp_path / "results"
-    methods = ("untrained", "netvlad", "sare_ind", "sare_joint", "sfrs")
-    test_sets = ("pitts30k", "pitts250k", "tokyo")
+    methods = PAPER_MODELS
+    test_sets = PAPER_TEST_SETS
     recall = {(m, t): read_recall(results / m / f"{t}_recall.csv") for m in methods for t in test_sets}
     assert all(list(r) == [1, 5, 10, 20] for r in recall.values())
     table = (results / "table.md").read_text()

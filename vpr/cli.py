@@ -17,6 +17,7 @@ from vpr.errors import VprError
 
 # Subcommand name -> (module under vpr.commands, one-line summary). Order is the pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "fetch": ("fetch", "download an input file (checked, atomic, retried) or say where a person gets it"),
     "synth": ("synth", "generate the synthetic Pittsburgh/Tokyo-style data set"),
     "index": ("index", "index one data-set split (.mat or .csv) into an HDF5 index file"),
     "cluster": ("cluster", "compute initial NetVLAD centres (k-means on conv descriptors)"),

@@ -37,7 +37,8 @@ FAST_STATUS = ("--slurm-init-seconds-before-status-checks", "1")
 # SFRS path (two generations, the second with a teacher), one test set. train_baseline runs on two nodes
 # in the last test. print_freq 1 puts every iteration in the rule's log; 6 iterations per epoch (the tiny
 # split has 3 with 4 processes) leave the interruption time to land inside the epoch.
-NARROW = {"untrained": False, "test_sets": ["pitts30k"], "train.print_freq": 1, "methods.sfrs.iters": 6}
+NARROW = {"untrained": False, "test_sets": {"pitts30k": "pitts30k_test"}, "training.print_freq": 1,
+          "methods.sfrs.iters": 6}
 PROCESS_GROUP = re.compile(r"process group: backend=gloo rank=(\d+)/(\d+) local_rank=\d+ host=(\S+)")
 
 
@@ -45,6 +46,7 @@ def tiny_config(path: Path, methods: tuple[str, ...], **changes) -> Path:
     write_config(path, "demo.yaml", **TINY, **NARROW, **changes)
     config = yaml.safe_load(path.read_text())
     config["methods"] = {m: config["methods"][m] for m in methods}
+    config["examples"] = methods[-1]
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -109,13 +111,14 @@ def sacct_steps(cluster, job_id: str) -> list[dict[str, str]]:
 
 
 def planned_jobs(cluster, workdir: Path, *args) -> Counter:
-    """Jobs per rule of a dry run with the same arguments (the local rule `all` excluded)."""
+    """Jobs per rule of a dry run with the same arguments (the local rules excluded)."""
     proc = subprocess.run([*SNAKEMAKE, "-d", str(workdir), *map(str, args), "-n"], capture_output=True,
                           text=True, env=snakemake_env(cluster))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     stats = proc.stdout.split("Job stats:", 1)[1].split("total", 1)[0]
     counts = Counter({m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)})
-    del counts["all"]
+    for local in ("all", "resolved_config"):   # local rules: they run in Snakemake, not as Slurm jobs
+        del counts[local]
     return counts
 
 

@@ -39,6 +39,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--init-only", action="store_true",
                     help="write the initial model (trunk + NetVLAD from the centres, no training) to "
                          "OUT/initial.pth and stop: the 'untrained' baseline of the results table")
+    # Placeholder so that the workflow's `--on-mismatch restart` parses until the real option is merged.
+    io.add_argument("--on-mismatch", choices=("refuse", "restart"), default="refuse", help=argparse.SUPPRESS)
     opts = parser.add_argument_group("training options (default: the reference scripts)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -1,65 +1,187 @@
-# Helpers shared by all rules: data locations, targets, training flags and the torchrun launcher.
+# Helpers shared by all rules: data sets, models, inputs and how to get them, training flags, torchrun.
+import re
 import shlex
-from pathlib import Path
-
-from snakemake.exceptions import WorkflowError
 
 RESULTS = "results"
 BASELINES = ("netvlad", "sare_ind", "sare_joint")
-# Test set name -> the index split it is evaluated on.
-TEST_SPLITS = {"pitts30k": "pitts30k_test", "pitts250k": "pitts250k_test", "tokyo": "tokyo247"}
-# Index split -> (format, data set, .mat file name).
-SPLITS = {
-    "pitts30k_train": ("pitts", "pitts", "pitts30k_train.mat"),
-    "pitts30k_val": ("pitts", "pitts", "pitts30k_val.mat"),
-    "pitts30k_test": ("pitts", "pitts", "pitts30k_test.mat"),
-    "pitts250k_test": ("pitts", "pitts", "pitts250k_test.mat"),
-    "tokyo247": ("tokyo247", "tokyo", "tokyo247.mat"),
+# `vpr train` refuses a run directory whose resume state was made from other inputs or options unless told
+# to restart; the workflow restarts, because Snakemake reruns a training job only when it decided to.
+TRAIN_ON_MISMATCH = "--on-mismatch restart"
+# Where each format keeps its images under the data-set root (what `vpr index` checks).
+IMAGE_FOLDERS = {"pitts": "Pittsburgh", "tokyo247": "tokyo247", "tokyotm": "tokyoTM", "csv": ""}
+IMAGE_CONTENT = {
+    "pitts": "the Pittsburgh 250k images (Pittsburgh/images/<dbImageFn>, Pittsburgh/queries/<qImageFn>: "
+             "the queries_real folder renamed)",
+    "tokyo247": "the Tokyo 24/7 images (tokyo247/images/ with the .png database, tokyo247/query/)",
+    "tokyotm": "the Tokyo Time Machine images (tokyoTM/images/)",
+    "csv": "the images listed in the CSV, at their paths relative to this folder",
 }
-TRAIN_SPLIT, VAL_SPLIT = "pitts30k_train", "pitts30k_val"
-HOW_TO_GET_DATA = (
-    "Download the NetVLAD .mat split files and the Pittsburgh / Tokyo 24/7 images and lay them out as in "
-    "README.md, section 'Data' (or point data.pitts_root / data.tokyo_root in the config at them); for a "
-    "run without downloads use config/demo.yaml, which generates a synthetic data set."
-)
+DATA_PAGE = "https://www.di.ens.fr/willow/research/netvlad/"
 
-TRAINED = list(config["methods"])
-# Every evaluated model: the trained methods, and the untrained starting point when asked for.
-METHODS = (["untrained"] if config.get("untrained", False) else []) + TRAINED
-TEST_SETS = list(config["test_sets"])
-SYNTH = config["data"].get("synth")
-
-
-def data_root(dataset):
-    """The raw-data root of 'pitts' or 'tokyo' (the folder holding the .mat files)."""
-    if SYNTH:
-        return f"{SYNTH['out']}/{dataset}/raw"
-    return config["data"][f"{dataset}_root"]
+DATASETS = config["datasets"]
+TRAIN_SET, VAL_SET = config.get("train"), config.get("val")
+TRAINED = list(config.get("methods") or {})
+EXTERNAL = config.get("external") or {}
+UNTRAINED = config.get("untrained", False)
+# Every evaluated model: the untrained starting point when asked for, the trained methods, the external ones.
+METHODS = (["untrained"] if UNTRAINED else []) + TRAINED + list(EXTERNAL)
+TEST_SETS = config["test_sets"]              # test-set name -> data set
+SYNTH = config.get("synth")
+EXAMPLES = config.get("examples", METHODS[-1])
 
 
-def mat_file(split):
-    _, dataset, name = SPLITS[split]
-    return f"{data_root(dataset)}/{name}"
+def alternatives(names):
+    """A wildcard constraint matching exactly these names."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
-def needed_splits():
-    return [TRAIN_SPLIT, VAL_SPLIT, *(TEST_SPLITS[t] for t in TEST_SETS)]
+def index_file(dataset):
+    return f"{RESULTS}/index/{dataset}.h5"
 
 
-def check_inputs_exist():
-    """Fail at start-up, naming every missing raw file and how to get it (not as a missing-input error)."""
-    missing = [] if SYNTH else [mat_file(s) for s in needed_splits() if not Path(mat_file(s)).is_file()]
-    for key in ("trunk", "centers"):
-        path = config["model"].get(key)
-        if path and not Path(path).is_file():
-            missing.append(path)
-    if missing:
-        listing = "\n  ".join(missing)
-        raise WorkflowError(f"missing input data:\n  {listing}\n{HOW_TO_GET_DATA}")
+def split_file(dataset):
+    entry = DATASETS[dataset]
+    return entry["csv"] if entry["format"] == "csv" else entry["mat"]
 
 
-check_inputs_exist()
+def image_folder(dataset):
+    entry = DATASETS[dataset]
+    sub = IMAGE_FOLDERS[entry["format"]]
+    return str(Path(entry["root"]) / sub) if sub else entry["root"]
 
+
+def index_split(dataset):
+    """--split of `vpr index`: as configured; a CSV is train/val when it is the training/validation set."""
+    entry = DATASETS[dataset]
+    if "split" in entry:
+        return entry["split"]
+    if entry["format"] == "csv":
+        return "train" if dataset == TRAIN_SET else "val" if dataset == VAL_SET else "test"
+    return None
+
+
+def fits_pca(method):
+    """Whether the model's PCA-whitening is fitted here (trained models; external ones without their own)."""
+    return method not in EXTERNAL or not EXTERNAL[method]["own_pca"]
+
+
+def model_file(method):
+    if method == "untrained":
+        return f"{RESULTS}/train/untrained/initial.pth"
+    if method in EXTERNAL:
+        return EXTERNAL[method]["checkpoint"]
+    return f"{RESULTS}/models/{method}.pth"
+
+
+def recall_file(method, test_set):
+    return f"{RESULTS}/{method}/{test_set}_recall.csv"
+
+
+def used_datasets():
+    names = [TRAIN_SET, VAL_SET] if (TRAINED or UNTRAINED) else []
+    if any(fits_pca(m) for m in METHODS):
+        names.append(TRAIN_SET)
+    names += list(TEST_SETS.values())
+    return list(dict.fromkeys(n for n in names if n))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs from outside the workflow and how each is obtained when it is missing.
+
+def synth_outputs():
+    """What `vpr synth` writes under its folder: the .mat files, the image folders, the truth file."""
+    if not SYNTH:
+        return {}
+    out = Path(SYNTH["out"])
+    pitts, tokyo = out / "pitts" / "raw", out / "tokyo" / "raw"
+    files = [pitts / f"pitts30k_{s}.mat" for s in ("train", "val", "test")] + [pitts / "pitts250k_test.mat"]
+    files += [tokyo / "tokyo247.mat", tokyo / "tokyoTM_train.mat", tokyo / "tokyoTM_val.mat"]
+    folders = [pitts / "Pittsburgh", tokyo / "tokyo247", tokyo / "tokyoTM"]
+    return {"files": [str(f) for f in files], "folders": [str(f) for f in folders],
+            "truth": str(out / "synth_truth.json")}
+
+
+def needed_inputs():
+    """Every file or folder from outside that this configuration uses -> what it is (for messages)."""
+    needed = {}
+    for name in used_datasets():
+        entry = DATASETS[name]
+        needed.setdefault(split_file(name), f"the {entry['format']} split file of data set {name}")
+        needed.setdefault(image_folder(name), IMAGE_CONTENT[entry["format"]])
+    if TRAINED or UNTRAINED:
+        if config["model"].get("trunk"):
+            needed.setdefault(config["model"]["trunk"], "the pretrained trunk weights (model.trunk)")
+        if config["model"].get("centers"):
+            needed.setdefault(config["model"]["centers"], "the NetVLAD centres file (model.centers)")
+    for name, entry in EXTERNAL.items():
+        needed.setdefault(entry["checkpoint"], f"the model file of external model {name}")
+    return needed
+
+
+# The public data sets' own files: their access is described on the NetVLAD project page.
+DATA_FILES = {p for n in DATASETS if DATASETS[n]["format"] != "csv" for p in (split_file(n), image_folder(n))}
+
+
+def download_sources():
+    """Downloaded file -> (url, sha256), from `downloads` and the external models with a URL."""
+    sources = {path: (d["url"], d.get("sha256")) for path, d in (config.get("downloads") or {}).items()}
+    for entry in EXTERNAL.values():
+        if entry.get("url"):
+            sources[entry["checkpoint"]] = (entry["url"], entry.get("sha256"))
+    return sources
+
+
+def archive_members():
+    """File taken out of an archive -> the archive."""
+    return {member: archive for archive, d in (config.get("downloads") or {}).items()
+            for member in d.get("unpack", [])}
+
+
+def inside(path, folder):
+    return Path(folder) in Path(path).parents
+
+
+SYNTH_MADE = {*synth_outputs().get("files", []), *synth_outputs().get("folders", [])}
+# Only what is missing now is given a rule: a file already there is never re-fetched, and a job never
+# stands for (and so never deletes, e.g. under --forceall) data that a person put in place.
+MISSING = {p: what for p, what in needed_inputs().items() if p not in SYNTH_MADE and not Path(p).exists()}
+TO_UNPACK = {p: a for p, a in archive_members().items() if p in MISSING}
+TO_DOWNLOAD = {p: s for p, s in download_sources().items()
+               if (p in MISSING or p in TO_UNPACK.values()) and not Path(p).exists()}
+BY_HAND = {p: what for p, what in MISSING.items() if p not in TO_DOWNLOAD and p not in TO_UNPACK
+           and not any(inside(p, q) for q in MISSING if q != p)}
+
+
+def by_hand_instruction(path):
+    """(what, page) of a file or folder a person must provide: from `manual`, else from its role."""
+    entry = (config.get("manual") or {}).get(path)
+    if entry:
+        return entry["what"], entry.get("page")
+    return BY_HAND[path], (DATA_PAGE if path in DATA_FILES else "README.md, section 'Data'")
+
+
+def missing_inputs_summary(still_missing=False):
+    """What is missing and how each is obtained; with still_missing, only what is still missing now."""
+    keep = (lambda p: not Path(p).exists()) if still_missing else (lambda p: True)
+    fetched = [f"    {p}  <- {url}" for p, (url, _) in TO_DOWNLOAD.items() if keep(p)]
+    fetched += [f"    {p}  <- {a}" for p, a in TO_UNPACK.items() if keep(p)]
+    by_hand = [p for p in BY_HAND if keep(p)]
+    count = sum(keep(p) for p in MISSING)
+    if not count:
+        return ""
+    lines = [f"vpr workflow: {count} input(s) of this configuration are not here yet."]
+    if fetched:
+        lines += ["  The workflow gets these itself (jobs download, unpack):", *fetched]
+    if by_hand:
+        lines.append("  A person must put these in place (the run stops at the first; jobs by_hand):")
+        for path in by_hand:
+            what, page = by_hand_instruction(path)
+            lines.append(f"    {path}: {what}" + (f" (from {page})" if page else ""))
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training.
 
 def cli_flags(options):
     """{'image_size': [480, 640], 'color_jitter': False} -> '--image-size 480 640 --color-jitter false'."""
@@ -79,12 +201,17 @@ def cli_flags(options):
 MODEL_KEYS = ("backbone", "num_clusters", "trainable_from", "image_size")
 
 
+def shared_train_options():
+    """The model and the shared training options: no method's own (the untrained model's flags)."""
+    options = {k: config["model"][k] for k in MODEL_KEYS}
+    options.update(config["training"])
+    return options
+
+
 def train_flags(method, generation=None):
     """Flags of `vpr train` for one method: shared training options, then the method's own."""
-    options = {k: config["model"][k] for k in MODEL_KEYS}
-    options.update(config["train"])
-    own = {k: v for k, v in config["methods"][method].items() if k != "generations"}
-    options.update(own)
+    options = shared_train_options()
+    options.update({k: v for k, v in config["methods"][method].items() if k != "generations"})
     if method == "sfrs":
         options.update(method="sfrs", generation=generation)
     return cli_flags(options)
@@ -94,8 +221,16 @@ def sfrs_generations():
     return int(config["methods"]["sfrs"].get("generations", 4))
 
 
-def trunk_flag():
-    return f"--trunk {shlex.quote(config['model']['trunk'])}" if config["model"].get("trunk") else ""
+def model_inputs(wildcards=None):
+    """The centres file and, when configured, the pretrained trunk: inputs of cluster and training rules."""
+    inputs = {"centers": centers_file()}
+    if config["model"].get("trunk"):
+        inputs["trunk"] = config["model"]["trunk"]
+    return inputs
+
+
+def trunk_flag(wildcards, input):
+    return f"--trunk {shlex.quote(input.trunk)}" if "trunk" in input.keys() else ""
 
 
 def centers_file():
@@ -130,18 +265,9 @@ def torchrun(resources):
             f"--rdzv-id=$SLURM_JOB_ID -m vpr.cli")
 
 
-def model_file(method):
-    if method == "untrained":
-        return f"{RESULTS}/train/untrained/initial.pth"
-    return f"{RESULTS}/models/{method}.pth"
-
-
-def recall_file(method, test_set):
-    return f"{RESULTS}/{method}/{test_set}_recall.csv"
-
-
 def all_targets():
     return [
+        f"{RESULTS}/config.yaml",
         *(recall_file(m, t) for m in METHODS for t in TEST_SETS),
         f"{RESULTS}/table.md",
         f"{RESULTS}/table.csv",
@@ -169,3 +295,31 @@ def training_logs(method):
     if method == "sfrs":
         return {f"sfrs g{g}": f"{RESULTS}/train/sfrs/gen{g}/log.csv" for g in range(sfrs_generations())}
     return {method: f"{RESULTS}/train/{method}/log.csv"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs of the rules.
+
+def index_inputs(wildcards):
+    """The split file and the image folder (by age ignored: adding images does not re-index)."""
+    source, images = split_file(wildcards.dataset), image_folder(wildcards.dataset)
+    inputs = {"images": ancient(images)}
+    if not (images in BY_HAND and inside(source, images)):   # else it comes with the folder
+        inputs["source"] = source
+    return inputs
+
+
+def training_inputs(wildcards=None):
+    return {"train": index_file(TRAIN_SET), "val": index_file(VAL_SET), **model_inputs()}
+
+
+def extract_precision():
+    precision = config["evaluate"].get("precision")
+    return f"--precision {precision}" if precision else ""
+
+
+def extract_test_inputs(wildcards):
+    inputs = {"model": model_file(wildcards.method), "index": index_file(TEST_SETS[wildcards.test_set])}
+    if fits_pca(wildcards.method):
+        inputs["pca"] = f"{RESULTS}/pca/{wildcards.method}.h5"
+    return inputs

@@ -1,12 +1,14 @@
-# Raw data -> one index file per split (and, for the demo, the synthetic raw data itself).
-
+# Inputs from outside -> one index file per data set. What is missing is downloaded, unpacked from a
+# downloaded archive, generated (the synthetic demo data), or asked of a person by a job that fails with
+# one line naming what to put where and the page to get it from.
 
 if SYNTH:
 
     rule synth:
         output:
-            mats=[mat_file(s) for s in SPLITS],
-            truth=f"{SYNTH['out']}/synth_truth.json",
+            mats=synth_outputs()["files"],
+            images=[directory(f) for f in synth_outputs()["folders"]],
+            truth=synth_outputs()["truth"],
         params:
             out=lambda wc, output: Path(output.truth).parent,
             preset=SYNTH["preset"],
@@ -16,36 +18,104 @@ if SYNTH:
         conda:
             "../envs/vpr.yaml"
         shell:
-            "vpr synth --preset {params.preset} --seed {params.seed} --out {params.out} --force > {log} 2>&1"
+            "vpr synth --preset {params.preset} --seed {params.seed} --out {params.out:q} --force > {log} 2>&1"
+
+
+if TO_DOWNLOAD:
+
+    localrules: download   # on the machine running Snakemake: cluster nodes may have no internet
+
+    rule download:
+        output:
+            "{download}",
+        wildcard_constraints:
+            download=alternatives(TO_DOWNLOAD),
+        params:
+            url=lambda wc: TO_DOWNLOAD[wc.download][0],
+            sha256=lambda wc: (f"--sha256 {TO_DOWNLOAD[wc.download][1]}" if TO_DOWNLOAD[wc.download][1]
+                               else ""),
+        log:
+            f"{RESULTS}/logs/fetch/download.{{download}}.log",
+        conda:
+            "../envs/vpr.yaml"
+        shell:
+            "vpr fetch --url {params.url:q} {params.sha256} --out {output:q} > {log:q} 2>&1 "
+            "|| {{ cat {log:q} >&2; exit 2; }}"
+
+
+if TO_UNPACK:
+
+    localrules: unpack
+
+    rule unpack:
+        input:
+            lambda wc: TO_UNPACK[wc.member],
+        output:
+            "{member}",
+        wildcard_constraints:
+            member=alternatives(TO_UNPACK),
+        log:
+            f"{RESULTS}/logs/fetch/unpack.{{member}}.log",
+        conda:
+            "../envs/vpr.yaml"
+        shell:
+            "vpr fetch --archive {input:q} --out {output:q} > {log:q} 2>&1 || {{ cat {log:q} >&2; exit 2; }}"
+
+
+if BY_HAND:
+
+    localrules: by_hand
+
+    rule by_hand:
+        output:
+            "{by_hand}",
+        priority: 100     # first: a run without the data stops at once with the instruction
+        wildcard_constraints:
+            by_hand=alternatives(BY_HAND),
+        params:
+            what=lambda wc: by_hand_instruction(wc.by_hand)[0],
+            page=lambda wc: by_hand_instruction(wc.by_hand)[1] or "",
+        log:
+            f"{RESULTS}/logs/fetch/by_hand.{{by_hand}}.log",
+        conda:
+            "../envs/vpr.yaml"
+        shell:
+            "vpr fetch --manual --what {params.what:q} --page {params.page:q} --out {output:q} > {log:q} 2>&1 "
+            "|| {{ cat {log:q} >&2; exit 2; }}"
 
 
 rule index:
     input:
-        mat=lambda wc: mat_file(wc.split),
+        unpack(index_inputs),
     output:
-        f"{RESULTS}/index/{{split}}.h5",
+        f"{RESULTS}/index/{{dataset}}.h5",
     params:
-        format=lambda wc: SPLITS[wc.split][0],
-        root=lambda wc: data_root(SPLITS[wc.split][1]),
+        format=lambda wc: DATASETS[wc.dataset]["format"],
+        source=lambda wc: (f"--{'csv' if DATASETS[wc.dataset]['format'] == 'csv' else 'mat'} "
+                           f"{shlex.quote(split_file(wc.dataset))}"),
+        root=lambda wc: DATASETS[wc.dataset]["root"],
+        split=lambda wc: f"--split {index_split(wc.dataset)}" if index_split(wc.dataset) else "",
     wildcard_constraints:
-        split="|".join(SPLITS),
+        dataset=alternatives(DATASETS),
     log:
-        f"{RESULTS}/logs/index/{{split}}.log",
+        f"{RESULTS}/logs/index/{{dataset}}.log",
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr index --format {params.format} --mat {input.mat} --root {params.root} --out {output} > {log} 2>&1"
+        "vpr index --format {params.format} {params.source} --root {params.root:q} {params.split} "
+        "--out {output} > {log} 2>&1"
 
 
 rule cluster:
     input:
-        index=f"{RESULTS}/index/{TRAIN_SPLIT}.h5",
+        unpack(lambda wc: {k: v for k, v in model_inputs().items() if k == "trunk"}),
+        index=index_file(TRAIN_SET) if TRAIN_SET else [],
     output:
         f"{RESULTS}/centers.h5",
     params:
-        model=cli_flags({k: config["model"][k] for k in ("backbone", "num_clusters", "image_size")}),
-        cluster=cli_flags(config["cluster"]),
-        trunk=trunk_flag(),
+        model=lambda wc: cli_flags({k: config["model"][k] for k in ("backbone", "num_clusters", "image_size")}),
+        cluster=lambda wc: cli_flags(config.get("cluster", {})),
+        trunk=trunk_flag,
     threads: 2
     resources:
         gpu=1 if config["use_gpu"] else 0,

@@ -1,36 +1,40 @@
-# Model -> PCA-whitening fitted on the training split -> descriptors of each test set -> Recall@N.
+# Model -> PCA-whitening fitted on the training split (unless the model has its own) -> descriptors of each
+# test set -> Recall@N.
 
 
 rule extract_train:
     input:
         model=lambda wc: model_file(wc.method),
-        index=f"{RESULTS}/index/{TRAIN_SPLIT}.h5",
+        index=index_file(TRAIN_SET) if TRAIN_SET else [],
     output:
-        temp(f"{RESULTS}/features/{{method}}/{TRAIN_SPLIT}.h5"),
+        temp(f"{RESULTS}/features/{{method}}/_train.h5"),
+    wildcard_constraints:
+        method=alternatives([m for m in METHODS if fits_pca(m)]),
     params:
         batch=config["evaluate"]["batch_size"],
         workers=config["evaluate"]["workers"],
+        precision=extract_precision(),
     threads: 2
     resources:
         gpu=1 if config["use_gpu"] else 0,
     log:
-        f"{RESULTS}/logs/extract/{{method}}_{TRAIN_SPLIT}.log",
+        f"{RESULTS}/logs/extract/{{method}}__train.log",
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr extract --checkpoint {input.model} --index {input.index} --out {output} "
-        "--batch-size {params.batch} --workers {params.workers} > {log} 2>&1"
+        "vpr extract --checkpoint {input.model:q} --index {input.index} --out {output} "
+        "--batch-size {params.batch} --workers {params.workers} {params.precision} > {log} 2>&1"
 
 
 rule fit_pca:
     input:
-        f"{RESULTS}/features/{{method}}/{TRAIN_SPLIT}.h5",
+        f"{RESULTS}/features/{{method}}/_train.h5",
     output:
         f"{RESULTS}/pca/{{method}}.h5",
     params:
-        dim=config["pca"]["dim"],
-        samples=config["pca"]["samples"],
-        whiten="" if config["pca"]["whiten"] else "--no-whiten",
+        dim=lambda wc: config["pca"]["dim"],
+        samples=lambda wc: config["pca"]["samples"],
+        whiten=lambda wc: "" if config["pca"]["whiten"] else "--no-whiten",
     log:
         f"{RESULTS}/logs/pca/{{method}}.log",
     conda:
@@ -42,16 +46,17 @@ rule fit_pca:
 
 rule extract_test:
     input:
-        model=lambda wc: model_file(wc.method),
-        pca=f"{RESULTS}/pca/{{method}}.h5",
-        index=lambda wc: f"{RESULTS}/index/{TEST_SPLITS[wc.test_set]}.h5",
+        unpack(extract_test_inputs),
     output:
         f"{RESULTS}/features/{{method}}/{{test_set}}.h5",
     wildcard_constraints:
-        test_set="|".join(TEST_SPLITS),
+        method=alternatives(METHODS),
+        test_set=alternatives(TEST_SETS),
     params:
+        pca=lambda wc, input: f"--pca {input.pca}" if "pca" in input.keys() else "",
         batch=config["evaluate"]["batch_size"],
         workers=config["evaluate"]["workers"],
+        precision=extract_precision(),
     threads: 2
     resources:
         gpu=1 if config["use_gpu"] else 0,
@@ -60,19 +65,20 @@ rule extract_test:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr extract --checkpoint {input.model} --pca {input.pca} --index {input.index} --out {output} "
-        "--batch-size {params.batch} --workers {params.workers} > {log} 2>&1"
+        "vpr extract --checkpoint {input.model:q} {params.pca} --index {input.index} --out {output} "
+        "--batch-size {params.batch} --workers {params.workers} {params.precision} > {log} 2>&1"
 
 
 rule evaluate:
     input:
-        index=lambda wc: f"{RESULTS}/index/{TEST_SPLITS[wc.test_set]}.h5",
+        index=lambda wc: index_file(TEST_SETS[wc.test_set]),
         features=f"{RESULTS}/features/{{method}}/{{test_set}}.h5",
     output:
         recall=f"{RESULTS}/{{method}}/{{test_set}}_recall.csv",
         rankings=f"{RESULTS}/{{method}}/{{test_set}}_rankings.h5",
     wildcard_constraints:
-        test_set="|".join(TEST_SPLITS),
+        method=alternatives(METHODS),
+        test_set=alternatives(TEST_SETS),
     params:
         ns=" ".join(str(n) for n in config["evaluate"]["recall_at"]),
     log:

@@ -1,4 +1,20 @@
-# The results table (with the published numbers beside ours) and the plots; all go into --report.
+# The configuration used, the results table (with the published numbers beside ours) and the plots; the
+# table and plots go into --report.
+
+
+localrules: resolved_config
+
+
+rule resolved_config:
+    output:
+        f"{RESULTS}/config.yaml",
+    params:
+        # As a parameter, a changed configuration makes the file out of date (rerun trigger "params").
+        text=yaml.safe_dump(dict(config), sort_keys=False),
+    log:
+        f"{RESULTS}/logs/config.log",
+    run:
+        Path(output[0]).write_text(f"# the configuration of this run ({config_source()})\n{params.text}")
 
 
 rule table:
@@ -23,6 +39,8 @@ rule plot_recall:
     output:
         report(f"{RESULTS}/plots/recall_{{test_set}}.png", category="Recall@N",
                labels={"data set": "{test_set}"}),
+    wildcard_constraints:
+        test_set=alternatives(TEST_SETS),
     params:
         recall=lambda wc: " ".join(f"--recall {m} {recall_file(m, wc.test_set)}" for m in METHODS),
     log:
@@ -40,6 +58,8 @@ rule plot_training:
     output:
         report(f"{RESULTS}/plots/training_{{method}}.png", category="Training",
                labels={"method": "{method}"}),
+    wildcard_constraints:
+        method=alternatives(TRAINED),
     params:
         logs=lambda wc: " ".join(f"--log {shlex.quote(label)} {path}"
                                  for label, path in training_logs(wc.method).items()),
@@ -53,11 +73,13 @@ rule plot_training:
 
 rule plot_examples:
     input:
-        index=lambda wc: f"{RESULTS}/index/{TEST_SPLITS[wc.test_set]}.h5",
-        rankings=f"{RESULTS}/{TRAINED[-1]}/{{test_set}}_rankings.h5",
+        index=lambda wc: index_file(TEST_SETS[wc.test_set]),
+        rankings=f"{RESULTS}/{EXAMPLES}/{{test_set}}_rankings.h5",
     output:
         report(f"{RESULTS}/plots/examples_{{test_set}}.png", category="Retrieval examples",
-               labels={"data set": "{test_set}"}),
+               labels={"data set": "{test_set}", "model": EXAMPLES}),
+    wildcard_constraints:
+        test_set=alternatives(TEST_SETS),
     log:
         f"{RESULTS}/logs/plots/examples_{{test_set}}.log",
     conda:

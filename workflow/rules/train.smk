@@ -1,24 +1,24 @@
 # Training: NetVLAD/SARE baselines, SFRS one generation per job, then the model each method is tested with.
 # Training jobs resume from their run directory's resume.pth, so a retried or re-run job continues
-# where the interrupted one stopped (Slurm pre-emption, scancel, --rerun-incomplete).
+# where the interrupted one stopped (Slurm pre-emption, scancel, --rerun-incomplete); a run directory whose
+# state came from other inputs or options starts afresh (TRAIN_ON_MISMATCH).
 
 
 rule train_baseline:
     input:
-        train=f"{RESULTS}/index/{TRAIN_SPLIT}.h5",
-        val=f"{RESULTS}/index/{VAL_SPLIT}.h5",
-        centers=centers_file(),
+        unpack(training_inputs),
     output:
         best=f"{RESULTS}/train/{{method}}/model_best.pth",
         last=f"{RESULTS}/train/{{method}}/last.pth",
         log=f"{RESULTS}/train/{{method}}/log.csv",
     wildcard_constraints:
-        method="|".join(BASELINES),
+        method=alternatives(BASELINES),
     params:
         run_dir=lambda wc: f"{RESULTS}/train/{wc.method}",
         options=lambda wc: train_flags(wc.method),
-        trunk=trunk_flag(),
+        trunk=trunk_flag,
         launch=lambda wc, resources: torchrun(resources),
+        on_mismatch=TRAIN_ON_MISMATCH,
     threads: 2
     resources:
         gpu=1 if config["use_gpu"] else 0,
@@ -30,34 +30,32 @@ rule train_baseline:
         "../envs/vpr.yaml"
     shell:
         "{params.launch} train --train-index {input.train} --val-index {input.val} "
-        "--centers {input.centers} {params.trunk} --out {params.run_dir} {params.options} >> {log} 2>&1"
+        "--centers {input.centers:q} {params.trunk} --out {params.run_dir} {params.options} "
+        "{params.on_mismatch} >> {log} 2>&1"
 
 
 rule initial_model:
     input:
-        train=f"{RESULTS}/index/{TRAIN_SPLIT}.h5",
-        val=f"{RESULTS}/index/{VAL_SPLIT}.h5",
-        centers=centers_file(),
+        unpack(training_inputs),
     output:
-        model_file("untrained"),
+        f"{RESULTS}/train/untrained/initial.pth",
     params:
         run_dir=lambda wc, output: Path(output[0]).parent,
-        options=train_flags(TRAINED[0]),
-        trunk=trunk_flag(),
+        # The model and the shared training options only: no method's own options (e.g. sfrs' generation).
+        options=lambda wc: cli_flags(shared_train_options()),
+        trunk=trunk_flag,
     log:
         f"{RESULTS}/logs/train/untrained.log",
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr train --init-only --train-index {input.train} --val-index {input.val} --centers {input.centers} "
+        "vpr train --init-only --train-index {input.train} --val-index {input.val} --centers {input.centers:q} "
         "{params.trunk} --out {params.run_dir} {params.options} > {log} 2>&1"
 
 
 rule train_sfrs:
     input:
-        train=f"{RESULTS}/index/{TRAIN_SPLIT}.h5",
-        val=f"{RESULTS}/index/{VAL_SPLIT}.h5",
-        centers=centers_file(),
+        unpack(training_inputs),
         teacher=teacher_checkpoint,
     output:
         best=f"{RESULTS}/train/sfrs/gen{{generation}}/model_best.pth",
@@ -69,8 +67,9 @@ rule train_sfrs:
         run_dir=lambda wc: f"{RESULTS}/train/sfrs/gen{wc.generation}",
         options=lambda wc: train_flags("sfrs", int(wc.generation)),
         teacher=lambda wc, input: f"--teacher {input.teacher[0]}" if input.teacher else "",
-        trunk=trunk_flag(),
+        trunk=trunk_flag,
         launch=lambda wc, resources: torchrun(resources),
+        on_mismatch=TRAIN_ON_MISMATCH,
     threads: 2
     resources:
         gpu=1 if config["use_gpu"] else 0,
@@ -82,8 +81,8 @@ rule train_sfrs:
         "../envs/vpr.yaml"
     shell:
         "{params.launch} train --train-index {input.train} --val-index {input.val} "
-        "--centers {input.centers} {params.trunk} {params.teacher} --out {params.run_dir} {params.options} "
-        ">> {log} 2>&1"
+        "--centers {input.centers:q} {params.trunk} {params.teacher} --out {params.run_dir} {params.options} "
+        "{params.on_mismatch} >> {log} 2>&1"
 
 
 rule select_model:
@@ -91,6 +90,8 @@ rule select_model:
         selection_candidates,
     output:
         f"{RESULTS}/models/{{method}}.pth",
+    wildcard_constraints:
+        method=alternatives(TRAINED),
     log:
         f"{RESULTS}/logs/select/{{method}}.log",
     conda:

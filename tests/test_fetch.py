@@ -1,0 +1,157 @@
+"""`vpr fetch` against a real HTTP server on 127.0.0.1: a good file, a wrong checksum, a truncated body, a
+connection dropped mid-body (and a server that recovers), archives, and the instruction for a person."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import socket
+import tarfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from vprtest import run_vpr
+
+BODY = bytes(range(256)) * 4096          # 1 MiB
+SHA = hashlib.sha256(BODY).hexdigest()   # independent of vpr: the digest of the bytes served
+
+
+class Handler(BaseHTTPRequestHandler):
+    hits: dict[str, int] = {}
+
+    def log_message(self, *args):   # keep the test output clean
+        pass
+
+    def do_GET(self):
+        Handler.hits[self.path] = Handler.hits.get(self.path, 0) + 1
+        if self.path == "/missing":
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        if self.path == "/good" or (self.path == "/flaky" and Handler.hits[self.path] >= 3):
+            self.wfile.write(BODY)
+        elif self.path == "/truncated":        # Content-Length announces more than is sent, then EOF
+            self.wfile.write(BODY[: len(BODY) // 3])
+        elif self.path in ("/drop", "/flaky"):  # the connection is reset in the middle of the body
+            self.wfile.write(BODY[: len(BODY) // 2])
+            self.wfile.flush()
+            linger_zero = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # close() sends a reset
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
+        self.close_connection = True
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def fetch(*args, **kwargs):
+    return run_vpr("fetch", "--backoff", "0.05", *args, check=False, **kwargs)
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_good_download_is_the_served_bytes(server, tmp_path):
+    out = tmp_path / "sub dir" / "ø model.pth"
+    proc = fetch("--url", f"{server}/good", "--out", out, "--sha256", SHA.upper())
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == BODY
+    assert leftovers(out.parent) == [out.name]
+
+
+def test_a_wrong_checksum_leaves_nothing_and_is_not_retried(server, tmp_path):
+    out = tmp_path / "model.pth"
+    Handler.hits.pop("/good", None)
+    proc = fetch("--url", f"{server}/good", "--out", out, "--sha256", "0" * 64)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "checksum mismatch" in lines[0] and f"{server}/good" in lines[0]
+    assert str(out) in lines[0] and SHA in lines[0]
+    assert leftovers(tmp_path) == [] and Handler.hits["/good"] == 1
+
+
+@pytest.mark.parametrize("path, words", [("/truncated", "truncated"), ("/drop", "")])
+def test_a_short_body_is_retried_then_one_error_and_nothing_left(server, tmp_path, path, words):
+    out = tmp_path / "archive.tar.gz"
+    Handler.hits.pop(path, None)
+    proc = fetch("--url", f"{server}{path}", "--out", out, "--attempts", "3")
+    assert proc.returncode == 2, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(error) == 1 and f"{server}{path}" in error[0] and str(out) in error[0]
+    assert "after 3 attempts" in error[0] and words in error[0]
+    assert "Traceback" not in proc.stderr
+    assert Handler.hits[path] == 3                  # every attempt reached the server
+    assert leftovers(tmp_path) == []
+
+
+def test_a_connection_that_recovers_gives_the_whole_file(server, tmp_path):
+    out = tmp_path / "model.pth"
+    Handler.hits.pop("/flaky", None)
+    proc = fetch("--url", f"{server}/flaky", "--out", out, "--sha256", SHA)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == BODY and Handler.hits["/flaky"] == 3
+    assert proc.stderr.count("retrying") == 2
+
+
+def test_an_existing_target_is_kept_when_the_download_fails(server, tmp_path):
+    out = tmp_path / "model.pth"
+    out.write_bytes(b"old")
+    proc = fetch("--url", f"{server}/missing", "--out", out)
+    assert proc.returncode == 2 and "HTTP 404" in proc.stderr
+    assert out.read_bytes() == b"old" and leftovers(tmp_path) == ["model.pth"]
+
+
+def test_an_unreachable_server_is_one_error(tmp_path):
+    with socket.socket() as s:        # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "x.bin"
+    proc = fetch("--url", f"http://127.0.0.1:{port}/x", "--out", out, "--attempts", "2")
+    assert proc.returncode == 2 and "after 2 attempts" in proc.stderr and "Traceback" not in proc.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_an_archive_member_is_found_by_its_file_name(tmp_path):
+    archive = tmp_path / "specs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for name, data in (("datasets/pitts30k_train.mat", b"train"), ("datasets/tokyo247.mat", b"tokyo")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    out = tmp_path / "raw" / "tokyo247.mat"
+    proc = fetch("--archive", archive, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == b"tokyo"
+    missing = tmp_path / "raw" / "pitts250k_test.mat"
+    proc = fetch("--archive", archive, "--out", missing)
+    assert proc.returncode == 2 and "no member named pitts250k_test.mat" in proc.stderr
+    assert not missing.exists()
+    before = archive.read_bytes()
+    proc = fetch("--archive", archive, "--member", "tokyo247.mat", "--out", archive)
+    assert proc.returncode == 2 and "is the archive itself" in proc.stderr and archive.read_bytes() == before
+    corrupt = tmp_path / "corrupt.tar.gz"
+    corrupt.write_bytes(archive.read_bytes()[:100])
+    proc = fetch("--archive", corrupt, "--out", tmp_path / "raw" / "x.mat")
+    assert proc.returncode == 2 and str(corrupt) in proc.stderr and "Traceback" not in proc.stderr
+    assert leftovers(tmp_path / "raw") == ["tokyo247.mat"]
+
+
+def test_a_file_for_a_person_is_one_instruction(tmp_path):
+    out = tmp_path / "pretrained" / "trunk.pth"
+    proc = fetch("--manual", "--out", out, "--what", "the MatConvNet VGG16 weights",
+                 "--page", "https://example.org/page")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == (f"vpr fetch: error: {out} is missing: put the MatConvNet VGG16 weights "
+                                   "there (get it from https://example.org/page)")
+    assert not out.parent.exists()

@@ -1,0 +1,164 @@
+"""Getting the public input files: a download checked and written atomically, a member of an archive, and
+the one-line instruction for a file only a person can get.
+
+A download goes to a temporary file beside the target; the body must have the length the server announced
+(Content-Length) and, when one is given, the SHA-256; only then is it renamed onto the target. Connection
+errors, server errors (5xx) and truncated bodies are retried with a short backoff; a wrong checksum or a
+client error (4xx) is not (retrying would fetch the same bytes). On any failure nothing is left at the
+target, and the error names the URL and the path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import shutil
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from vpr.errors import VprError
+from vpr.io import atomic_output
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+PROGRESS_STEP = 64 << 20   # a log line every 64 MiB of a long download
+USER_AGENT = "vpr-fetch"
+
+
+class _Retryable(Exception):
+    """A failure that another attempt may not repeat (the connection, the server, a short body)."""
+
+
+def _check_sha256(text: str | None) -> str | None:
+    if text is None:
+        return None
+    digest = text.strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise VprError(f"--sha256 {text!r}: expected 64 hexadecimal digits")
+    return digest
+
+
+def _download_once(url: str, tmp: Path, timeout: float) -> tuple[int, str]:
+    """Write the body of ``url`` into ``tmp``; returns (bytes, sha256). Raises _Retryable or VprError."""
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
+            length = response.headers.get("Content-Length") if hasattr(response, "headers") else None
+            expected = int(length) if length and length.strip().isdigit() else None
+            next_report = PROGRESS_STEP
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+                if size >= next_report:
+                    total = f" of {expected >> 20}" if expected else ""
+                    log.info("%s: %d%s MiB", url, size >> 20, total)
+                    next_report += PROGRESS_STEP
+    except urllib.error.HTTPError as err:
+        if err.code >= 500 or err.code == 429:
+            raise _Retryable(f"HTTP {err.code} {err.reason}") from None
+        raise VprError(f"HTTP {err.code} {err.reason}") from None
+    except urllib.error.URLError as err:
+        reason = err.reason
+        if isinstance(reason, OSError) and not isinstance(reason, FileNotFoundError):
+            raise _Retryable(str(reason)) from None
+        raise VprError(str(reason)) from None
+    except http.client.IncompleteRead as err:
+        raise _Retryable(f"connection closed after {size + len(err.partial)} bytes") from None
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
+        raise _Retryable(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__) from None
+    except OSError as err:
+        if err.filename and Path(err.filename) == tmp:
+            raise VprError(f"cannot write {tmp.parent}: {err.strerror}") from None
+        raise _Retryable(str(err)) from None
+    if expected is not None and size != expected:
+        raise _Retryable(f"truncated: {size} of {expected} bytes received")
+    return size, digest.hexdigest()
+
+
+def download(url: str, out: str | os.PathLike, sha256: str | None = None, *, attempts: int = 4,
+             backoff: float = 2.0, timeout: float = 60.0) -> int:
+    """Download ``url`` to ``out`` atomically; returns the number of bytes. VprError naming both on failure.
+
+    ``attempts`` tries in all, waiting ``backoff`` x 1, 2, 4, ... seconds between them.
+    """
+    out = Path(out)
+    want = _check_sha256(sha256)
+    if out.is_dir():
+        raise VprError(f"{out}: is a directory (downloading {url})")
+    for attempt in range(1, attempts + 1):
+        try:
+            with atomic_output(out) as tmp:
+                size, got = _download_once(url, tmp, timeout)
+                if want is not None and got != want:
+                    raise VprError(f"checksum mismatch: sha256 {got}, expected {want} ({size} bytes)")
+            return size
+        except _Retryable as err:
+            if attempt == attempts:
+                raise VprError(f"downloading {url} to {out} failed after {attempts} attempts: {err}"
+                               ) from None
+            wait = backoff * 2 ** (attempt - 1)
+            log.warning("attempt %d/%d: %s (%s); retrying in %.1f s", attempt, attempts, url, err, wait)
+            time.sleep(wait)
+        except VprError as err:
+            raise VprError(f"downloading {url} to {out}: {err}") from None
+        except OSError as err:   # the target's directory: not writable, a file where a folder should be
+            raise VprError(f"downloading {url} to {out}: {err.strerror or err}") from None
+    raise AssertionError("unreachable")
+
+
+def extract_member(archive: str | os.PathLike, name: str, out: str | os.PathLike) -> int:
+    """Copy the member of ``archive`` (tar, tar.gz, zip) whose file name is ``name`` to ``out`` atomically.
+
+    The member is found by its base name wherever it lies in the archive (``datasets/pitts30k_train.mat``
+    for ``pitts30k_train.mat``); none or several is an error. Returns the number of bytes.
+    """
+    archive, out = Path(archive), Path(out)
+    if not archive.is_file():
+        raise VprError(f"{archive}: archive not found")
+    if out.resolve() == archive.resolve():
+        raise VprError(f"--out {out} is the archive itself: choose another path")
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                found = [i for i in zf.infolist()
+                         if not i.is_dir() and PurePosixPath(i.filename).name == name]
+                _one(found, name, archive)
+                with zf.open(found[0]) as src, atomic_output(out) as tmp, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+                    return dst.tell()
+        with tarfile.open(archive) as tf:
+            found = [m for m in tf.getmembers() if m.isfile() and PurePosixPath(m.name).name == name]
+            _one(found, name, archive)
+            src = tf.extractfile(found[0])
+            with src, atomic_output(out) as tmp, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, CHUNK)
+                return dst.tell()
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError) as err:
+        raise VprError(f"{archive}: not a readable tar or zip archive ({err}); delete it to download it "
+                       "again") from None
+    except OSError as err:
+        raise VprError(f"extracting {name} from {archive} to {out}: {err.strerror or err}") from None
+
+
+def _one(found: list, name: str, archive: Path) -> None:
+    if not found:
+        raise VprError(f"{archive}: no member named {name}")
+    if len(found) > 1:
+        names = ", ".join(getattr(m, "name", None) or m.filename for m in found)
+        raise VprError(f"{archive}: several members named {name} ({names})")
+
+
+def manual_instruction(out: str | os.PathLike, what: str, page: str | None) -> str:
+    """The one line telling a person what to put where, and where to get it."""
+    where = f" (get it from {page})" if page else ""
+    return f"{out} is missing: put {what} there{where}"

@@ -1,0 +1,150 @@
+# The configuration: which file, and every check of it at start-up, each failing with one line.
+#
+# No `configfile:` directive: Snakemake merges --configfile files into it recursively, so a demo or custom
+# config would inherit the paper's methods and paths. Instead: without --configfile the paper config is
+# loaded here; with --configfile, that file's content is the configuration, nothing added. --config
+# key=value overrides apply on top in both cases.
+import json
+import sys
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from snakemake.utils import update_config
+
+DEFAULT_CONFIG = Path(workflow.basedir).parent / "config" / "config.yaml"
+SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# SFRS teacher temperatures of `vpr train` when the config names none (vpr/train/config.py).
+DEFAULT_TEMPERATURES = [0.07, 0.07, 0.06, 0.05]
+
+
+def config_error(source, message):
+    """One line on stderr and exit status 1: no traceback for a configuration the user can fix."""
+    print(f"vpr workflow: configuration error: {source}: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def config_source():
+    files = [str(f) for f in (workflow.overwrite_configfiles or [])]
+    return ", ".join(files) if files else str(DEFAULT_CONFIG)
+
+
+def load_default_config():
+    """config/config.yaml, with the file and line of a YAML syntax error."""
+    try:
+        text = DEFAULT_CONFIG.read_text(encoding="utf-8")
+    except OSError as err:
+        config_error(DEFAULT_CONFIG, f"cannot read it ({err.strerror})")
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        config_error(DEFAULT_CONFIG, f"{where}not valid YAML ({problem})")
+    if not isinstance(loaded, dict):
+        config_error(DEFAULT_CONFIG, "expected a mapping of configuration keys")
+    return loaded
+
+
+def schema_message(error):
+    """A jsonschema error as 'key.path: what is wrong'."""
+    path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        key = ".".join([*map(str, error.absolute_path), extra[0]]) if extra else path
+        hint = f"; valid keys here: {', '.join(allowed)}" if allowed else ""
+        return f"{key}: unknown key{hint}"
+    if error.validator == "required":
+        return f"{path}: {error.message}"
+    if error.validator == "dependentRequired":
+        missing = [k for deps in error.validator_value.values() for k in deps if k not in error.instance]
+        return f"{missing[0]}: missing (needed to train the methods under `methods`)"
+    if error.validator == "enum":
+        return f"{path}: {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+    if error.validator == "type":
+        return f"{path}: expected {error.validator_value}, got {error.instance!r}"
+    if error.validator == "pattern":
+        return f"{path}: {error.instance!r} does not match {error.validator_value}"
+    return f"{path}: {error.message}"
+
+
+def check_schema(cfg, source):
+    schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+    error = best_match(Draft202012Validator(schema).iter_errors(cfg))
+    if error is not None:
+        config_error(source, schema_message(error))
+
+
+def check_meaning(cfg, source):
+    """What the schema cannot say: references between keys, and values `vpr train` would refuse later."""
+    datasets = cfg["datasets"]
+
+    def known_dataset(key, name):
+        if name not in datasets:
+            config_error(source, f"{key}: {name!r} is not a data set under datasets "
+                                 f"({', '.join(datasets)})")
+
+    for name, entry in datasets.items():
+        want = "csv" if entry["format"] == "csv" else "mat"
+        other = "mat" if want == "csv" else "csv"
+        if want not in entry or other in entry:
+            config_error(source, f"datasets.{name}: format {entry['format']} needs `{want}:` (and no "
+                                 f"`{other}:`)")
+    for test_set, name in cfg["test_sets"].items():
+        known_dataset(f"test_sets.{test_set}", name)
+    methods = cfg.get("methods") or {}
+    external = cfg.get("external") or {}
+    needs_training = bool(methods) or cfg.get("untrained", False)
+    needs_train_split = needs_training or any(not e["own_pca"] for e in external.values())
+    for key in ("train", "val") if needs_training else ("train",) if needs_train_split else ():
+        if key not in cfg:
+            purpose = "train on" if key == "train" else "validate on"
+            config_error(source, f"{key}: missing (name the data set to {purpose})")
+    for key in ("train", "val"):
+        if key in cfg:
+            known_dataset(key, cfg[key])
+    if needs_training:
+        for key in ("model", "training", "pca"):
+            if key not in cfg:
+                config_error(source, f"{key}: missing (needed to train or evaluate the untrained model)")
+    elif needs_train_split and "pca" not in cfg:
+        config_error(source, "pca: missing (external models with own_pca: false get their PCA fitted here)")
+    if not methods and not external and not cfg.get("untrained", False):
+        config_error(source, "nothing to evaluate: give `methods`, `external` or `untrained: true`")
+    taken = set(methods) | ({"untrained"} if cfg.get("untrained", False) else set())
+    for name in external:
+        if name in taken:
+            config_error(source, f"external.{name}: the name is taken by a trained model; choose another")
+    if "sfrs" in methods:
+        sfrs = methods["sfrs"]
+        generations = int(sfrs.get("generations", 4))
+        temperatures = sfrs.get("temperatures", cfg["training"].get("temperatures", DEFAULT_TEMPERATURES))
+        if generations > len(temperatures):
+            config_error(source, f"methods.sfrs.generations: {generations} generations need {generations} "
+                                 f"temperatures, methods.sfrs.temperatures has {len(temperatures)}")
+    evaluated = [*(["untrained"] if cfg.get("untrained", False) else []), *methods, *external]
+    if "examples" in cfg and cfg["examples"] not in evaluated:
+        config_error(source, f"examples: {cfg['examples']!r} is not an evaluated model "
+                             f"({', '.join(evaluated)})")
+    if not {1, 5, 10} <= set(cfg["evaluate"]["recall_at"]):
+        config_error(source, "evaluate.recall_at: must include 1, 5 and 10 (the columns of the table)")
+
+
+def resolve_config(cfg):
+    """Replace the content of `config` by the configuration this run uses, checked."""
+    if not workflow.overwrite_configfiles:
+        loaded = load_default_config()
+        update_config(loaded, workflow.config_settings.overwrite_config or {})
+    else:
+        loaded = dict(cfg)
+    # Plain dicts and lists (a JSON config file arrives as OrderedDicts), as YAML would give them.
+    plain = json.loads(json.dumps(loaded))
+    cfg.clear()
+    cfg.update(plain)
+    source = config_source()
+    check_schema(cfg, source)
+    check_meaning(cfg, source)
