@@ -77,6 +77,15 @@ def recall_file(method, test_set):
     return f"{RESULTS}/{method}/{test_set}_recall.csv"
 
 
+def rankings_file(method, test_set):
+    return f"{RESULTS}/{method}/{test_set}_rankings.h5"
+
+
+def table_baseline():
+    """`vpr table --compare-to`: the paired test of every model against the untrained one, when tested."""
+    return "--compare-to untrained" if "untrained" in METHODS else ""
+
+
 def used_datasets():
     names = [TRAIN_SET, VAL_SET] if (TRAINED or UNTRAINED) else []
     if any(fits_pca(m) for m in METHODS):

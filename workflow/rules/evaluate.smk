@@ -75,7 +75,7 @@ rule evaluate:
         features=f"{RESULTS}/features/{{method}}/{{test_set}}.h5",
     output:
         recall=f"{RESULTS}/{{method}}/{{test_set}}_recall.csv",
-        rankings=f"{RESULTS}/{{method}}/{{test_set}}_rankings.h5",
+        rankings=rankings_file("{method}", "{test_set}"),
     wildcard_constraints:
         method=alternatives(METHODS),
         test_set=alternatives(TEST_SETS),

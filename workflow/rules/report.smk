@@ -19,18 +19,21 @@ rule resolved_config:
 
 rule table:
     input:
-        [recall_file(m, t) for m in METHODS for t in TEST_SETS],
+        recall=[recall_file(m, t) for m in METHODS for t in TEST_SETS],
+        # read by --compare-to (the paired test), found beside each recall CSV
+        rankings=[rankings_file(m, t) for m in METHODS for t in TEST_SETS],
     output:
         md=report(f"{RESULTS}/table.md", category="Results", labels={"figure": "table"}),
         csv=f"{RESULTS}/table.csv",
     params:
         recall=" ".join(f"--recall {m} {t} {recall_file(m, t)}" for m in METHODS for t in TEST_SETS),
+        compare=table_baseline(),
     log:
         f"{RESULTS}/logs/table.log",
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr table {params.recall} --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
+        "vpr table {params.recall} {params.compare} --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
 
 
 rule plot_recall:
@@ -74,7 +77,7 @@ rule plot_training:
 rule plot_examples:
     input:
         index=lambda wc: index_file(TEST_SETS[wc.test_set]),
-        rankings=f"{RESULTS}/{EXAMPLES}/{{test_set}}_rankings.h5",
+        rankings=rankings_file(EXAMPLES, "{test_set}"),
     output:
         report(f"{RESULTS}/plots/examples_{{test_set}}.png", category="Retrieval examples",
                labels={"data set": "{test_set}", "model": EXAMPLES}),
