@@ -1,6 +1,8 @@
 # Training: NetVLAD/SARE baselines, SFRS one generation per job, then the model each method is tested with.
 # Training jobs resume from their run directory's resume.pth, so a retried or re-run job continues
-# where the interrupted one stopped (Slurm pre-emption, scancel, --rerun-incomplete).
+# where the interrupted one stopped (Slurm pre-emption, scancel, --rerun-incomplete). Snakemake reruns a
+# job only when something changed or was asked for, so `--on-mismatch restart`: a state of other options
+# or inputs is discarded and the run starts afresh (a finished one recreates deleted outputs).
 
 
 rule train_baseline:
@@ -30,7 +32,8 @@ rule train_baseline:
         "../envs/vpr.yaml"
     shell:
         "{params.launch} train --train-index {input.train} --val-index {input.val} "
-        "--centers {input.centers} {params.trunk} --out {params.run_dir} {params.options} >> {log} 2>&1"
+        "--centers {input.centers} {params.trunk} --out {params.run_dir} {params.options} --on-mismatch restart "
+        ">> {log} 2>&1"
 
 
 rule initial_model:
@@ -83,7 +86,7 @@ rule train_sfrs:
     shell:
         "{params.launch} train --train-index {input.train} --val-index {input.val} "
         "--centers {input.centers} {params.trunk} {params.teacher} --out {params.run_dir} {params.options} "
-        ">> {log} 2>&1"
+        "--on-mismatch restart >> {log} 2>&1"
 
 
 rule select_model:
