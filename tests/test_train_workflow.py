@@ -2,7 +2,8 @@
 
 One method (netvlad, triplet), a two-epoch run of two steps per epoch; each case starts from a copy of one
 finished workflow directory: `--forcerun train_baseline`, a Snakemake killed mid-training then `--unlock`
-and `--rerun-incomplete`, and an edit of `train.lr`.
+and `--rerun-incomplete` (with the training process killed too, or finishing on its own), and an edit of
+`train.lr`.
 
 Written against the workflow config format of config/demo.yaml at the time (see ONE_METHOD).
 """
@@ -87,21 +88,38 @@ def test_forcerun_recreates_the_outputs_of_the_finished_run(finished, tmp_path):
         assert (workdir / RUN / name).read_bytes() == (finished / RUN / name).read_bytes()
 
 
-def session_members(sid: int) -> list[int]:
-    """Processes of the session ``sid`` (the Snakemake started below and everything it started)."""
-    pids = []
+def stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after "pid (comm)": state, ppid, pgrp, session, ...; None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid:   # after "pid (comm)": state, ppid, pgrp, session
-                pids.append(int(entry.name))
-    return pids
+        if entry.name.isdigit() and (fields := stat_fields(int(entry.name))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, []))
+    return found
 
 
-def test_a_killed_snakemake_is_unlocked_and_rerun_to_the_same_model(finished, tmp_path):
+def alive(pid: int) -> bool:
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+@pytest.mark.parametrize("killed", ["everything", "snakemake"])
+def test_a_killed_snakemake_is_unlocked_and_rerun_to_the_same_model(finished, tmp_path, killed):
+    """`everything`: a lost node (Snakemake, torchrun and the training process die at once); the rerun
+    resumes. `snakemake`: Snakemake and torchrun die, the training process (in its own session) finishes
+    on its own; the rerun, after Snakemake deleted the incomplete outputs, recreates them."""
     workdir = copy_of(finished, tmp_path)
     shutil.rmtree(workdir / RUN)            # the training job must run again
     env = {**os.environ, "PATH": f"{Path(SNAKEMAKE[0]).parent}:{os.environ['PATH']}"}
@@ -109,20 +127,39 @@ def test_a_killed_snakemake_is_unlocked_and_rerun_to_the_same_model(finished, tm
            str(TARGET)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    # Kill everything once epoch 0 is saved, while epoch 1 trains.
+    # Kill once the state of epoch 0 is saved (resume.pth comes after checkpoint_e0.pth), while epoch 1
+    # trains.
     deadline = time.time() + 300
-    while not (workdir / RUN / "checkpoint_e0.pth").exists():
+    while not (workdir / RUN / "resume.pth").exists():
         assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
-        time.sleep(0.05)
-    for pid in session_members(proc.pid):
+        time.sleep(0.02)
+    tree = descendants(proc.pid)
+    if killed == "everything":
+        victims = tree
+    else:
+        victims = [p for p in tree if (f := stat_fields(p)) is not None and int(f[3]) == proc.pid]
+    for pid in victims:
         os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    assert not (workdir / RUN / "last.pth").exists()          # killed mid-training
+    survivors = [p for p in tree if p not in victims]
+    if killed == "everything":
+        assert not (workdir / RUN / "last.pth").exists()      # killed mid-training
+    else:
+        assert survivors                                       # the training process lives on
+        while any(alive(p) for p in survivors):
+            assert time.time() < deadline
+            time.sleep(0.2)
+        assert (workdir / RUN / "last.pth").exists()          # and finished, with Snakemake gone
     assert run(workdir, TARGET, check=False).returncode != 0   # Snakemake's lock is left behind
     run(workdir, "--unlock")
     run(workdir, "--rerun-incomplete", TARGET)
-    assert "resuming from" in (workdir / TRAIN_LOG).read_text()
-    assert same_weights(workdir / RUN / "last.pth", finished / RUN / "last.pth")
+    log = (workdir / TRAIN_LOG).read_text()
+    if killed == "everything":
+        assert "resuming from" in log
+    else:
+        assert "recreated last.pth, model_best.pth, log.csv" in log
+    wa, wb = weights(workdir / RUN / "last.pth"), weights(finished / RUN / "last.pth")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-6
     assert (workdir / RUN / "log.csv").exists() and (workdir / RUN / "model_best.pth").exists()
 
 
