@@ -8,6 +8,7 @@ chunk); the config checks run in-process and must fail before any file is opened
 from __future__ import annotations
 
 import fcntl
+import math
 import shutil
 import signal
 import subprocess
@@ -263,3 +264,28 @@ def test_a_run_directory_is_used_by_one_process_at_a_time(tiny_data, centers, tm
     # The lock went with its process: the directory is free at once.
     with open(out / "run.lock") as f:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_run_state_and_rng_states_survive_a_weights_only_round_trip(tmp_path):
+    import random
+
+    from vpr.train.checkpointing import RunState, rng_state, set_rng_state
+    from vpr.train.mining import Tuple
+
+    state = RunState(epoch=1, chunk=2, step=3, tuples=[Tuple(4, 5, (6, 7), (8,)), Tuple(9, 1, (2, 3))],
+                     best_r5=0.5, best_epoch=0, history=[{"epoch": -1, "lr": float("nan")}],
+                     loss_sum=1.25, loss_steps=3, mining_s=0.5)
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.gauss(0, 1), np.random.standard_normal()    # leave cached Gaussians in both states
+    torch.save({"run": state.to_dict(), "rng": rng_state()}, tmp_path / "s.pth")
+    expected = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(),
+                torch.rand(3).tolist())
+    saved = torch.load(tmp_path / "s.pth", weights_only=True)
+    back = RunState.from_dict(saved["run"])
+    assert back.tuples == state.tuples and back.history[0]["epoch"] == -1
+    assert math.isnan(back.history[0]["lr"])
+    back.history = state.history = []
+    assert back == state
+    set_rng_state(saved["rng"])
+    assert (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(),
+            torch.rand(3).tolist()) == expected
