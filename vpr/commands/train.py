@@ -80,15 +80,16 @@ def run(args: argparse.Namespace) -> int:
     info = distributed.init()
     lock = RunLock(Path(args.out))
     try:
+        train_index = Index(args.train_index, root=args.root)
+        val_index = Index(args.val_index, root=args.root)
         if not args.init_only:
             # Rank 0 holds the run directory for the whole run; its refusal stops every rank.
             refusal = lock.acquire() if info.is_main else None
             refusal = distributed.broadcast_object(refusal)
             if refusal is not None:
                 raise VprError(refusal)
-        trainer = Trainer(cfg, Index(args.train_index, root=args.root), Index(args.val_index, root=args.root),
-                          args.centers, args.out, trunk=args.trunk, teacher=args.teacher, info=info,
-                          root=args.root)
+        trainer = Trainer(cfg, train_index, val_index, args.centers, args.out, trunk=args.trunk,
+                          teacher=args.teacher, info=info, root=args.root)
         return trainer.save_initial() if args.init_only else trainer.run(args.on_mismatch)
     finally:
         lock.release()
