@@ -79,7 +79,7 @@ def test_two_processes_equal_one_process_with_the_same_global_tuples(tiny_data, 
     diff = max_abs_diff(weights(one / "last.pth"), weights(two / "last.pth"))
     assert diff <= 1e-5
     # Training did move the weights (the comparison is not between two untouched models).
-    start = torch.load(one / "resume.pth", weights_only=False)["history"]
+    start = torch.load(one / "resume.pth", weights_only=True)["run"]["history"]
     assert len(start) == 2 and start[1]["loss"] > 0
 
 

@@ -6,12 +6,18 @@ batch is tuple_size x processes. Options come from the defaults (the reference s
 YAML, then the flags. Writes into --out: checkpoint_e<E>.pth (SFRS: checkpoint_g<G>_e<E>.pth) every
 epoch, model_best.pth (best val R@5), last.pth (final epoch), log.csv, and resume.pth. On SIGTERM or
 SIGUSR1 the run saves its state at the next iteration and exits with 128+signal; the same command resumes.
+
+The saved state records the options and the content of every input; started again with other options or
+inputs, the run refuses (default) or, with --on-mismatch restart, discards the old run and trains afresh.
+A finished run recreates missing outputs from its epoch checkpoints. One process at a time works in a run
+directory (a lock on OUT/run.lock).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from vpr.train.config import TrainConfig
 
@@ -39,8 +45,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--init-only", action="store_true",
                     help="write the initial model (trunk + NetVLAD from the centres, no training) to "
                          "OUT/initial.pth and stop: the 'untrained' baseline of the results table")
-    # Placeholder so that the workflow's `--on-mismatch restart` parses until the real option is merged.
-    io.add_argument("--on-mismatch", choices=("refuse", "restart"), default="refuse", help=argparse.SUPPRESS)
+    io.add_argument("--on-mismatch", choices=("refuse", "restart"), default="refuse",
+                    help="when OUT holds a run of other options or other input files (by content), or a "
+                         "finished run whose outputs cannot be recreated: refuse with an error naming what "
+                         "differs (default), or restart: remove that run's files and train afresh")
     opts = parser.add_argument_group("training options (default: the reference scripts)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -62,15 +70,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vpr import distributed
     from vpr.data.index import Index
+    from vpr.errors import VprError
+    from vpr.train.checkpointing import RunLock
     from vpr.train.config import make_config
     from vpr.train.trainer import Trainer
 
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     cfg = make_config(args.config, {k: getattr(args, k) for k in names if hasattr(args, k)})
     info = distributed.init()
+    lock = RunLock(Path(args.out))
     try:
-        trainer = Trainer(cfg, Index(args.train_index, root=args.root), Index(args.val_index, root=args.root),
-                          args.centers, args.out, trunk=args.trunk, teacher=args.teacher, info=info)
-        return trainer.save_initial() if args.init_only else trainer.run()
+        train_index = Index(args.train_index, root=args.root)
+        val_index = Index(args.val_index, root=args.root)
+        if not args.init_only:
+            # Rank 0 holds the run directory for the whole run; its refusal stops every rank.
+            refusal = lock.acquire() if info.is_main else None
+            refusal = distributed.broadcast_object(refusal)
+            if refusal is not None:
+                raise VprError(refusal)
+        trainer = Trainer(cfg, train_index, val_index, args.centers, args.out, trunk=args.trunk,
+                          teacher=args.teacher, info=info, root=args.root)
+        return trainer.save_initial() if args.init_only else trainer.run(args.on_mismatch)
     finally:
+        lock.release()
         distributed.cleanup()

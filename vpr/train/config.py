@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -115,10 +116,32 @@ class TrainConfig:
             bad("extract_precision", f"{self.extract_precision!r} is not one of {', '.join(PRECISIONS)}")
         if len(self.image_size) != 2:
             bad("image_size", "expected [height, width]")
+        # NaN and infinities first (YAML `.nan`, `--lr inf`): no range check below would catch a NaN.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, float) and not math.isfinite(v):
+                    bad(f.name, f"must be a finite number, got {v}")
         for key in ("epochs", "gen0_epochs", "tuple_size", "neg_num", "neg_pool", "cache_size", "pos_num",
-                    "pos_pool", "step_size", "rerank_k1", "rerank_k2"):
+                    "pos_pool", "step_size", "rerank_k1", "rerank_k2", "num_clusters", "test_batch_size"):
             if getattr(self, key) < 1:
                 bad(key, f"must be at least 1, got {getattr(self, key)}")
+        for key in ("iters", "workers", "print_freq", "generation", "margin", "weight_decay", "soft_weight"):
+            if getattr(self, key) < 0:
+                bad(key, f"must be at least 0, got {getattr(self, key)}")
+        for key in ("lr", "tau"):
+            if getattr(self, key) <= 0:
+                bad(key, f"must be greater than 0, got {getattr(self, key)}")
+        if not 0 <= self.momentum < 1:
+            bad("momentum", f"must be in [0, 1), got {self.momentum}")
+        if not 0 < self.gamma <= 1:
+            bad("gamma", f"must be in (0, 1] (the learning-rate decay factor), got {self.gamma}")
+        if not 0 <= self.rerank_lambda <= 1:
+            bad("rerank_lambda", f"must be in [0, 1], got {self.rerank_lambda}")
+        if any(t <= 0 for t in self.temperatures):
+            bad("temperatures", f"every temperature must be greater than 0, got {self.temperatures}")
+        if any(v < 1 for v in self.image_size):
+            bad("image_size", f"height and width must be at least 1, got {self.image_size}")
         return self
 
     def to_dict(self) -> dict:

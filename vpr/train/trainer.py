@@ -35,8 +35,11 @@ from vpr.models import EmbedNet, ModelConfig, build_model, load_model, load_trun
 from vpr.precision import resolve_precision
 from vpr.stats import interval_column_names, interval_columns
 from vpr.train.checkpointing import (
+    RunState,
     StopFlag,
-    check_compatible,
+    check_finite,
+    differences,
+    input_identity,
     load_state,
     rng_state,
     save_state,
@@ -76,6 +79,16 @@ class RunPaths:
     def epoch(self, generation: int, epoch: int, sfrs: bool) -> Path:
         return self.out / (f"checkpoint_g{generation}_e{epoch}.pth" if sfrs else f"checkpoint_e{epoch}.pth")
 
+    def run_files(self) -> list[Path]:
+        """Every file a training run writes here (the lock aside): what a fresh start removes."""
+        fixed = [self.resume, self.best, self.last, self.log]
+        epochs = sorted(self.out.glob("checkpoint_e*.pth")) + sorted(self.out.glob("checkpoint_g*_e*.pth"))
+        return [p for p in fixed + epochs if p.is_file()]
+
+
+class _CannotRecreate(Exception):
+    """A finished run's declared output is missing and so is the epoch checkpoint it is copied from."""
+
 
 class TupleForward(nn.Module):
     """What DDP wraps: one forward over all images of the process's tuples, global or region output."""
@@ -111,7 +124,7 @@ def hard_loss(cfg: TrainConfig, q: torch.Tensor, p: torch.Tensor, n: torch.Tenso
 class Trainer:
     def __init__(self, cfg: TrainConfig, train_index: Index, val_index: Index, centers: str | Path,
                  out: str | Path, trunk: str | Path | None = None, teacher: str | Path | None = None,
-                 info: distributed.DistInfo | None = None):
+                 info: distributed.DistInfo | None = None, root: str | Path | None = None):
         self.cfg, self.info = cfg, info or distributed.init()
         self.train_index, self.val_index = train_index, val_index
         if train_index.train_positives is None:
@@ -147,8 +160,13 @@ class Trainer:
         self.miner = Miner(train_index.train_positives, train_index.train_nonnegatives, cfg.neg_num,
                            cfg.neg_pool, cfg.pos_num, cfg.pos_pool)
         self.q_files, self.db_files = train_index.query_files(), train_index.db_files()
-        self.state = {"epoch": 0, "chunk": 0, "step": 0, "tuples": None, "best_r5": -1.0, "best_epoch": -1,
-                      "history": [], "sums": [0.0, 0.0, 0.0, 0], "times": [0.0, 0.0], "finished": False}
+        self.state = RunState()
+        # What the weights are computed from, besides the options: hashed by rank 0 when the run starts.
+        self.input_files = {"train_index": train_index.path, "val_index": val_index.path, "centers": centers,
+                            "trunk": trunk, "teacher": teacher if self.teacher is not None else None}
+        self.root = None if root is None else str(root)
+        self.inputs: dict | None = None
+        self._saved: dict | None = None   # rank 0's loaded state between deciding and restoring
 
     # ------------------------------------------------------------------ features
     def describe(self, files: list[Path], desc: str) -> np.ndarray:
@@ -222,19 +240,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def save_resume(self) -> None:
+        check_finite(self.model, "before saving the training state")
         states = distributed.gather_objects(rng_state())
         if self.info.is_main:
             save_state(self.paths.resume, {
-                "config": self.cfg.to_dict(), "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "miner": self.miner.state_dict(), "rng": states, **self.state})
+                "config": self.cfg.to_dict(), "inputs": self.inputs, "run": self.state.to_dict(),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "miner": self.miner.state_dict(), "rng": states})
         distributed.barrier()
 
-    def try_resume(self) -> bool:
-        if not self.paths.resume.is_file():
-            return False
-        saved = load_state(self.paths.resume)
-        check_compatible(self.paths.resume, saved["config"], self.cfg.to_dict())
+    def restore(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -242,9 +257,92 @@ class Trainer:
         rngs = saved["rng"]
         if len(rngs) == self.info.world_size:
             set_rng_state(rngs[self.info.rank])
-        for key in self.state:
-            self.state[key] = saved[key]
-        return True
+        self.state = saved["run"]
+
+    def start(self, on_mismatch: str) -> str:
+        """Decide, on rank 0, how this invocation starts; the same answer on every rank.
+
+        "fresh" (no state, or a mismatching one discarded), "resume" (a state of this very configuration
+        and these inputs), or "done" (finished; missing outputs recreated). A mismatch with
+        ``on_mismatch="refuse"``, or a file that is no training state, is a VprError on every rank.
+        """
+        decision: tuple[str, str] = ("error", "rank 0 did not decide")
+        if self.info.is_main:
+            try:
+                decision = ("ok", self._decide(on_mismatch))
+            except VprError as err:
+                decision = ("error", str(err))
+        kind, value = distributed.broadcast_object(decision)
+        if kind == "error":
+            raise VprError(value)
+        if value == "resume":
+            self.restore(self._saved if self.info.is_main else load_state(self.paths.resume))
+        self._saved = None
+        return value
+
+    def _decide(self, on_mismatch: str) -> str:
+        resume = self.paths.resume
+        self.inputs = input_identity(self.input_files, self.root)
+        if not resume.is_file():
+            self._clear("")
+            return "fresh"
+        saved = load_state(resume)
+        diff = differences(saved, self.cfg.to_dict(), self.inputs)
+        if not diff and saved["run"].finished:
+            self.state = saved["run"]
+            try:
+                recreated = self._restore_outputs()
+            except _CannotRecreate as gone:
+                diff = [str(gone)]
+            else:
+                if recreated:
+                    print(f"{self.paths.out}: training already finished; recreated {', '.join(recreated)} "
+                          "from the kept epoch checkpoints and the saved history")
+                else:
+                    print(f"{self.paths.out}: training already finished; nothing to do")
+                return "done"
+        if diff:
+            what = "; ".join(diff)
+            if on_mismatch != "restart":
+                raise VprError(f"{resume}: this run directory holds a run of a different configuration or "
+                               f"inputs ({what}); pass --on-mismatch restart to discard it and train afresh, "
+                               "or use another --out directory")
+            self.state = RunState()
+            self._clear(f"the saved run does not match ({what})")
+            return "fresh"
+        self._saved = saved
+        return "resume"
+
+    def _clear(self, why: str) -> None:
+        """Remove every file of an earlier run here, so nothing stale is ever taken for this run's."""
+        old = self.paths.run_files()
+        for path in old:
+            path.unlink()
+        if why or old:
+            because = f"{why}; " if why else ""
+            print(f"{self.paths.out}: {because}removed {len(old)} file(s) of an earlier run, training afresh")
+
+    def _final_sources(self) -> dict[Path, Path]:
+        """The declared outputs that are copies of an epoch checkpoint, and that checkpoint."""
+        cfg, st = self.cfg, self.state
+        return {self.paths.last: self.paths.epoch(cfg.generation, cfg.epochs_this_run - 1, self.sfrs),
+                self.paths.best: self.paths.epoch(cfg.generation, st.best_epoch, self.sfrs)}
+
+    def _restore_outputs(self) -> list[str]:
+        """Recreate the missing declared outputs of a finished run (rank 0); the names recreated."""
+        missing = [p for p in (self.paths.last, self.paths.best, self.paths.log) if not p.exists()]
+        sources = self._final_sources()
+        for dst in missing:
+            if dst in sources and not sources[dst].is_file():
+                raise _CannotRecreate(f"{dst.name} is missing and so is {sources[dst].name}, the epoch "
+                                      "checkpoint it is copied from")
+        for dst in missing:
+            if dst in sources:
+                with atomic_output(dst) as tmp:
+                    shutil.copyfile(sources[dst], tmp)
+            else:
+                self.write_log()
+        return [p.name for p in missing]
 
     def write_log(self) -> None:
         if not self.info.is_main:
@@ -252,31 +350,33 @@ class Trainer:
         with atomic_output(self.paths.log) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
             writer.writeheader()
-            writer.writerows(self.state["history"])
+            writer.writerows(self.state.history)
 
     # ------------------------------------------------------------------ loop
     def save_initial(self) -> int:
         """Write the starting point of training (what 'untrained' means in the results) and stop."""
+        check_finite(self.model, "in the initial model (trunk and centres)")
         if self.info.is_main:
             save_model(self.paths.out / "initial.pth", self.model, **self._meta(-1))
             print(f"{self.paths.out / 'initial.pth'}: initial model (no training)")
         return 0
 
-    def run(self) -> int:
-        info, st = self.info, self.state
+    def run(self, on_mismatch: str = "refuse") -> int:
+        """Train in the run directory (locked by the caller), resuming or starting as `start` decides."""
+        info = self.info
         self.paths.out.mkdir(parents=True, exist_ok=True)
-        if self.try_resume():
-            if st["finished"]:
-                if info.is_main:
-                    print(f"{self.paths.out}: training already finished; nothing to do")
-                return 0
+        how = self.start(on_mismatch)
+        st = self.state
+        if how == "done":
+            return 0
+        if how == "resume":
             if info.is_main:
-                print(f"resuming from {self.paths.resume}: epoch {st['epoch']}, chunk {st['chunk']}, "
-                      f"iteration {st['step']}")
-        elif not st["history"]:
+                print(f"resuming from {self.paths.resume}: epoch {st.epoch}, chunk {st.chunk}, "
+                      f"iteration {st.step}")
+        elif not st.history:
             t0 = time.time()
             recall = self.validate()
-            st["history"].append(self._row(-1, recall, [0.0, 0.0, 0.0, 0], [0.0, 0.0], time.time() - t0))
+            st.history.append(self._row(-1, recall, RunState(), time.time() - t0))
             if info.is_main:
                 print("initial model: val " + self._fmt(recall))
             self.write_log()
@@ -290,14 +390,14 @@ class Trainer:
         cfg, info, st = self.cfg, self.info, self.state
         g = info.world_size * cfg.tuple_size
         n_q = self.train_index.num_queries
-        for epoch in range(st["epoch"], cfg.epochs_this_run):
+        for epoch in range(st.epoch, cfg.epochs_this_run):
             perm_gen = torch.Generator().manual_seed(cfg.seed * 1000 + cfg.generation * 100 + epoch)
             order = torch.randperm(n_q, generator=perm_gen).tolist()
             chunks = [order[i:i + cfg.cache_size] for i in range(0, n_q, cfg.cache_size)]
-            for c in range(st["chunk"], len(chunks)):
+            for c in range(st.chunk, len(chunks)):
                 chunk = chunks[c]
                 steps = cfg.iters or math.ceil(len(chunk) / g)
-                if st["tuples"] is None:
+                if st.tuples is None:
                     t0 = time.time()
                     q_feats = self.describe(self.q_files, f"epoch {epoch} chunk {c}: train queries")
                     db_feats = self.describe(self.db_files, f"epoch {epoch} chunk {c}: train database")
@@ -306,19 +406,17 @@ class Trainer:
                         jac = self.jaccard_rows(chunk, q_feats, db_feats)
                     rng = np.random.default_rng([cfg.seed, cfg.generation, epoch, c])
                     mined = self.miner.mine(chunk, q_feats, db_feats, rng, jac, sfrs=self.sfrs)
-                    st["tuples"] = [mined[i % len(mined)] for i in range(steps * g)]   # wrap-pad
-                    st["times"][0] += time.time() - t0
+                    st.tuples = [mined[i % len(mined)] for i in range(steps * g)]   # wrap-pad
+                    st.mining_s += time.time() - t0
                 if self._train_chunk(epoch, c, steps, stop):
                     return 128 + stop.signum
-                st["chunk"], st["step"], st["tuples"] = c + 1, 0, None
+                st.chunk, st.step, st.tuples = c + 1, 0, None
             self._end_epoch(epoch)
-        st["finished"] = True
+        st.finished = True
         if info.is_main:
-            last = self.paths.epoch(cfg.generation, cfg.epochs_this_run - 1, self.sfrs)
-            best = self.paths.epoch(cfg.generation, st["best_epoch"], self.sfrs)
             # The declared outputs are (re)written at the very end from the kept epoch files: a workflow
             # manager may delete them when a job is interrupted, and the resumed run must restore them.
-            for src, dst in ((last, self.paths.last), (best, self.paths.best)):
+            for dst, src in self._final_sources().items():
                 with atomic_output(dst) as tmp:
                     shutil.copyfile(src, tmp)
             self.write_log()
@@ -328,10 +426,10 @@ class Trainer:
     def _train_chunk(self, epoch: int, c: int, steps: int, stop: StopFlag) -> bool:
         """Train the remaining steps of chunk ``c``; True when stopped by a signal (state saved)."""
         cfg, info, st = self.cfg, self.info, self.state
-        tuples: list[Tuple] = st["tuples"]
+        tuples: list[Tuple] = st.tuples
         dataset = TupleDataset(tuples, self.q_files, self.db_files, tuple(cfg.image_size), cfg.color_jitter,
                                seed_key=[cfg.seed, cfg.generation, epoch, c])
-        sampler = RankStepSampler(steps, info.rank, info.world_size, cfg.tuple_size, start_step=st["step"])
+        sampler = RankStepSampler(steps, info.rank, info.world_size, cfg.tuple_size, start_step=st.step)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
                             collate_fn=collate_tuples, pin_memory=info.device.type == "cuda")
         self.model.train()
@@ -340,43 +438,48 @@ class Trainer:
                    disable=not info.is_main or None, initial=0)
         for images, layout in bar:
             loss, hard, soft = self.tuple_loss(images, layout)
+            # The logged loss is the mean over all ranks' tuples, as in a single-process run; a NaN or an
+            # infinity on any rank reaches every rank's mean, so all ranks stop here, before the step.
+            step_loss, step_hard, step_soft = distributed.mean_across_ranks(
+                torch.stack([loss.detach(), hard, soft.to(hard.device)])).tolist()
+            if not math.isfinite(step_loss):
+                raise VprError(f"training diverged: the loss is {step_loss} at epoch {epoch}, chunk {c}, "
+                               f"iteration {st.step + 1}; stopped before the optimiser step, nothing saved "
+                               "from this epoch; lower --lr (or check the inputs) and start again")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            st["step"] += 1
-            # The logged loss is the mean over all ranks' tuples, as in a single-process run.
-            step_loss, step_hard, step_soft = distributed.mean_across_ranks(
-                torch.stack([loss.detach(), hard, soft.to(hard.device)])).tolist()
-            sums = st["sums"]
-            sums[0] += step_loss
-            sums[1] += step_hard
-            sums[2] += step_soft
-            sums[3] += 1
-            bar.set_postfix(loss=f"{sums[0] / sums[3]:.4f}")
-            if cfg.print_freq and st["step"] % cfg.print_freq == 0 and info.is_main:
-                print(f"epoch {epoch} chunk {c} iteration {st['step']}/{steps}: loss {step_loss:.4f} "
-                      f"(mean {sums[0] / sums[3]:.4f})", flush=True)
+            st.step += 1
+            st.loss_sum += step_loss
+            st.hard_loss_sum += step_hard
+            st.soft_loss_sum += step_soft
+            st.loss_steps += 1
+            bar.set_postfix(loss=f"{st.loss_sum / st.loss_steps:.4f}")
+            if cfg.print_freq and st.step % cfg.print_freq == 0 and info.is_main:
+                print(f"epoch {epoch} chunk {c} iteration {st.step}/{steps}: loss {step_loss:.4f} "
+                      f"(mean {st.loss_sum / st.loss_steps:.4f})", flush=True)
             if distributed.any_rank(stop.raised, info.device):
-                st["times"][1] += time.time() - t0
+                st.train_s += time.time() - t0
                 self.save_resume()
                 if info.is_main:
                     print(f"stopped by signal {stop.signum} at epoch {epoch}, chunk {c}, iteration "
-                          f"{st['step']}; run the same command again to resume")
+                          f"{st.step}; run the same command again to resume")
                 return True
-        st["times"][1] += time.time() - t0
+        st.train_s += time.time() - t0
         return False
 
     def _end_epoch(self, epoch: int) -> None:
         cfg, info, st = self.cfg, self.info, self.state
+        check_finite(self.model, f"at the end of epoch {epoch}")
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         t0 = time.time()
         recall = self.validate()
-        row = self._row(epoch, recall, st["sums"], st["times"], time.time() - t0, lr)
-        st["history"].append(row)
-        is_best = recall[5] > st["best_r5"]
+        row = self._row(epoch, recall, st, time.time() - t0, lr)
+        st.history.append(row)
+        is_best = recall[5] > st.best_r5
         if is_best:
-            st["best_r5"], st["best_epoch"] = recall[5], epoch
+            st.best_r5, st.best_epoch = recall[5], epoch
         if info.is_main:
             meta = self._meta(epoch, recall)
             save_model(self.paths.epoch(cfg.generation, epoch, self.sfrs), self.model, **meta)
@@ -384,25 +487,27 @@ class Trainer:
                 save_model(self.paths.best, self.model, **meta)
             print(f"epoch {epoch}: loss {row['loss']:.4f}, val " + self._fmt(recall)
                   + (" (best)" if is_best else ""))
-        st.update(epoch=epoch + 1, chunk=0, step=0, tuples=None, sums=[0.0, 0.0, 0.0, 0], times=[0.0, 0.0])
+        st.start_epoch(epoch + 1)
         self.save_resume()
         self.write_log()
 
     def _meta(self, epoch: int, recall: dict | None = None) -> dict:
         meta = {"epoch": epoch, "generation": self.cfg.generation, "method": self.cfg.method,
-                "loss": self.cfg.loss, "best_recall5": self.state["best_r5"],
+                "loss": self.cfg.loss, "best_recall5": self.state.best_r5,
                 "train_config": self.cfg.to_dict()}
         if recall is not None:
             meta["recall"] = {str(k): v for k, v in recall.items()}
         return meta
 
-    def _row(self, epoch, recall, sums, times, val_s, lr=float("nan")) -> dict:
-        n = max(sums[3], 1)
-        return {"generation": self.cfg.generation, "epoch": epoch, "loss": sums[0] / n,
-                "loss_hard": sums[1] / n, "loss_soft": sums[2] / n, "lr": lr,
+    def _row(self, epoch: int, recall: dict, st: RunState, val_s: float, lr: float = float("nan")) -> dict:
+        """The log.csv row of one validation: the epoch's mean losses and times from ``st``."""
+        n = max(st.loss_steps, 1)
+        return {"generation": self.cfg.generation, "epoch": epoch, "loss": st.loss_sum / n,
+                "loss_hard": st.hard_loss_sum / n, "loss_soft": st.soft_loss_sum / n, "lr": lr,
                 "recall@1": recall[1], "recall@5": recall[5], "recall@10": recall[10],
                 **interval_columns(recall, self.val_index.num_queries),
-                "mining_s": round(times[0], 3), "train_s": round(times[1], 3), "val_s": round(val_s, 3)}
+                "mining_s": round(st.mining_s, 3), "train_s": round(st.train_s, 3),
+                "val_s": round(val_s, 3)}
 
     @staticmethod
     def _fmt(recall: dict) -> str:

@@ -1,7 +1,8 @@
 # Training: NetVLAD/SARE baselines, SFRS one generation per job, then the model each method is tested with.
 # Training jobs resume from their run directory's resume.pth, so a retried or re-run job continues
-# where the interrupted one stopped (Slurm pre-emption, scancel, --rerun-incomplete); a run directory whose
-# state came from other inputs or options starts afresh (TRAIN_ON_MISMATCH).
+# where the interrupted one stopped (Slurm pre-emption, scancel, --rerun-incomplete). Snakemake reruns a
+# job only when something changed or was asked for, so `--on-mismatch restart`: a state of other options
+# or inputs is discarded and the run starts afresh (a finished one recreates deleted outputs).
 
 
 rule train_baseline:

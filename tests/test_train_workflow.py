@@ -1,0 +1,174 @@
+"""The workflow follows every change to a training job with no manual step (real Snakemake, tiny data).
+
+One method (netvlad, triplet), a two-epoch run of two steps per epoch; each case starts from a copy of one
+finished workflow directory: `--forcerun train_baseline`, a Snakemake killed mid-training then `--unlock`
+and `--rerun-incomplete` (with the training process killed too, or finishing on its own), and an edit of
+`train.lr`.
+
+Written against the workflow config format of config/demo.yaml at the time (see ONE_METHOD).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_workflow import SNAKEMAKE, snakemake, write_config
+
+from vpr.models import load_model
+
+RUN = Path("results") / "train" / "netvlad"
+TARGET = RUN / "last.pth"
+TRAIN_LOG = Path("results") / "logs" / "train" / "netvlad.log"
+ONE_METHOD = {
+    "data.synth": {"preset": "tiny", "seed": 0, "out": "data/synth"},
+    "untrained": False,
+    "model.image_size": [96, 128],
+    "model.num_clusters": 8,
+    "cluster.images": 20,
+    "cluster.per_image": 20,
+    "cluster.iterations": 10,
+    "train.epochs": 2,
+    "train.iters": 2,
+    "train.cache_size": 40,
+    "train.neg_num": 3,
+    "train.neg_pool": 20,
+    "train.workers": 0,
+    "methods": {"netvlad": {"loss": "triplet"}},
+    "test_sets": ["pitts30k"],
+}
+
+
+def weights(path):
+    return load_model(path).state_dict()
+
+
+def same_weights(a, b) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(bool((wa[k] == wb[k]).all()) for k in wa)
+
+
+def lr_column(workdir) -> list[float]:
+    with open(workdir / RUN / "log.csv") as f:
+        return [float(r["lr"]) for r in csv.DictReader(f) if int(r["epoch"]) >= 0]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A workflow directory whose training job has finished (data, index files, centres, one run)."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    config = write_config(workdir / "tiny.yaml", "demo.yaml", **ONE_METHOD)
+    snakemake(workdir, "--configfile", config, "--cores", "2", TARGET)
+    assert lr_column(workdir) == [0.001, 0.001]
+    return workdir
+
+
+def copy_of(finished, tmp_path) -> Path:
+    workdir = tmp_path / "wf"
+    shutil.copytree(finished, workdir, symlinks=True)   # copy2: modification times kept for Snakemake
+    return workdir
+
+
+def run(workdir, *args, **kwargs):
+    return snakemake(workdir, "--configfile", workdir / "tiny.yaml", "--cores", "2", *args, **kwargs)
+
+
+def test_forcerun_recreates_the_outputs_of_the_finished_run(finished, tmp_path):
+    workdir = copy_of(finished, tmp_path)
+    run(workdir, "--forcerun", "train_baseline", TARGET)
+    log = (workdir / TRAIN_LOG).read_text()
+    assert "recreated last.pth, model_best.pth, log.csv" in log
+    for name in ("last.pth", "model_best.pth", "log.csv"):
+        assert (workdir / RUN / name).read_bytes() == (finished / RUN / name).read_bytes()
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after "pid (comm)": state, ppid, pgrp, session, ...; None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := stat_fields(int(entry.name))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, []))
+    return found
+
+
+def alive(pid: int) -> bool:
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+@pytest.mark.parametrize("killed", ["everything", "snakemake"])
+def test_a_killed_snakemake_is_unlocked_and_rerun_to_the_same_model(finished, tmp_path, killed):
+    """`everything`: a lost node (Snakemake, torchrun and the training process die at once); the rerun
+    resumes. `snakemake`: Snakemake and torchrun die, the training process (in its own session) finishes
+    on its own; the rerun, after Snakemake deleted the incomplete outputs, recreates them."""
+    workdir = copy_of(finished, tmp_path)
+    shutil.rmtree(workdir / RUN)            # the training job must run again
+    env = {**os.environ, "PATH": f"{Path(SNAKEMAKE[0]).parent}:{os.environ['PATH']}"}
+    cmd = [*SNAKEMAKE, "-d", str(workdir), "--configfile", str(workdir / "tiny.yaml"), "--cores", "2",
+           str(TARGET)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    # Kill once the state of epoch 0 is saved (resume.pth comes after checkpoint_e0.pth), while epoch 1
+    # trains.
+    deadline = time.time() + 300
+    while not (workdir / RUN / "resume.pth").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.02)
+    tree = descendants(proc.pid)
+    if killed == "everything":
+        victims = tree
+    else:
+        victims = [p for p in tree if (f := stat_fields(p)) is not None and int(f[3]) == proc.pid]
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    survivors = [p for p in tree if p not in victims]
+    if killed == "everything":
+        assert not (workdir / RUN / "last.pth").exists()      # killed mid-training
+    else:
+        assert survivors                                       # the training process lives on
+        while any(alive(p) for p in survivors):
+            assert time.time() < deadline
+            time.sleep(0.2)
+        assert (workdir / RUN / "last.pth").exists()          # and finished, with Snakemake gone
+    assert run(workdir, TARGET, check=False).returncode != 0   # Snakemake's lock is left behind
+    run(workdir, "--unlock")
+    run(workdir, "--rerun-incomplete", TARGET)
+    log = (workdir / TRAIN_LOG).read_text()
+    if killed == "everything":
+        assert "resuming from" in log
+    else:
+        assert "recreated last.pth, model_best.pth, log.csv" in log
+    wa, wb = weights(workdir / RUN / "last.pth"), weights(finished / RUN / "last.pth")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-6
+    assert (workdir / RUN / "log.csv").exists() and (workdir / RUN / "model_best.pth").exists()
+
+
+def test_an_edited_learning_rate_retrains_with_it(finished, tmp_path):
+    workdir = copy_of(finished, tmp_path)
+    write_config(workdir / "tiny.yaml", "demo.yaml", **{**ONE_METHOD, "train.lr": 0.003})
+    run(workdir, TARGET)
+    log = (workdir / TRAIN_LOG).read_text()
+    assert "lr: saved 0.001, now 0.003" in log and "training afresh" in log
+    assert lr_column(workdir) == [0.003, 0.003]
+    assert not same_weights(workdir / RUN / "last.pth", finished / RUN / "last.pth")
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(run(workdir, "-n", TARGET))
