@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from vpr.errors import VprError
-from vpr.io import atomic_output, open_h5
+from vpr.io import atomic_h5, open_h5
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def apply_pca(x: torch.Tensor | np.ndarray, params: PCAParams,
 
 def save_pca(path: str | os.PathLike, params: PCAParams) -> None:
     """Write ``params`` to the HDF5 file ``path`` atomically (complete file or none)."""
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:
         for name in ("U", "lams", "mu", "Utmu"):
             f.create_dataset(name, data=getattr(params, name).to(torch.float32).numpy())
         f.attrs["whiten"] = bool(params.whiten)

@@ -12,42 +12,49 @@ the recall table in the attributes `recall_n`, `recall`).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from vpr.commands.options import add_input, add_output, positive_int, unit_float
+
+
+def _default_rankings(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    return out.with_name(f"{out.stem}_rankings.h5")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from vpr.evaluate import RERANK_MAX_ITEMS
 
-    parser.add_argument("--index", required=True, help="index file of the split (ground truth, place ids)")
-    parser.add_argument("--features", required=True, help="features file of the split (from 'vpr extract')")
-    parser.add_argument("--out", required=True, help="CSV file for the recall table")
+    add_input(parser, "--index", required=True, help="index file of the split (ground truth, place ids)")
+    add_input(parser, "--features", required=True, help="features file of the split (from 'vpr extract')")
+    add_output(parser, "--out", required=True, help="CSV file for the recall table")
     parser.add_argument("--nms", action=argparse.BooleanOptionalAction, default=None,
                         help="Tokyo 24/7 spatial non-maximum suppression over db place ids "
                              "(default: on for tokyo247 indexes, off otherwise)")
-    parser.add_argument("--recall-at", type=int, nargs="+", default=[1, 5, 10, 20], metavar="N",
+    parser.add_argument("--recall-at", type=positive_int, nargs="+", default=[1, 5, 10, 20], metavar="N",
                         help="values of N for Recall@N")
-    parser.add_argument("--rankings", default=None,
-                        help="HDF5 file for the per-query rankings "
+    add_output(parser, "--rankings", default=None, derive=_default_rankings,
+               help="HDF5 file for the per-query rankings "
                              "(default: <out stem>_rankings.h5 beside --out)")
     parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking before the recall")
-    parser.add_argument("--rr-k1", type=int, default=25, help="re-ranking k1")
-    parser.add_argument("--rr-k2", type=int, default=1, help="re-ranking k2 (1: no query expansion)")
-    parser.add_argument("--rr-lambda", type=float, default=0.0,
+    parser.add_argument("--rr-k1", type=positive_int, default=25, help="re-ranking k1")
+    parser.add_argument("--rr-k2", type=positive_int, default=1, help="re-ranking k2 (1: no query expansion)")
+    parser.add_argument("--rr-lambda", type=unit_float, default=0.0,
                         help="re-ranking weight of the original distance")
-    parser.add_argument("--rr-max-items", type=int, default=RERANK_MAX_ITEMS,
+    parser.add_argument("--rr-max-items", type=positive_int, default=RERANK_MAX_ITEMS,
                         help="refuse re-ranking above this many query + database images (dense matrices)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import h5py
     import numpy as np
 
     from vpr.data.index import Index
     from vpr.errors import VprError
     from vpr.evaluate import evaluate
     from vpr.extract import read_features
-    from vpr.io import atomic_output
+    from vpr.io import atomic_h5, atomic_output
 
     ns = sorted(set(args.recall_at))
     if ns[0] < 1:
@@ -69,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     rankings = Path(args.rankings) if args.rankings else out.with_name(f"{out.stem}_rankings.h5")
-    with atomic_output(rankings) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(rankings) as f:
         f.create_dataset("topk", data=result.topk)
         f.create_dataset("distances", data=result.distances)
         f.create_dataset("first_positive", data=result.first_positive)

@@ -27,7 +27,7 @@ import numpy as np
 
 from vpr.data.geometry import csr_rows, radius_neighbours
 from vpr.errors import VprError
-from vpr.io import atomic_output, open_h5
+from vpr.io import atomic_h5, open_h5
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -116,7 +116,7 @@ def build_index(
         raise VprError(f"{source}: {no_gt.size} query image(s) have no database image within "
                        f"{eval_radius} m (first: {first}); every evaluation query needs a positive")
 
-    with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(out) as f:
         f.create_dataset("db/path", data=records.db_path, dtype=_STR)
         f.create_dataset("db/utm", data=db_utm)
         f.create_dataset("db/place", data=db_place)
