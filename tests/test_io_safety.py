@@ -8,6 +8,7 @@ RLIMIT_FSIZE) and real signals.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -311,7 +312,7 @@ def test_parent_that_is_a_file_and_out_that_is_a_directory(arts, tmp_path, comma
     blocker.write_text("x")
     args, target = _fs_commands(arts, blocker)[command]
     proc = run_vpr(*args, check=False)
-    _assert_one_line_nothing_left(proc, target, [p.name for p in tmp_path.iterdir()], allowed=("blocker",))
+    _assert_one_line_nothing_left(proc, blocker, [p.name for p in tmp_path.iterdir()], allowed=("blocker",))
     assert "not a directory" in proc.stderr and blocker.read_text() == "x"
 
     out_dir = tmp_path / "d"
@@ -338,18 +339,27 @@ def test_artifacts_follow_the_umask(arts, tmp_path, umask):
 
 # --- 4. temporaries: a dead writer's is removed, a signal leaves none ----------------------------------
 
+def _stopped(proc) -> None:
+    """Wait until a SIGSTOP sent to ``proc`` has taken effect."""
+    while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        time.sleep(0.001)
+
+
 def _stop_mid_write(args, out_dir: Path, attempts: int = 8):
-    """Start `vpr ARGS`, SIGSTOP it as soon as its temporary file appears; (process, temp) or skip."""
+    """Start `vpr ARGS`, SIGSTOP it once its temporary file has content (the write has begun, unlike
+    the empty probe of the writability check); (process, temp) or skip."""
     for _ in range(attempts):
         proc = subprocess.Popen([*VPR, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=ENV)
         while proc.poll() is None:
-            temps = [n for n in os.listdir(out_dir) if n.endswith(".tmp")]
-            if temps:
-                proc.send_signal(signal.SIGSTOP)
-                if (out_dir / temps[0]).exists():
-                    return proc, out_dir / temps[0]
-                proc.send_signal(signal.SIGCONT)
+            for temp in (out_dir / n for n in os.listdir(out_dir) if n.endswith(".tmp")):
+                with contextlib.suppress(OSError):
+                    if temp.stat().st_size > 0:
+                        proc.send_signal(signal.SIGSTOP)
+                        _stopped(proc)
+                        if temp.exists():
+                            return proc, temp
+                        proc.send_signal(signal.SIGCONT)
         proc.communicate()
         for p in out_dir.iterdir():
             p.unlink()

@@ -18,6 +18,7 @@ import threading
 from vpr import __version__
 from vpr.commands.options import check_declared_paths
 from vpr.errors import VprError
+from vpr.io import hold_signal
 
 # Subcommand name -> (module under vpr.commands, one-line summary). Order is the pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -87,6 +88,8 @@ def _raise_terminated(signum, frame):
     if os.getpid() != _MAIN_PID:   # a forked worker (DataLoader) inherited the handler: die as before
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+        return
+    if hold_signal(signum):   # inside an HDF5 write: raised when the file is closed (vpr.io.atomic_h5)
         return
     raise Terminated(signum)
 

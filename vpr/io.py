@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import secrets
+import signal
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -60,6 +61,20 @@ def _create_temporary(path: Path) -> tuple[Path, int]:
             pass
         os.close(fd)
     raise OSError(errno.EEXIST, f"could not create a temporary file beside {path}")
+
+
+def make_temporary_dir(path: str | os.PathLike, tag: str) -> Path:
+    """A new, empty directory beside ``path`` (``.NAME.<tag>-<random>``) to build a tree in before moving
+    it onto ``path``; created 0777 minus the umask like any directory the user makes (mkdtemp: 0700)."""
+    path = Path(path)
+    for _ in range(100):
+        directory = path.parent / f".{path.name}.{tag}-{secrets.token_hex(_TEMP_TOKEN_HEX)}"
+        try:
+            os.mkdir(directory, 0o777)
+            return directory
+        except FileExistsError:
+            continue
+    raise OSError(errno.EEXIST, f"could not create a temporary directory beside {path}")
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
@@ -152,17 +167,48 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)
 
 
+# Termination signals that arrive while HDF5 calls back into Python are held until the HDF5 file is
+# closed: an exception raised inside such a callback is printed and dropped by h5py ("Exception ignored"),
+# and the command would go on as if no signal had come.
+_hold_depth = 0
+_held: list[int] = []
+
+
+def hold_signal(signum: int) -> bool:
+    """For a signal handler: True (and remember ``signum``) while signals are held, False otherwise."""
+    if _hold_depth:
+        _held.append(signum)
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    global _hold_depth
+    _hold_depth += 1
+    try:
+        yield
+    finally:
+        _hold_depth -= 1
+        if not _hold_depth and _held:
+            signum = _held[0]
+            _held.clear()
+            signal.raise_signal(signum)   # delivered again, now outside HDF5: its handler raises here
+
+
 @contextlib.contextmanager
 def atomic_h5(path: str | os.PathLike, **kwargs) -> Iterator:
     """An ``h5py.File`` open for writing whose content lands at ``path`` atomically (see atomic_output).
 
     HDF5 writes through a Python file object here, never opening the file itself: a failed write then
     surfaces as a plain OSError (turned into one line by atomic_output), and HDF5's own file lock does not
-    collide with the flock that marks the temporary file as in use.
+    collide with the flock that marks the temporary file as in use. A termination signal during the
+    block takes effect when the HDF5 file is closed, before the rename (nothing lands at ``path``).
     """
     import h5py  # here, not at the top: light commands (select, table) use vpr.io without HDF5
 
-    with atomic_output(path) as tmp, open(tmp, "r+b") as raw, h5py.File(raw, "w", **kwargs) as f:
+    with atomic_output(path) as tmp, _signals_held(), open(tmp, "r+b") as raw, \
+            h5py.File(raw, "w", **kwargs) as f:
         yield f
 
 
