@@ -40,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rr-k1", type=positive_int, default=25, help="re-ranking k1")
     parser.add_argument("--rr-k2", type=positive_int, default=1, help="re-ranking k2 (1: no query expansion)")
     parser.add_argument("--rr-lambda", type=unit_float, default=0.0,
-                        help="re-ranking weight of the original distance")
+                        help="re-ranking weight of the original distance, 0 to 1")
     parser.add_argument("--rr-max-items", type=positive_int, default=RERANK_MAX_ITEMS,
                         help="refuse re-ranking above this many query + database images (dense matrices)")
 
