@@ -110,13 +110,19 @@ def _is_torch_write_failure(err: RuntimeError) -> bool:
     return any(s in text for s in ("inline_container", "PytorchStreamWriter", "file write failed"))
 
 
-def _write_error(path: Path, err: BaseException) -> VprError:
+def _write_error(path: Path, tmp: Path, err: BaseException) -> VprError:
     reason = _reason(err)
-    if isinstance(err, RuntimeError):
+    if isinstance(err, RuntimeError):   # torch's message names no cause: find the likely one
+        import resource
+
+        reason = "the write failed"
         with contextlib.suppress(OSError):
             st = os.statvfs(path.parent)
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
             if st.f_bavail * st.f_frsize < (1 << 20):
                 reason = os.strerror(errno.ENOSPC)
+            elif limit != resource.RLIM_INFINITY and tmp.stat().st_size >= limit:
+                reason = os.strerror(errno.EFBIG)
     return VprError(f"{path}: cannot write ({reason})")
 
 
@@ -155,11 +161,11 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         except OSError as err:
             if _foreign_os_error(err, (tmp, path)):
                 raise
-            raise _write_error(path, err) from err
+            raise _write_error(path, tmp, err) from err
         except RuntimeError as err:
             if not _is_torch_write_failure(err):
                 raise
-            raise _write_error(path, err) from err
+            raise _write_error(path, tmp, err) from err
     finally:
         if not committed:
             with contextlib.suppress(OSError):
