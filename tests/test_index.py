@@ -238,11 +238,16 @@ def test_option_errors(tmp_path, capsys):
     for argv, message in [
         (["--format", "pitts", "--csv", str(mat)], "--format pitts needs --mat FILE"),
         (["--format", "csv", "--mat", str(mat)], "--format csv needs --csv FILE"),
-        (["--format", "pitts", "--mat", str(mat), "--eval-radius", "0"], "--eval-radius must be positive"),
     ]:
         rc, _, err = run_cli([*argv, "--root", str(tmp_path), "--out", str(out)], capsys)
         assert rc == 2 and message in err
         assert_nothing_written(out)
+    with pytest.raises(SystemExit) as usage:   # a nonsense number is a usage error at parse time
+        run_cli(["--format", "pitts", "--mat", str(mat), "--eval-radius", "0", "--root", str(tmp_path),
+                 "--out", str(out)], capsys)
+    assert usage.value.code == 2
+    assert "argument --eval-radius: must be a positive number, got 0" in capsys.readouterr().err
+    assert_nothing_written(out)
     rc, _, err = run_cli(["--format", "pitts", "--mat", str(mat), "--root", str(tmp_path / "nodir"),
                           "--out", str(out)], capsys)
     assert rc == 2 and f"--root {tmp_path / 'nodir'}: not a directory" in err

@@ -10,10 +10,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
+import threading
 
 from vpr import __version__
+from vpr.commands.options import check_declared_paths
 from vpr.errors import VprError
+from vpr.io import hold_signal
 
 # Subcommand name -> (module under vpr.commands, one-line summary). Order is the pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -63,12 +68,46 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+class Terminated(BaseException):
+    """Raised by a termination signal so that every ``finally`` runs (temporary files are removed).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+TERMINATION_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+_MAIN_PID = os.getpid()
+
+
+def _raise_terminated(signum, frame):
+    if os.getpid() != _MAIN_PID:   # a forked worker (DataLoader) inherited the handler: die as before
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    if hold_signal(signum):   # inside an HDF5 write: raised when the file is closed (vpr.io.atomic_h5)
+        return
+    raise Terminated(signum)
+
+
+def install_signal_handlers() -> dict:
+    """Termination signals raise Terminated; SIGXFSZ is ignored, so that a write past the file-size limit
+    (ulimit -f) fails with EFBIG, an OSError reported as one line, instead of killing the process.
+    Returns the previous handlers. `vpr train` installs its own SIGTERM handler (a graceful checkpoint)
+    for the duration of its loop and restores this one after."""
+    global _MAIN_PID
+    if threading.current_thread() is not threading.main_thread():
+        return {}   # main() called from a thread (embedding): signals stay as they are
+    _MAIN_PID = os.getpid()
+    previous = {signal.SIGXFSZ: signal.signal(signal.SIGXFSZ, signal.SIG_IGN)}
+    for sig in TERMINATION_SIGNALS:
+        previous[sig] = signal.signal(sig, _raise_terminated)
+    return previous
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,14 +120,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format=f"vpr {args.command}: %(levelname)s: %(message)s")
     logging.getLogger("faiss").setLevel(logging.WARNING)   # it logs which CPU build it loaded, at INFO
+    previous = install_signal_handlers()
     try:
+        check_declared_paths(args)   # every command: no output overwrites an input, each can be written
         result = args._run(args)
     except VprError as err:
         print(f"vpr {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:   # SIGINT while the default handler was in place (e.g. restored by a library)
         print(f"vpr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated as stop:
+        print(f"vpr {args.command}: terminated by signal {stop.signum}", file=sys.stderr)
+        return 128 + stop.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return int(result or 0)
 
 

@@ -21,7 +21,6 @@ import os
 from collections.abc import Sequence
 
 import faiss
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,7 @@ from vpr import artifacts, distributed
 from vpr.data.images import check_images_exist
 from vpr.errors import VprError
 from vpr.extract import image_batches
-from vpr.io import atomic_output
+from vpr.io import atomic_h5
 from vpr.models import EmbedNet
 from vpr.precision import Precision, channels_last, resolve_precision, to_channels_last
 
@@ -101,7 +100,7 @@ def cluster(model: EmbedNet, files: Sequence[str], out: str | os.PathLike, *, nu
     summary = {"images": len(chosen), "descriptors": len(descriptors), "dim": descriptors.shape[1]}
     if info.is_main:
         centroids = kmeans(descriptors, num_clusters, iterations, seed)
-        with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
+        with atomic_h5(out) as f:
             f.create_dataset("centroids", data=centroids)
             f.create_dataset("descriptors", data=descriptors)
             f.attrs.update({"kind": artifacts.CENTERS, "num_images": len(chosen), "per_image": per_image,

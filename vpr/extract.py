@@ -30,7 +30,7 @@ from tqdm import tqdm
 from vpr import artifacts
 from vpr.data.images import ImageListDataset, SizeBucketBatchSampler, check_images_exist
 from vpr.errors import VprError
-from vpr.io import atomic_output
+from vpr.io import atomic_h5
 from vpr.precision import Precision, resolve_precision, to_channels_last
 from vpr.precision import channels_last as model_channels_last
 
@@ -164,7 +164,7 @@ def extract_features(
 def write_features(path: str | os.PathLike, db: np.ndarray, query: np.ndarray, attrs: dict) -> None:
     """Write a features file atomically (datasets ``db`` and ``query``, float32, plus ``attrs`` and the
     ``kind`` attribute)."""
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:
         f.create_dataset("db", data=np.asarray(db, dtype=np.float32))
         f.create_dataset("query", data=np.asarray(query, dtype=np.float32))
         f.attrs.update(attrs)

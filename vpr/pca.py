@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from vpr import artifacts
 from vpr.errors import VprError
-from vpr.io import atomic_output, sha256sum
+from vpr.io import atomic_h5, sha256sum
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def apply_pca(x: torch.Tensor | np.ndarray, params: PCAParams,
 
 def save_pca(path: str | os.PathLike, params: PCAParams) -> None:
     """Write ``params`` to the HDF5 file ``path`` atomically (complete file or none)."""
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:
         for name in ("U", "lams", "mu", "Utmu"):
             f.create_dataset(name, data=getattr(params, name).to(torch.float32).numpy())
         f.attrs["kind"] = artifacts.PCA

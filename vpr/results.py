@@ -143,9 +143,9 @@ class Rankings:
 def write_rankings(path: str | os.PathLike, topk: np.ndarray, distances: np.ndarray,
                    first_positive: np.ndarray, recall: dict[int, float], **attrs) -> None:
     """Write a rankings file atomically; ``attrs`` (index, features, nms, rerank, ...) are stored as given."""
-    import h5py
+    from vpr.io import atomic_h5
 
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(path) as f:
         f.create_dataset("topk", data=np.asarray(topk, dtype=np.int64))
         f.create_dataset("distances", data=np.asarray(distances, dtype=np.float32))
         f.create_dataset("first_positive", data=np.asarray(first_positive, dtype=np.int64))

@@ -1,1 +1,1 @@
-"""One module per `vpr` subcommand (see vpr.cli)."""
+"""One module per `vpr` subcommand (see vpr.cli), plus `options`: the argument helpers they share."""

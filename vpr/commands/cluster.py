@@ -12,25 +12,28 @@ from __future__ import annotations
 
 import argparse
 
+from vpr.commands.options import add_input, add_output, non_negative_int, positive_int
 from vpr.precision import PRECISION_HELP, PRECISIONS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--index", required=True, help="index file of the training split")
-    parser.add_argument("--out", required=True, help="output HDF5 file (centroids, descriptors)")
-    parser.add_argument("--trunk", help="pretrained trunk weights (<index>.weight/.bias); default: random "
-                                        "initialisation seeded by --seed")
+    add_input(parser, "--index", required=True, help="index file of the training split")
+    add_output(parser, "--out", required=True, help="output HDF5 file (centroids, descriptors)")
+    add_input(parser, "--trunk", help="pretrained trunk weights (<index>.weight/.bias); default: random "
+              "initialisation seeded by --seed")
     parser.add_argument("--backbone", default="vgg16", help="backbone: vgg16 or small")
-    parser.add_argument("--image-size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"),
+    parser.add_argument("--image-size", type=positive_int, nargs=2, default=[480, 640], metavar=("H", "W"),
                         help="image size the descriptors are computed at")
-    parser.add_argument("--num-clusters", type=int, default=64, help="number of centres K")
-    parser.add_argument("--images", type=int, default=500, help="number of sampled training images")
-    parser.add_argument("--per-image", type=int, default=100, help="random locations taken per image")
-    parser.add_argument("--iterations", type=int, default=100, help="k-means iterations")
-    parser.add_argument("--seed", type=int, default=43, help="seed of the image and location sampling, "
-                                                             "k-means and the random initialisation")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--num-clusters", type=positive_int, default=64, help="number of centres K")
+    parser.add_argument("--images", type=positive_int, default=500,
+                        help="number of sampled training images")
+    parser.add_argument("--per-image", type=positive_int, default=100,
+                        help="random locations taken per image")
+    parser.add_argument("--iterations", type=positive_int, default=100, help="k-means iterations")
+    parser.add_argument("--seed", type=non_negative_int, default=43,
+                        help="seed of the image and location sampling, k-means and the random initialisation")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes")
     parser.add_argument("--root", help="data-set root overriding the one recorded in the index file")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
 

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import argparse
 
-from vpr.commands.extract import add_pca_options
+from vpr.commands.options import add_input, add_output, add_pca_options, positive_int
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pth)")
+    add_input(parser, "images", nargs="+", metavar="IMAGE", help="image files")
+    add_input(parser, "--checkpoint", required=True, help="model checkpoint (.pth)")
     add_pca_options(parser)
     parser.add_argument("--resize", choices=("fixed", "shorter-side"), default="fixed",
                         help="the model's fixed image size, or shorter side = the longer side of that size "
                              "keeping the aspect ratio")
-    parser.add_argument("--out", default=None, help="save the descriptors to this .npy or .h5 file")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    add_output(parser, "--out", default=None, help="save the descriptors to this .npy or .h5 file")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
                 with open(tmp, "wb") as f:  # np.save(path) would append ".npy" to the temporary name
                     np.save(f, desc)
             else:
-                with h5py.File(tmp, "w") as f:
+                # through a file object: HDF5 must not open (and lock) the flocked temporary itself
+                with open(tmp, "r+b") as raw, h5py.File(raw, "w") as f:
                     f.create_dataset("descriptors", data=desc)
                     f.create_dataset("paths", data=[str(p) for p in args.images], dtype=h5py.string_dtype())
                     f.attrs.update({"checkpoint": str(args.checkpoint), "pca": str(args.pca or ""),

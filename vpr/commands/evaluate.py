@@ -11,28 +11,37 @@ rankings (HDF5: `topk`, `distances`, `first_positive`), both in the formats of v
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from vpr.commands.options import add_input, add_output, positive_int, unit_float
+
+
+def _default_rankings(args: argparse.Namespace) -> Path:
+    from vpr.results import default_rankings_path
+
+    return default_rankings_path(args.out)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from vpr.evaluate import RERANK_MAX_ITEMS
 
-    parser.add_argument("--index", required=True, help="index file of the split (ground truth, place ids)")
-    parser.add_argument("--features", required=True, help="features file of the split (from 'vpr extract')")
-    parser.add_argument("--out", required=True, help="CSV file for the recall table")
+    add_input(parser, "--index", required=True, help="index file of the split (ground truth, place ids)")
+    add_input(parser, "--features", required=True, help="features file of the split (from 'vpr extract')")
+    add_output(parser, "--out", required=True, help="CSV file for the recall table")
     parser.add_argument("--nms", action=argparse.BooleanOptionalAction, default=None,
                         help="Tokyo 24/7 spatial non-maximum suppression over db place ids "
                              "(default: on for tokyo247 indexes, off otherwise)")
-    parser.add_argument("--recall-at", type=int, nargs="+", default=[1, 5, 10, 20], metavar="N",
+    parser.add_argument("--recall-at", type=positive_int, nargs="+", default=[1, 5, 10, 20], metavar="N",
                         help="values of N for Recall@N")
-    parser.add_argument("--rankings", default=None,
-                        help="HDF5 file for the per-query rankings (default: beside --out, X_recall.csv -> "
-                             "X_rankings.h5, other X.csv -> X_rankings.h5)")
+    add_output(parser, "--rankings", default=None, derive=_default_rankings,
+               help="HDF5 file for the per-query rankings (default: beside --out, X_recall.csv -> "
+                    "X_rankings.h5, other X.csv -> X_rankings.h5)")
     parser.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking before the recall")
-    parser.add_argument("--rr-k1", type=int, default=25, help="re-ranking k1")
-    parser.add_argument("--rr-k2", type=int, default=1, help="re-ranking k2 (1: no query expansion)")
-    parser.add_argument("--rr-lambda", type=float, default=0.0,
-                        help="re-ranking weight of the original distance")
-    parser.add_argument("--rr-max-items", type=int, default=RERANK_MAX_ITEMS,
+    parser.add_argument("--rr-k1", type=positive_int, default=25, help="re-ranking k1")
+    parser.add_argument("--rr-k2", type=positive_int, default=1, help="re-ranking k2 (1: no query expansion)")
+    parser.add_argument("--rr-lambda", type=unit_float, default=0.0,
+                        help="re-ranking weight of the original distance, 0 to 1")
+    parser.add_argument("--rr-max-items", type=positive_int, default=RERANK_MAX_ITEMS,
                         help="refuse re-ranking above this many query + database images (dense matrices)")
 
 
@@ -50,8 +59,6 @@ def run(args: argparse.Namespace) -> int:
         raise VprError(f"--recall-at: values must be positive, got {args.recall_at}")
     out = Path(args.out)
     rankings = Path(args.rankings) if args.rankings else default_rankings_path(out)
-    if rankings.resolve() == out.resolve():
-        raise VprError(f"--rankings {rankings} is the recall CSV --out; give them different names")
     index = Index(args.index)
     features = FeaturesFile(args.features)
     features.check_index(index)  # extracted from this index (fingerprint), before reading the descriptors

@@ -20,25 +20,17 @@ from __future__ import annotations
 import argparse
 import os
 
+from vpr.commands.options import add_input, add_output, add_pca_options, non_negative_int, positive_int
 from vpr.precision import PRECISION_HELP, PRECISIONS
 
 
-def add_pca_options(parser: argparse.ArgumentParser) -> None:
-    """--pca and --whiten, shared by `vpr extract` and `vpr describe` (see load_model_with_pca)."""
-    parser.add_argument("--pca", default=None,
-                        help="PCA file to attach (from 'vpr fit-pca'); none by default")
-    parser.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=None,
-                        help="with --pca: whiten (scale by the eigenvalues^-1/2) or only project "
-                             "(default: the PCA file's 'whiten' attribute, on when absent)")
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pth)")
-    parser.add_argument("--index", required=True, help="index file of the split (from 'vpr index')")
+    add_input(parser, "--checkpoint", required=True, help="model checkpoint (.pth)")
+    add_input(parser, "--index", required=True, help="index file of the split (from 'vpr index')")
     add_pca_options(parser)
-    parser.add_argument("--out", required=True, help="features file to write (HDF5)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
-    parser.add_argument("--workers", type=int, default=2, help="image-loading worker processes")
+    add_output(parser, "--out", required=True, help="features file to write (HDF5)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="image-loading worker processes")
     parser.add_argument("--root", default=None,
                         help="data-set root to resolve image paths (default: the root recorded in the index)")
     parser.add_argument("--query-resize", choices=("fixed", "shorter-side"), default=None,

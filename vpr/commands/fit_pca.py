@@ -14,21 +14,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from vpr.cli import positive_int
+from vpr.commands.options import add_input, add_output, non_negative_int, positive_int
 from vpr.errors import VprError
 
 SUBSETS = ("all", "db", "query")  # the keys of vpr.extract.SUBSET_DATASETS (not imported: --help stays light)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--features", required=True, type=Path, metavar="F.h5",
-                        help="features file with float32 datasets 'db' and 'query' (from 'vpr extract')")
-    parser.add_argument("--out", required=True, type=Path, metavar="PCA.h5", help="PCA file to write")
+    add_input(parser, "--features", required=True, type=Path, metavar="F.h5",
+              help="features file with float32 datasets 'db' and 'query' (from 'vpr extract')")
+    add_output(parser, "--out", required=True, type=Path, metavar="PCA.h5", help="PCA file to write")
     parser.add_argument("--dim", type=positive_int, default=4096,
                         help="number of principal components to keep (capped at min(D, N-1))")
     parser.add_argument("--samples", type=positive_int, default=10000,
                         help="number of descriptors sampled (without replacement) to fit on")
-    parser.add_argument("--seed", type=int, default=43, help="seed of the row sample")
+    parser.add_argument("--seed", type=non_negative_int, default=43, help="seed of the row sample")
     parser.add_argument("--subset", choices=SUBSETS, default="all",
                         help="which descriptors to sample from: database, queries or both")
     parser.add_argument("--no-whiten", dest="whiten", action="store_false",

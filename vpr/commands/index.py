@@ -22,6 +22,7 @@ import argparse
 import time
 from pathlib import Path
 
+from vpr.commands.options import add_input, add_output, non_negative_int, positive_float
 from vpr.errors import VprError
 
 
@@ -29,21 +30,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from vpr.data.formats import FORMATS
 
     parser.add_argument("--format", required=True, choices=FORMATS, help="format of the split file")
-    parser.add_argument("--mat", type=Path, help="the split's .mat file (formats pitts, tokyo247, tokyotm)")
-    parser.add_argument("--csv", type=Path, help="the split's CSV file (format csv)")
+    add_input(parser, "--mat", type=Path, help="the split's .mat file (formats pitts, tokyo247, tokyotm)")
+    add_input(parser, "--csv", type=Path, help="the split's CSV file (format csv)")
     parser.add_argument("--root", type=Path, required=True,
                         help="data-set root; the image paths in the index are relative to it")
-    parser.add_argument("--out", type=Path, required=True, help="index file to write (HDF5)")
+    add_output(parser, "--out", type=Path, required=True, help="index file to write (HDF5)")
     parser.add_argument("--split", choices=("train", "val", "test"),
                         help="split name (default: the .mat's whichSet; test for tokyo247 and csv)")
-    parser.add_argument("--eval-radius", type=float, default=25.0,
+    parser.add_argument("--eval-radius", type=positive_float, default=25.0,
                         help="evaluation positives: database images within this many metres")
-    parser.add_argument("--train-pos-radius", type=float, default=10.0,
+    parser.add_argument("--train-pos-radius", type=positive_float, default=10.0,
                         help="training positives: database images within this many metres "
                              "(the query's own place excluded)")
-    parser.add_argument("--train-neg-radius", type=float, default=25.0,
+    parser.add_argument("--train-neg-radius", type=positive_float, default=25.0,
                         help="training non-negatives: database images within this many metres")
-    parser.add_argument("--seed", type=int, default=43,
+    parser.add_argument("--seed", type=non_negative_int, default=43,
                         help="seed of the TokyoTM val query/database draw")
     parser.add_argument("--skip-image-check", action="store_true",
                         help="do not check that every listed image exists under --root (for huge trees)")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-from vpr.cli import positive_int
+from vpr.commands.options import add_input, add_output, non_negative_int, positive_int
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -33,33 +33,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p = modes.add_parser("recall", help="Recall@N curves of several methods on one data set",
                          description="Recall@N curves (N on a log axis), one line per method.",
                          formatter_class=fmt)
-    p.add_argument("--recall", nargs=2, action="append", required=True, metavar=("METHOD", "CSV"),
-                   help="method key and its recall CSV from 'vpr evaluate' (repeat for several methods)")
+    add_input(p, "--recall", nargs=2, action="append", required=True, metavar=("METHOD", "CSV"),
+              help="method key and its recall CSV from 'vpr evaluate' (repeat for several methods)")
     p.add_argument("--dataset", default=None,
                    help="data-set key (pitts30k, pitts250k, tokyo): also draw its published numbers")
     p.add_argument("--title", default="", help="figure title (default: from --dataset)")
-    p.add_argument("--out", required=True, metavar="PNG", help="PNG file to write")
+    add_output(p, "--out", required=True, metavar="PNG", help="PNG file to write")
 
     p = modes.add_parser("training", help="training loss and validation recall per epoch",
                          description="Training loss and validation R@1/R@5 per epoch, one colour per log.",
                          formatter_class=fmt)
-    p.add_argument("--log", nargs=2, action="append", required=True, metavar=("LABEL", "LOG_CSV"),
-                   help="legend label and a training log.csv (repeat; SFRS generations in order)")
+    add_input(p, "--log", nargs=2, action="append", required=True, metavar=("LABEL", "LOG_CSV"),
+              help="legend label and a training log.csv (repeat; SFRS generations in order)")
     p.add_argument("--layout", choices=LAYOUTS, default="auto",
                    help="chain: generations one after another; overlay: all logs on one epoch axis; "
                         "auto: chain when the logs are consecutive single generations")
     p.add_argument("--title", default="", help="figure title")
-    p.add_argument("--out", required=True, metavar="PNG", help="PNG file to write")
+    add_output(p, "--out", required=True, metavar="PNG", help="PNG file to write")
 
     p = modes.add_parser("examples", help="grid of example queries and their top retrievals",
                          description="Example queries and their top retrievals, framed green (positive) "
                                      "or red (not).", formatter_class=fmt)
-    p.add_argument("--index", required=True, help="index file of the evaluated split (images, ground truth)")
-    p.add_argument("--rankings", required=True, help="rankings HDF5 of 'vpr evaluate' on that index")
-    p.add_argument("--out", required=True, metavar="PNG", help="PNG file to write")
+    add_input(p, "--index", required=True, help="index file of the evaluated split (images, ground truth)")
+    add_input(p, "--rankings", required=True, help="rankings HDF5 of 'vpr evaluate' on that index")
+    add_output(p, "--out", required=True, metavar="PNG", help="PNG file to write")
     p.add_argument("--queries", type=positive_int, default=6, help="number of queries (rows)")
     p.add_argument("--top", type=positive_int, default=5, help="retrievals shown per query")
-    p.add_argument("--seed", type=int, default=0, help="seed of the query choice (default: 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the query choice (default: 0)")
     p.add_argument("--root", default=None, help="data-set root (default: the one recorded in the index)")
     p.add_argument("--title", default="", help="figure title (default: index name and colour legend)")
 

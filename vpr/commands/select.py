@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 
+from vpr.commands.options import add_input, add_output
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoints", nargs="+", required=True,
-                        help="candidate checkpoints written by 'vpr train' (they record their val recall)")
-    parser.add_argument("--out", required=True, help="where to copy the chosen checkpoint")
+    add_input(parser, "--checkpoints", nargs="+", required=True,
+              help="candidate checkpoints written by 'vpr train' (they record their val recall)")
+    add_output(parser, "--out", required=True, help="where to copy the chosen checkpoint")
 
 
 def run(args: argparse.Namespace) -> int:

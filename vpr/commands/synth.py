@@ -21,15 +21,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from vpr.commands.options import add_output_dir, non_negative_int
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from vpr.synth.presets import PRESETS
 
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
                         help="data-set size: 'tiny' for tests, 'demo' for the README demo")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
-                        help="output directory (the data-set root holding pitts/ and tokyo/)")
-    parser.add_argument("--seed", type=int, default=0,
+    add_output_dir(parser, "--out", type=Path, required=True, metavar="DIR",
+                   writes=("pitts", "tokyo", "synth_truth.json"),
+                   help="output directory (the data-set root holding pitts/ and tokyo/)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="random seed (non-negative); the same seed gives the same bytes")
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty DIR, replacing its pitts/, tokyo/ and synth_truth.json")

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import argparse
 
+from vpr.commands.options import add_input, add_output, positive_int
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recall", nargs=3, action="append", required=True,
-                        metavar=("METHOD", "DATASET", "CSV"),
-                        help="one evaluated model: method key, data-set key and its recall CSV (repeat)")
-    parser.add_argument("--out-md", required=True, metavar="TABLE.md", help="Markdown table to write")
-    parser.add_argument("--out-csv", required=True, metavar="TABLE.csv", help="CSV table to write")
-    parser.add_argument("--ns", type=int, nargs="+", default=[1, 5, 10], metavar="N",
+    add_input(parser, "--recall", nargs=3, action="append", required=True,
+              metavar=("METHOD", "DATASET", "CSV"),
+              help="one evaluated model: method key, data-set key and its recall CSV (repeat)")
+    add_output(parser, "--out-md", required=True, metavar="TABLE.md", help="Markdown table to write")
+    add_output(parser, "--out-csv", required=True, metavar="TABLE.csv", help="CSV table to write")
+    parser.add_argument("--ns", type=positive_int, nargs="+", default=[1, 5, 10], metavar="N",
                         help="values of N shown (each recall CSV must contain them)")
     parser.add_argument("--compare-to", default=None, metavar="METHOD",
                         help="baseline method (one of the --recall methods): mark the cells significantly "

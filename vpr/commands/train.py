@@ -19,28 +19,25 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from vpr.commands.options import add_input, add_output_dir, parse_bool
 from vpr.train.config import TrainConfig
 
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+# What `vpr train` writes in its run directory: an input there matching these would be overwritten.
+RUN_DIR_WRITES = ("*.pth", "log.csv")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("inputs and outputs")
-    io.add_argument("--train-index", required=True, help="index file of the training split (vpr index)")
-    io.add_argument("--val-index", required=True, help="index file of the validation split")
-    io.add_argument("--centers", required=True, help="NetVLAD centres file (vpr cluster, or the "
-                                                     "reference's *_desc_cen.hdf5)")
-    io.add_argument("--trunk", help="pretrained trunk weights (<index>.weight/.bias, e.g. the "
-                                    "MatConvNet VGG16 conversion); default: random initialisation")
-    io.add_argument("--teacher", help="SFRS generation >= 1: last.pth of the previous generation")
-    io.add_argument("--out", required=True, help="run directory (checkpoints, log.csv, resume state)")
-    io.add_argument("--config", help="YAML file of training options (keys as the flags below, with _)")
+    add_input(io, "--train-index", required=True, help="index file of the training split (vpr index)")
+    add_input(io, "--val-index", required=True, help="index file of the validation split")
+    add_input(io, "--centers", required=True, help="NetVLAD centres file (vpr cluster, or the "
+              "reference's *_desc_cen.hdf5)")
+    add_input(io, "--trunk", help="pretrained trunk weights (<index>.weight/.bias, e.g. the "
+              "MatConvNet VGG16 conversion); default: random initialisation")
+    add_input(io, "--teacher", help="SFRS generation >= 1: last.pth of the previous generation")
+    add_output_dir(io, "--out", required=True, writes=RUN_DIR_WRITES,
+                   help="run directory (checkpoints, log.csv, resume state)")
+    add_input(io, "--config", help="YAML file of training options (keys as the flags below, with _)")
     io.add_argument("--root", help="data-set root overriding the one recorded in the index files")
     io.add_argument("--init-only", action="store_true",
                     help="write the initial model (trunk + NetVLAD from the centres, no training) to "
@@ -59,7 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if isinstance(default, bool):
-            kwargs.update(type=_bool, metavar="BOOL")
+            kwargs.update(type=parse_bool, metavar="BOOL")
         elif isinstance(default, list):
             kwargs.update(type=type(default[0]), nargs="+")
         else:

@@ -36,7 +36,7 @@ import numpy as np
 from vpr import artifacts
 from vpr.data.geometry import csr_rows, radius_neighbours
 from vpr.errors import VprError
-from vpr.io import atomic_output
+from vpr.io import atomic_h5
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -184,7 +184,7 @@ def build_index(
             "query/train_nonnegatives_indptr": nonneg_ptr, "query/train_nonnegatives_indices": nonneg_idx,
             "dropped/path": dropped_path, "dropped/utm": dropped_utm.reshape(-1, 2),
         })
-    with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_h5(out) as f:
         for name, value in datasets.items():
             f.create_dataset(name, data=value, dtype=_STR if name.endswith("/path") else None)
         f.attrs.update({

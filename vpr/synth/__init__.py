@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from vpr.errors import VprError
+from vpr.io import make_temporary_dir
 from vpr.synth.layouts import Job, Output, mat_bytes, pittsburgh, tokyo
 from vpr.synth.presets import PRESETS, Preset, get_preset
 from vpr.synth.world import render
@@ -97,7 +97,7 @@ def generate(preset: str, out: str | os.PathLike, seed: int = 0, *, force: bool 
                        f"{TRUTH_FILE})")
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.synth-", dir=out.parent))
+    tmp = make_temporary_dir(out, "synth")
     try:
         outputs = [pittsburgh(seed, spec), tokyo(seed, spec)]
         truth = _write_tree(tmp, spec, seed, outputs, progress)
