@@ -3,9 +3,9 @@
 One method (netvlad, triplet), a two-epoch run of two steps per epoch; each case starts from a copy of one
 finished workflow directory: `--forcerun train_baseline`, a Snakemake killed mid-training then `--unlock`
 and `--rerun-incomplete` (with the training process killed too, or finishing on its own), and an edit of
-`train.lr`.
+`training.lr`.
 
-Written against the workflow config format of config/demo.yaml at the time (see ONE_METHOD).
+The tiny one-method configuration is config/demo.yaml with the changes in ONE_METHOD.
 """
 
 from __future__ import annotations
@@ -27,21 +27,22 @@ RUN = Path("results") / "train" / "netvlad"
 TARGET = RUN / "last.pth"
 TRAIN_LOG = Path("results") / "logs" / "train" / "netvlad.log"
 ONE_METHOD = {
-    "data.synth": {"preset": "tiny", "seed": 0, "out": "data/synth"},
+    "synth": {"preset": "tiny", "seed": 0, "out": "data/synth"},
     "untrained": False,
     "model.image_size": [96, 128],
     "model.num_clusters": 8,
     "cluster.images": 20,
     "cluster.per_image": 20,
     "cluster.iterations": 10,
-    "train.epochs": 2,
-    "train.iters": 2,
-    "train.cache_size": 40,
-    "train.neg_num": 3,
-    "train.neg_pool": 20,
-    "train.workers": 0,
+    "training.epochs": 2,
+    "training.iters": 2,
+    "training.cache_size": 40,
+    "training.neg_num": 3,
+    "training.neg_pool": 20,
+    "training.workers": 0,
     "methods": {"netvlad": {"loss": "triplet"}},
-    "test_sets": ["pitts30k"],
+    "test_sets": {"pitts30k": "pitts30k_test"},
+    "examples": "netvlad",
 }
 
 
@@ -165,7 +166,7 @@ def test_a_killed_snakemake_is_unlocked_and_rerun_to_the_same_model(finished, tm
 
 def test_an_edited_learning_rate_retrains_with_it(finished, tmp_path):
     workdir = copy_of(finished, tmp_path)
-    write_config(workdir / "tiny.yaml", "demo.yaml", **{**ONE_METHOD, "train.lr": 0.003})
+    write_config(workdir / "tiny.yaml", "demo.yaml", **{**ONE_METHOD, "training.lr": 0.003})
     run(workdir, TARGET)
     log = (workdir / TRAIN_LOG).read_text()
     assert "lr: saved 0.001, now 0.003" in log and "training afresh" in log

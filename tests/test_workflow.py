@@ -474,7 +474,9 @@ def test_a_csv_data_set_and_an_external_reference_model_through_the_workflow(tmp
     assert set(rows) == {"NetVLAD", "reference"}
     for model, key in (("reference", "reference"), ("netvlad", "NetVLAD")):
         recall = read_recall(results / model / "mine_recall.csv")
-        assert rows[key] == [f"{recall[n]:.1f}" for n in (1, 5, 10)]
+        # each cell: Recall@N in % and its 95 % interval, "100.0 [20.7, 100.0]"
+        assert [c.split(" [")[0] for c in rows[key]] == [f"{recall[n]:.1f}" for n in (1, 5, 10)]
+        assert all(c.endswith("]") for c in rows[key])
     assert (results / "plots" / "examples_mine.png").stat().st_size > 1000
 
 

@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import argparse
 
+from vpr.commands.options import positive_float, positive_int
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    # --out is not declared as an output (vpr.commands.options): with --manual it may name a folder of images
+    # that a person must create, and nothing may be created on the way to the instruction.
     parser.add_argument("--out", required=True, help="the file to create")
     parser.add_argument("--url", help="download this URL (http, https or file)")
     parser.add_argument("--sha256", help="with --url: expected SHA-256 of the file (64 hex digits)")
-    parser.add_argument("--attempts", type=int, default=4,
+    parser.add_argument("--attempts", type=positive_int, default=4,
                         help="with --url: tries in all on connection errors and truncated bodies")
-    parser.add_argument("--backoff", type=float, default=2.0,
+    parser.add_argument("--backoff", type=positive_float, default=2.0,
                         help="with --url: seconds before the second try, doubled before each further one")
-    parser.add_argument("--timeout", type=float, default=60.0, help="with --url: seconds without data "
-                                                                    "before a try is abandoned")
+    parser.add_argument("--timeout", type=positive_float, default=60.0,
+                        help="with --url: seconds without data before a try is abandoned")
     parser.add_argument("--archive", help="take the file out of this tar/zip archive")
     parser.add_argument("--member", help="with --archive: the member's file name (found in any folder; "
                                          "default: the file name of --out)")
