@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_output(parser, "--out", required=True, help="output HDF5 file (centroids, descriptors)")
     add_input(parser, "--trunk", help="pretrained trunk weights (<index>.weight/.bias); default: random "
               "initialisation seeded by --seed")
-    parser.add_argument("--backbone", default="vgg16", help="backbone: vgg16 or small")
+    parser.add_argument("--backbone", default="vgg16", help="backbone: vgg16, small or efficientnet_lite0")
     parser.add_argument("--image-size", type=positive_int, nargs=2, default=[480, 640], metavar=("H", "W"),
                         help="image size the descriptors are computed at")
     parser.add_argument("--num-clusters", type=positive_int, default=64, help="number of centres K")

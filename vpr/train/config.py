@@ -50,9 +50,11 @@ class TrainConfig:
     soft_weight: float = _opt(0.5, "SFRS soft-loss weight lambda for generations >= 1")
 
     # Model.
-    backbone: str = _opt("vgg16", "backbone: vgg16 (the paper) or small (CPU demos and tests)")
+    backbone: str = _opt("vgg16", "backbone: vgg16 (the paper), small (CPU demos and tests) or "
+                                  "efficientnet_lite0 (ImageNet weights from its installed package)")
     num_clusters: int = _opt(64, "NetVLAD clusters K (must match the centers file)")
-    trainable_from: str = _opt("conv5", "first trainable block: conv5, conv4, conv3, conv2 or full")
+    trainable_from: str = _opt("conv5", "first trainable block: conv5, conv4, conv3, conv2 or full (vgg16, "
+                                        "small); block0 .. block10 or full (efficientnet_lite0)")
     image_size: list[int] = _opt([480, 640], "training and validation image size H W")
 
     # Optimisation (reference scripts).
