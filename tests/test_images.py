@@ -32,7 +32,8 @@ def _random_image(h: int, w: int, seed: int = 0) -> Image.Image:
 
 
 def test_vgg_mean_is_the_matconvnet_mean():
-    # METHOD.md §1.5: mean (0.48501960784313836, 0.4579568627450961, 0.4076039215686255) on the 0..1 scale
+    # docs/method.md §1.5; the reference writes the mean on the 0..1 scale:
+    # (0.48501960784313836, 0.4579568627450961, 0.4076039215686255)
     assert VGG_MEAN_RGB == pytest.approx((0.48501960784313836 * 255, 0.4579568627450961 * 255,
                                           0.4076039215686255 * 255), abs=1e-9)
 

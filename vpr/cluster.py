@@ -1,4 +1,4 @@
-"""Initial NetVLAD centres: k-means on local conv descriptors of training images (METHOD.md §6).
+"""Initial NetVLAD centres: k-means on local conv descriptors of training images (docs/method.md §6).
 
 The output is the layout of the reference's ``vgg16_pitts_64_desc_cen.hdf5`` (``centroids`` K×D,
 ``descriptors`` M×D), so either file can initialise the model; vpr's own carries ``kind`` = "vpr-centers"
@@ -7,7 +7,7 @@ The output is the layout of the reference's ``vgg16_pitts_64_desc_cen.hdf5`` (``
 Reproducibility: the images are a seeded sample of the *sorted* training image list, and the locations
 taken from each image come from a generator seeded by that image's position in the sample, so the result
 does not depend on batch order, worker count or the number of processes (the reference samples from an
-unordered Python set, METHOD.md §6 pitfall).
+unordered Python set, docs/method.md §6).
 
 The conv maps may be computed under bfloat16/float16 autocast (``precision``, see :mod:`vpr.precision`);
 they are cast to float32 before the L2 normalisation, so the stored descriptors are float32 either way.

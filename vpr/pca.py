@@ -1,6 +1,6 @@
 """PCA-whitening of global descriptors: fitting, the HDF5 file, and applying it to descriptors.
 
-Maths (METHOD.md §5.3, descriptors as rows): X (N×D) sampled training descriptors, μ their mean,
+Maths (docs/method.md §5.3, descriptors as rows): X (N×D) sampled training descriptors, μ their mean,
 X̃ = X − μ. The k leading eigenpairs (λ, U) of the covariance C = X̃ᵀX̃/(N−1) are found
 
 * directly (primal) when D ≤ N, from the D×D matrix C;

@@ -1,4 +1,4 @@
-"""Published Recall@N numbers to compare a reproduction against (METHOD.md §5.7).
+"""Published Recall@N numbers to compare a reproduction against (docs/method.md §5.7).
 
 The only authoritative table of the reference implementation is OpenIBL's MODEL_ZOO.md: models trained on
 Pitts30k-train, tested with 4096-d PCA-whitened descriptors. It has SARE_ind and SFRS on Pitts250k-test and

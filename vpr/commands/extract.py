@@ -4,7 +4,7 @@ Loads a model checkpoint (a vpr checkpoint, a training checkpoint or a reference
 optionally attaches a PCA-whitening file, and writes one HDF5 features file with float32 datasets `db`
 (Ndb x D) and `query` (Nq x D), L2-normalised, in index order. Database images are resized to the model's
 image size; queries too, except for Tokyo 24/7 indexes, whose queries keep their aspect ratio with the
-shorter side equal to the longer side of the model's image size (640 for 480x640; METHOD.md §5.5).
+shorter side equal to the longer side of the model's image size (640 for 480x640; docs/method.md §5.5).
 A missing or unreadable image stops the command before any output is written. The features file records
 what it was made from (the index fingerprint and the SHA-256 of the checkpoint and of the PCA file); a PCA
 file fitted on another model's descriptors is refused.

@@ -1,7 +1,7 @@
 """Pick the model to test: the checkpoint with the best recorded validation Recall@5.
 
 Given the `model_best.pth` of one run, this copies it; given those of several SFRS generations, it picks
-the best across generations (the reference's selection spans all generations, METHOD.md §4.4). Ties keep
+the best across generations (the reference's selection spans all generations, docs/method.md §4.4). Ties keep
 the earlier file. The chosen file is copied unchanged (atomically) to --out.
 """
 

@@ -3,9 +3,9 @@
 Images are read with PIL as RGB, resized on the PIL image (bilinear; PIL's bilinear filter is antialiased
 when shrinking, which is what torchvision's ``Resize`` does on PIL input), then turned into float32
 ``(3, H, W)`` tensors on the 0..255 scale minus the VGG ImageNet mean, with no division by a standard
-deviation (METHOD.md §1.5).
+deviation (docs/method.md §1.5).
 
-Tokyo 24/7 queries keep their aspect ratio (shorter side = 640, METHOD.md §5.5), so their tensors differ
+Tokyo 24/7 queries keep their aspect ratio (shorter side = 640, docs/method.md §5.5), so their tensors differ
 in size. :class:`SizeBucketBatchSampler` groups images whose *output* size agrees into common batches
 (the output size is computed from the image header, without decoding the image), so variable-size query
 sets do not force a batch size of 1.

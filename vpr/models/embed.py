@@ -1,4 +1,6 @@
-"""The image-descriptor network: backbone → NetVLAD → normalisation [→ PCA-whitening] (METHOD.md §2.4, §5.3).
+"""The image-descriptor network: backbone → NetVLAD → normalisation [→ PCA-whitening].
+
+See docs/method.md §2.4 and §5.3.
 
 ``EmbedNet.forward`` gives the global descriptor: the (K, D) VLAD is intra-normalised (L2 per cluster row),
 flattened cluster-major (index k·D + d) and L2-normalised; with a PCA head attached it is then projected,

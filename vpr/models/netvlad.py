@@ -1,4 +1,4 @@
-"""The NetVLAD aggregation layer (Arandjelović et al., CVPR 2016; METHOD.md §2.2).
+"""The NetVLAD aggregation layer (Arandjelović et al., CVPR 2016; docs/method.md §2.2).
 
 For a map of local descriptors x_i (i over the h·w locations), after L2-normalising each x_i:
 

@@ -1,7 +1,7 @@
 """The synthetic place-recognition data set: Pittsburgh- and Tokyo-style files rendered from a made-up city.
 
 ``generate(preset, out, seed)`` writes, under ``out``, exactly the on-disk layout of the real data sets
-(METHOD.md §1.1): ``pitts/raw/pitts30k_{train,val,test}.mat``, ``pitts250k_test.mat`` and the Pittsburgh
+(docs/method.md §1.1): ``pitts/raw/pitts30k_{train,val,test}.mat``, ``pitts250k_test.mat`` and the Pittsburgh
 images; ``tokyo/raw/tokyo247.mat`` (database listed as ``.jpg``, stored as ``.png``) with day / sunset /
 night phone-photo queries; ``tokyo/raw/tokyoTM_{train,val}.mat`` with time stamps; and ``synth_truth.json``,
 what the generator knows (counts, places, panoramas, query positions) for tests. The same seed gives

@@ -1,9 +1,9 @@
 """Where the synthetic places lie and how they are filed: Pittsburgh, Tokyo 24/7 and TokyoTM layouts.
 
 This module decides the geography (streets in geographically disjoint areas per split, panoramas along them,
-query positions), the file names in the style of the real data sets (METHOD.md §1.1-1.3), the ``dbStruct``
-.mat files (MATLAB v5, fields in the real order, a fixed header so that files are byte-identical for one seed)
-and the ground-truth record. Rendering itself lives in ``world``.
+query positions), the file names in the style of the real data sets (docs/method.md §1.1-1.3), the
+``dbStruct`` .mat files (MATLAB v5, fields in the real order, a fixed header so that files are
+byte-identical for one seed) and the ground-truth record. Rendering itself lives in ``world``.
 
 Capture model: a street-view car drives along a street (heading along it, either way); every panorama of one
 drive shares the day's light, each cut-out gets its own transient distractors. Queries are captured at

@@ -1,4 +1,4 @@
-"""Training configuration: one dataclass, defaults = the reference scripts (METHOD.md §4, §8.1).
+"""Training configuration: one dataclass, defaults = the reference scripts (docs/method.md §4).
 
 Values come from, in increasing priority: these defaults, a YAML file (`--config`), command-line flags.
 Unknown keys and wrong types are errors that name the key.
@@ -78,7 +78,7 @@ class TrainConfig:
     rerank_k2: int = _opt(1, "SFRS k-reciprocal re-ranking k2")
     rerank_lambda: float = _opt(0.1, "SFRS k-reciprocal re-ranking lambda")
     iters: int = _opt(0, "if > 0, a fixed number of steps per chunk instead of all its anchors")
-    color_jitter: bool = _opt(True, "reference colour jitter on training images (METHOD.md 1.5)")
+    color_jitter: bool = _opt(True, "reference colour jitter on training images (docs/method.md §1.5)")
 
     # Loading and evaluation.
     workers: int = _opt(2, "DataLoader worker processes per training process")

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Sampler
 from vpr.data.images import load_rgb, resize_fixed, to_tensor
 from vpr.train.mining import Tuple
 
-# ColorJitter(brightness=0.7, contrast=0.7, saturation=0.7, hue=0.5) as in the reference (METHOD.md §1.5).
+# ColorJitter(brightness=0.7, contrast=0.7, saturation=0.7, hue=0.5) as the reference (docs/method.md §1.5).
 JITTER = {"brightness": 0.7, "contrast": 0.7, "saturation": 0.7, "hue": 0.5}
 
 

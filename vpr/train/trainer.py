@@ -1,4 +1,4 @@
-"""The training loop of NetVLAD/SARE (baseline losses) and of one SFRS generation (METHOD.md §4).
+"""The training loop of NetVLAD/SARE (baseline losses) and of one SFRS generation (docs/method.md §4).
 
 Per epoch the training queries are shuffled with a seeded generator and cut into chunks of `cache_size`.
 For every chunk the current model describes all training images (shared over the ranks), the tuples of
