@@ -171,7 +171,7 @@ def test_evaluate_default_rankings_name(tmp_path, capsys):
     assert (tmp_path / "tokyo_rankings.h5").is_file() and not (tmp_path / "tokyo_recall_rankings.h5").exists()
     assert main(["evaluate", "--index", str(index), "--features", str(feats), "--out", str(out),
                  "--rankings", str(out)]) == 2
-    assert "is the recall CSV" in capsys.readouterr().err
+    assert "is also the output --out" in capsys.readouterr().err
 
 
 def test_evaluate_nms_on_for_tokyo_by_default(tmp_path, capsys):
