@@ -327,8 +327,8 @@ def _device_rows(x_q, x_g, a: int, b: int, device, dtype):
 
 
 def neighbour_lists_from_descriptors(x_q: np.ndarray, x_g: np.ndarray, needed: int, extra: int = _LIST_EXTRA,
-                                     device=None, row_block: int = 1024,
-                                     col_block: int | None = None) -> NeighbourLists:
+                                     device=None, row_block: int = 1024, col_block: int | None = None,
+                                     only_rows: range | None = None) -> NeighbourLists:
     """Neighbour lists of the stacked query + gallery descriptors by exact search.
 
     One blocked pass over all pairs (row block × column block, float32 on ``device``: the model's device,
@@ -337,7 +337,8 @@ def neighbour_lists_from_descriptors(x_q: np.ndarray, x_g: np.ndarray, needed: i
     ``vpr.evaluate`` (‖a‖² + ‖b‖² − 2a·b, clipped at 0), the diagonal exactly 0. The kept lists break
     ties arbitrarily at their end, so a row whose ties there reach back into its first ``needed`` entries
     is ranked again over the whole row: the first ``needed`` are exact (distance, then index).
-    Descriptors may be float16 (kept so in memory) or float32.
+    Descriptors may be float16 (kept so in memory) or float32. ``only_rows`` limits the pass to a range of
+    stacked rows (the other rows' lists stay unset: for timing a part of a pass that is too long to run).
     """
     import torch
 
@@ -372,8 +373,10 @@ def neighbour_lists_from_descriptors(x_q: np.ndarray, x_g: np.ndarray, needed: i
             dd[r - a, r - ca] = 0.0
         return dd
 
-    for a in range(0, N, row_block):
-        b = min(N, a + row_block)
+    idx[:] = -1
+    row_range = range(only_rows.start, min(N, only_rows.stop)) if only_rows is not None else range(N)
+    for a in range(row_range.start, row_range.stop, row_block):
+        b = min(row_range.stop, a + row_block)
         rows = _device_rows(x_q, x_g, a, b, device, f32)
         best_d = torch.full((b - a, 0), 0.0, device=device)
         best_i = torch.zeros((b - a, 0), dtype=torch.int64, device=device)
