@@ -177,7 +177,12 @@ def timed_lists(data, needed: int, args, st: Stages):
         lists = neighbour_lists_from_descriptors(q, db, needed, device=args.device, only_rows=range(stop))
     extrapolated = None
     if stop < n:
-        extrapolated = round(st.rows[-1]["wall_s"] * n / stop, 1)
+        # The pass computes the blocks on and above the diagonal: row block [a, a+B) costs (n - a)·B pairs.
+        block = max(256, min(4096, (1 << 27) // (4 * q.shape[1])))
+        done = sum((n - a) * min(block, n - a) for a in range(0, stop, block))
+        total = sum((n - a) * min(block, n - a) for a in range(0, n, block))
+        extrapolated = round(st.rows[-1]["wall_s"] * total / done, 1)
+        stop = min(n, -(-stop // block) * block)
         gi, gd = geometric_lists(data, needed, lists.idx.shape[1] - needed)
         lists.idx[stop:], lists.dist[stop:] = gi[stop:], gd[stop:]
         lists.row_max[stop:] = 4.0

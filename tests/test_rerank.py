@@ -178,7 +178,7 @@ def test_descriptor_path_equals_the_dense_function(monkeypatch, k1, k2, lambda_v
     x64 = lambda a: a.astype(np.float64)  # noqa: E731
     d_qg, d_qq, d_gg = (squared_l2(x64(a), x64(b)) for a, b in ((qf, gf), (qf, qf), (gf, gf)))
     dense = k_reciprocal_rerank(d_qg, d_qq, d_gg, k1, k2, lambda_value)
-    lists = rerank.neighbour_lists_from_descriptors(qf, gf, max(k1 + 1, k2), row_block=5, col_block=7)
+    lists = rerank.neighbour_lists_from_descriptors(qf, gf, max(k1 + 1, k2), block=6)
     assert lists.idx.shape == (42, min(42, max(k1 + 1, k2) + 8))
     kr = rerank.KReciprocal(lists, k1, k2, lambda_value)
     np.testing.assert_allclose(_all_pairs(kr, 13, 29), dense, atol=1e-6, rtol=0)
@@ -211,8 +211,7 @@ def test_ties_are_ranked_by_index_like_the_loop_reference(k1, k2, lambda_value, 
     dense = k_reciprocal_rerank(d_qg, d_qq, d_gg, k1, k2, lambda_value, square_input)
     np.testing.assert_allclose(dense, expected, atol=1e-6, rtol=0)
     # Tiny blocks and a short list: the ties at the list's end force the exact whole-row pass.
-    lists = rerank.neighbour_lists_from_descriptors(qf, gf, max(k1 + 1, k2), extra=1, row_block=4,
-                                                    col_block=6)
+    lists = rerank.neighbour_lists_from_descriptors(qf, gf, max(k1 + 1, k2), extra=1, block=4)
     kr = rerank.KReciprocal(lists, k1, k2, lambda_value, square_input)
     got = _all_pairs(kr, 10, 20)
     np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
@@ -232,3 +231,17 @@ def test_neighbour_path_errors():
     lists = rerank.neighbour_lists_from_descriptors(qf, gf, 3, extra=0)
     with pytest.raises(ValueError, match="neighbour lists hold 3 items, re-ranking needs 6"):
         rerank.KReciprocal(lists, 5, 1, 0.0)
+
+
+def test_a_partial_pass_gives_the_leading_rows_their_whole_lists():
+    qf, gf = clustered_features(9, 30, d=12, seed=4)
+    full = rerank.neighbour_lists_from_descriptors(qf, gf, 6, block=5)
+    part = rerank.neighbour_lists_from_descriptors(qf, gf, 6, block=5, only_rows=range(12))
+    np.testing.assert_array_equal(part.idx[:15], full.idx[:15])   # whole blocks: rows 0..14
+    np.testing.assert_array_equal(part.row_max[:15], full.row_max[:15])
+    assert (part.idx[15:] == -1).all()
+    # Every list is the exact nearest items (brute force, ties by index).
+    x = np.concatenate([qf, gf]).astype(np.float64)
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    want = np.array([sorted(range(39), key=lambda j, i=i: (d[i, j], j))[:6] for i in range(39)])
+    np.testing.assert_array_equal(full.idx[:, :6], want)

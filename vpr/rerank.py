@@ -327,18 +327,20 @@ def _device_rows(x_q, x_g, a: int, b: int, device, dtype):
 
 
 def neighbour_lists_from_descriptors(x_q: np.ndarray, x_g: np.ndarray, needed: int, extra: int = _LIST_EXTRA,
-                                     device=None, row_block: int = 1024, col_block: int | None = None,
+                                     device=None, block: int | None = None,
                                      only_rows: range | None = None) -> NeighbourLists:
     """Neighbour lists of the stacked query + gallery descriptors by exact search.
 
-    One blocked pass over all pairs (row block × column block, float32 on ``device``: the model's device,
-    the GPU when there is one) keeps each item's nearest ``needed + extra`` items and its farthest
-    distance; no N×N matrix exists. Distances are squared L2 by the same float32 formula as
-    ``vpr.evaluate`` (‖a‖² + ‖b‖² − 2a·b, clipped at 0), the diagonal exactly 0. The kept lists break
-    ties arbitrarily at their end, so a row whose ties there reach back into its first ``needed`` entries
-    is ranked again over the whole row: the first ``needed`` are exact (distance, then index).
-    Descriptors may be float16 (kept so in memory) or float32. ``only_rows`` limits the pass to a range of
-    stacked rows (the other rows' lists stay unset: for timing a part of a pass that is too long to run).
+    One blocked pass over the pairs (block × block, float32 on ``device``: the model's device, the GPU when
+    there is one) keeps each item's nearest ``needed + extra`` items and its farthest distance; no N×N
+    matrix exists. The distance is symmetric, so only blocks on and above the diagonal are computed and
+    each updates the lists of both its row and its column items. Distances are squared L2 by the same
+    float32 formula as ``vpr.evaluate`` (‖a‖² + ‖b‖² − 2a·b, clipped at 0), the diagonal exactly 0. The
+    kept lists break ties arbitrarily at their end, so a row whose ties there reach back into its first
+    ``needed`` entries is ranked again over the whole row: the first ``needed`` are exact (distance, then
+    index). Descriptors may be float16 (kept so in memory) or float32. ``only_rows`` limits the pass to
+    the row blocks of a leading range of rows (their lists are complete, the others' unset: for timing a
+    part of a pass that is too long to run).
     """
     import torch
 
@@ -346,26 +348,25 @@ def neighbour_lists_from_descriptors(x_q: np.ndarray, x_g: np.ndarray, needed: i
     Q, G = len(x_q), len(x_g)
     N = Q + G
     d = x_q.shape[1] if Q else x_g.shape[1]
-    if col_block is None:
-        col_block = max(256, min(8192, (1 << 29) // (4 * d)))   # about 512 MiB of float32 columns
+    if block is None:
+        block = max(256, min(4096, (1 << 27) // (4 * d)))   # 128 MiB of float32 descriptors per block
     L = min(N, needed + extra)
     keep = max(1, min(N, needed))
     f32 = torch.float32
-    norms = np.empty(N, dtype=np.float32)
-    for a in range(0, N, col_block):
-        r = _device_rows(x_q, x_g, a, min(N, a + col_block), device, f32)
-        norms[a:a + len(r)] = (r * r).sum(1).cpu().numpy()
-    norms_t = torch.from_numpy(norms).to(device)
-    idx = np.empty((N, L), dtype=np.int64)
-    dist = np.empty((N, L), dtype=np.float32)
-    row_max = np.empty(N, dtype=np.float32)
+    norms = torch.empty(N, dtype=f32, device=device)
+    for a in range(0, N, block):
+        r = _device_rows(x_q, x_g, a, min(N, a + block), device, f32)
+        norms[a:a + len(r)] = (r * r).sum(1)
+    best_d = torch.full((N, L), float("inf"), device=device)
+    best_i = torch.full((N, L), -1, dtype=torch.int64, device=device)
+    row_max = torch.zeros(N, device=device)
 
     def block_dist(rows, a, ca, cb):
         cols = _device_rows(x_q, x_g, ca, cb, device, f32)
         dd = rows @ cols.T
         dd *= -2.0
-        dd += norms_t[a:a + len(rows), None]
-        dd += norms_t[None, ca:cb]
+        dd += norms[a:a + len(rows), None]
+        dd += norms[None, ca:cb]
         dd.clamp_(min=0.0)
         lo, hi = max(a, ca), min(a + len(rows), cb)
         if lo < hi:  # the diagonal is exactly 0
@@ -373,50 +374,56 @@ def neighbour_lists_from_descriptors(x_q: np.ndarray, x_g: np.ndarray, needed: i
             dd[r - a, r - ca] = 0.0
         return dd
 
-    idx[:] = -1
-    row_range = range(only_rows.start, min(N, only_rows.stop)) if only_rows is not None else range(N)
-    for a in range(row_range.start, row_range.stop, row_block):
-        b = min(row_range.stop, a + row_block)
+    def merge(a, b, dd, first_col):
+        """Fold the distances dd (rows a..b-1 against columns first_col..) into those rows' lists."""
+        cat_d = torch.cat([best_d[a:b], dd], 1)
+        cols = torch.arange(first_col, first_col + dd.shape[1], device=device).expand(b - a, -1)
+        cat_i = torch.cat([best_i[a:b], cols], 1)
+        top_d, pos = torch.topk(cat_d, L, dim=1, largest=False, sorted=False)
+        best_d[a:b], best_i[a:b] = top_d, torch.gather(cat_i, 1, pos)
+        row_max[a:b] = torch.maximum(row_max[a:b], dd.max(1).values)
+
+    stop = N if only_rows is None else min(N, only_rows.stop)
+    for a in range(0, stop, block):
+        b = min(N, a + block)
         rows = _device_rows(x_q, x_g, a, b, device, f32)
-        best_d = torch.full((b - a, 0), 0.0, device=device)
-        best_i = torch.zeros((b - a, 0), dtype=torch.int64, device=device)
-        mx = torch.zeros(b - a, device=device)
-        for ca in range(0, N, col_block):
-            cb = min(N, ca + col_block)
+        for ca in range(a, N, block):
+            cb = min(N, ca + block)
             dd = block_dist(rows, a, ca, cb)
-            mx = torch.maximum(mx, dd.max(1).values)
-            cat_d = torch.cat([best_d, dd], 1)
-            cat_i = torch.cat([best_i, torch.arange(ca, cb, device=device).expand(b - a, -1)], 1)
-            t = min(L, cat_d.shape[1])
-            best_d, pos = torch.topk(cat_d, t, dim=1, largest=False, sorted=False)
-            best_i = torch.gather(cat_i, 1, pos)
-        bd, bi = best_d.cpu().numpy(), best_i.cpu().numpy()
-        order = np.lexsort((bi, bd), axis=1)  # (distance, index)
-        bd, bi = np.take_along_axis(bd, order, 1), np.take_along_axis(bi, order, 1)
-        # topk breaks ties arbitrarily: where the last kept value equals a value inside the used prefix, an
-        # equal item with a smaller index may have been dropped, so that row is ranked over all columns.
-        redo = np.flatnonzero(bd[:, keep - 1] >= bd[:, L - 1]) if L < N else np.zeros(0, dtype=np.int64)
-        for r in redo:
-            full = torch.cat([block_dist(rows[r:r + 1], a + r, ca, min(N, ca + col_block))
-                              for ca in range(0, N, col_block)], 1).cpu().numpy()
-            bi[r] = _ordered_lists(full, L)[0]
-            bd[r] = full[0, bi[r]]
-        idx[a:b], dist[a:b], row_max[a:b] = bi, bd, mx.cpu().numpy()
+            merge(a, b, dd, ca)
+            if ca != a:
+                merge(ca, cb, dd.T, a)
+
+    done = min(N, -(-stop // block) * block)   # rows whose lists are complete
+    bd, bi = best_d[:done].cpu().numpy(), best_i[:done].cpu().numpy()
+    order = np.lexsort((bi, bd), axis=1)  # (distance, index)
+    bd, bi = np.take_along_axis(bd, order, 1), np.take_along_axis(bi, order, 1)
+    # topk breaks ties arbitrarily: where the last kept value equals a value inside the used prefix, an
+    # equal item with a smaller index may have been dropped, so that row is ranked over all columns.
+    redo = np.flatnonzero(bd[:, keep - 1] >= bd[:, L - 1]) if L < N else np.zeros(0, dtype=np.int64)
+    for r in redo:
+        row = _device_rows(x_q, x_g, int(r), int(r) + 1, device, f32)
+        full = torch.cat([block_dist(row, int(r), ca, min(N, ca + block)) for ca in range(0, N, block)],
+                         1).cpu().numpy()
+        bi[r] = _ordered_lists(full, L)[0]
+        bd[r] = full[0, bi[r]]
+    idx = np.full((N, L), -1, dtype=np.int64)
+    dist = np.full((N, L), np.inf)
+    idx[:done], dist[:done] = bi, bd
+    norms_np = norms.cpu().numpy()
 
     def pair(i, j):
         out = np.empty(len(i), dtype=np.float64)
-        for s in range(0, len(i), 4096):
-            ii, jj = i[s:s + 4096], j[s:s + 4096]
-            xi = _gather(x_q, x_g, ii, device)
-            xj = _gather(x_q, x_g, jj, device)
-            dd = norms_t[torch.from_numpy(ii).to(device)] + norms_t[torch.from_numpy(jj).to(device)] \
-                - 2.0 * (xi * xj).sum(1)
-            dd = dd.clamp(min=0.0)
-            dd[torch.from_numpy(ii == jj).to(device)] = 0.0
-            out[s:s + len(ii)] = dd.cpu().numpy()
+        step = max(16, (1 << 25) // (4 * d))   # gathered rows: 32 MiB of float32 per side
+        for s in range(0, len(i), step):
+            ii, jj = i[s:s + step], j[s:s + step]
+            dot = (_gather(x_q, x_g, ii, device) * _gather(x_q, x_g, jj, device)).sum(1).cpu().numpy()
+            dd = np.maximum(norms_np[ii] + norms_np[jj] - 2.0 * dot, 0.0)
+            dd[ii == jj] = 0.0
+            out[s:s + len(ii)] = dd
         return out
 
-    return NeighbourLists(idx, dist.astype(np.float64), row_max.astype(np.float64), pair, Q)
+    return NeighbourLists(idx, dist, row_max.cpu().numpy().astype(np.float64), pair, Q)
 
 
 def _gather(x_q, x_g, ids: np.ndarray, device):

@@ -148,7 +148,7 @@ class Miner:
 
     def __init__(self, train_positives: list[np.ndarray], train_nonnegatives: list[np.ndarray],
                  neg_num: int, neg_pool: int, pos_num: int = 10, pos_pool: int = 20,
-                 device=None, anchor_block: int = 256, col_block: int = 2048):
+                 device=None, anchor_block: int = 256, col_block: int | None = None):
         self.train_positives = train_positives
         self.train_nonnegatives = train_nonnegatives
         self.neg_num, self.neg_pool = neg_num, neg_pool
@@ -201,16 +201,18 @@ class Miner:
         import torch
 
         device = torch.device(self.device) if self.device is not None else default_device()
+        # database rows converted to float64 at a time: 64 MiB (512 rows of 32,768-d)
+        col_block = self.col_block or max(64, (1 << 26) // (8 * max(1, db_feats.shape[1])))
         norms = np.empty(len(db_feats))
-        for c in range(0, len(db_feats), self.col_block):
-            block = np.asarray(db_feats[c:c + self.col_block], dtype=np.float64)
+        for c in range(0, len(db_feats), col_block):
+            block = np.asarray(db_feats[c:c + col_block], dtype=np.float64)
             norms[c:c + len(block)] = np.einsum("ij,ij->i", block, block)
         norms_t = torch.from_numpy(norms).to(device)
         sq_norm_max = float(norms.max()) if len(norms) else 0.0
         tuples = []
         for s in range(0, len(anchors), self.anchor_block):
             block = list(anchors[s:s + self.anchor_block])
-            d_rows = block_sq_distances(q_feats[block], db_feats, norms_t, device, self.col_block)
+            d_rows = block_sq_distances(q_feats[block], db_feats, norms_t, device, col_block)
             for r, a in enumerate(block):
                 positives = self.train_positives[a]
                 euclid = exact_sq_distances(q_feats[a], db_feats[positives])
