@@ -16,10 +16,18 @@ G gallery items, N = Q+G, with the stacked distance matrix S = [[d_qq, d_qg], [d
 6. Jaccard distance J[q, g] = 1 − m/(2 − m) with m = Σ_j min(V[q, j], V[g, j]).
 7. Result = (1−λ)·J + λ·P, restricted to query rows and gallery columns (Q×G).
 
-The implementation never builds a dense N×N copy: rows of P are built and ranked in blocks (keeping only
-the top max(k1+1, k2) per row), V is a sparse matrix, and m is accumulated from the non-zeros through an
-inverted index (per gallery column j, the items with V[·, j] ≠ 0). Arithmetic is float64; the result is
-float32 like the reference's. Ties in distance are broken by item index.
+Two implementations. :func:`k_reciprocal_rerank` takes the three dense distance matrices (memory O(N²)
+in its inputs, kept as the reference for the tests and small inputs): rows of P are built and ranked in
+blocks (keeping only the top max(k1+1, k2) per row), V is a sparse matrix, and m is accumulated from the
+non-zeros through an inverted index (per gallery column j, the items with V[·, j] ≠ 0).
+
+:class:`KReciprocal` on :class:`NeighbourLists` (what vpr uses: :func:`rerank_top_k` for
+``vpr evaluate --rerank``, :func:`rerank_pairs` for SFRS) needs only each item's nearest neighbours, its
+row scale and the distances of a few pairs: memory O(N·k), from the descriptors by one blocked exact pass
+(on the GPU when there is one), with re-ranked distances computed only for the pairs asked for.
+
+Arithmetic is float64; results are float32 like the reference's. Ties in distance are broken by item
+index, also at the k-th place of a ranking.
 """
 
 from __future__ import annotations
