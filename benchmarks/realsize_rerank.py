@@ -178,7 +178,7 @@ def timed_lists(data, needed: int, args, st: Stages):
     extrapolated = None
     if stop < n:
         # The pass computes the blocks on and above the diagonal: row block [a, a+B) costs (n - a)·B pairs.
-        block = max(256, min(4096, (1 << 27) // (4 * q.shape[1])))
+        block = max(256, min(4096, (1 << 26) // (4 * q.shape[1])))
         done = sum((n - a) * min(block, n - a) for a in range(0, stop, block))
         total = sum((n - a) * min(block, n - a) for a in range(0, n, block))
         extrapolated = round(st.rows[-1]["wall_s"] * total / done, 1)

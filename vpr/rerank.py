@@ -357,7 +357,7 @@ def neighbour_lists_from_descriptors(x_q: np.ndarray, x_g: np.ndarray, needed: i
     N = Q + G
     d = x_q.shape[1] if Q else x_g.shape[1]
     if block is None:
-        block = max(256, min(4096, (1 << 27) // (4 * d)))   # 128 MiB of float32 descriptors per block
+        block = max(256, min(4096, (1 << 26) // (4 * d)))   # 64 MiB of float32 descriptors per block
     L = min(N, needed + extra)
     keep = max(1, min(N, needed))
     f32 = torch.float32

@@ -148,7 +148,7 @@ class Miner:
 
     def __init__(self, train_positives: list[np.ndarray], train_nonnegatives: list[np.ndarray],
                  neg_num: int, neg_pool: int, pos_num: int = 10, pos_pool: int = 20,
-                 device=None, anchor_block: int = 256, col_block: int | None = None):
+                 device=None, anchor_block: int = 128, col_block: int | None = None):
         self.train_positives = train_positives
         self.train_nonnegatives = train_nonnegatives
         self.neg_num, self.neg_pool = neg_num, neg_pool
