@@ -143,14 +143,18 @@ def near_tie_split(dtype, seed=0, n_db=300, dim=96):
     return q, db, positives, nonneg
 
 
-@pytest.mark.parametrize("dtype,neg_pool,blocks", [
-    (np.float32, 1000, (5, 7)), (np.float32, 60, (256, 2048)), (np.float16, 150, (3, 64)),
+@pytest.mark.parametrize("dtype,neg_pool,blocks,per_anchor", [
+    (np.float32, 1000, (5, 7), False), (np.float32, 60, (256, 2048), False),
+    (np.float16, 150, (3, 64), False),
+    (np.float32, 1000, (5, 7), True),
 ])
-def test_block_mining_chooses_what_the_per_anchor_rules_choose(dtype, neg_pool, blocks):
+def test_block_mining_chooses_what_the_per_anchor_rules_choose(dtype, neg_pool, blocks, per_anchor):
     q, db, positives, nonneg = near_tie_split(dtype)
     anchors = [3, 0, 11, 5, 7, 1, 2, 4, 6, 8, 9, 10]
     miner = Miner(positives, nonneg, neg_num=10, neg_pool=neg_pool, anchor_block=blocks[0],
                   col_block=blocks[1], device="cpu")
+    if per_anchor:  # the CPU path for databases too large for the products
+        miner.cpu_products_max_db = 0
     cache: dict = {}
     for epoch in range(3):  # the cache carries over
         got = miner.mine(anchors, q, db, np.random.default_rng(epoch))

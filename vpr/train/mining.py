@@ -155,6 +155,10 @@ class Miner:
         self.pos_num, self.pos_pool = pos_num, pos_pool
         self.device = device
         self.anchor_block, self.col_block = anchor_block, col_block
+        # On a CPU the products against the whole database cost O(database) per anchor and the per-anchor
+        # rules O(pool): above this database size (measured crossover on a 2-core AVX-512 CPU: between
+        # 10,000 and 91,464 images with a pool of 1,000) the per-anchor rules are faster.
+        self.cpu_products_max_db = 30 * neg_pool
         self.cache: dict[int, np.ndarray] = {}
 
     def _negatives(self, q_feat: np.ndarray, db_feats: np.ndarray, d_row: np.ndarray, sq_norm_max: float,
@@ -201,6 +205,8 @@ class Miner:
         import torch
 
         device = torch.device(self.device) if self.device is not None else default_device()
+        if device.type == "cpu" and len(db_feats) > self.cpu_products_max_db:
+            return self._mine_per_anchor(anchors, q_feats, db_feats, rng, jaccard_rows, sfrs)
         # database rows converted to float64 at a time: 64 MiB (512 rows of 32,768-d)
         col_block = self.col_block or max(64, (1 << 26) // (8 * max(1, db_feats.shape[1])))
         norms = np.empty(len(db_feats))
@@ -221,16 +227,30 @@ class Miner:
                                             self.train_nonnegatives[a],
                                             self.cache.get(a, np.zeros(0, dtype=np.int64)), rng)
                 self.cache[a] = negatives
-                hard_pos: tuple[int, ...] = ()
-                if sfrs:
-                    jac = np.asarray(jaccard_rows[a]) if jaccard_rows is not None else euclid
-                    if len(jac) != len(positives):
-                        raise ValueError(f"jaccard_rows[{a}] has {len(jac)} entries for {len(positives)} "
-                                         "positives")
-                    hard_pos = tuple(int(i) for i in difficult_positives(positives, euclid, jac,
-                                                                         self.pos_pool, self.pos_num))
+                hard_pos = self._sfrs_positives(a, positives, euclid, jaccard_rows) if sfrs else ()
                 tuples.append(Tuple(int(a), positive, tuple(int(i) for i in negatives), hard_pos))
         return tuples
+
+    def _mine_per_anchor(self, anchors, q_feats, db_feats, rng, jaccard_rows, sfrs) -> list[Tuple]:
+        """The same tuples, one anchor at a time (difference form on the anchor's pool only)."""
+        tuples = []
+        for a in anchors:
+            positives = self.train_positives[a]
+            euclid = exact_sq_distances(q_feats[a], db_feats[positives])
+            positive = int(positives[order_by(euclid, positives)[0]])
+            negatives = hardest_negatives(q_feats[a], db_feats, self.train_nonnegatives[a],
+                                          self.cache.get(a, np.zeros(0, dtype=np.int64)), rng,
+                                          self.neg_pool, self.neg_num)
+            self.cache[a] = negatives
+            tuples.append(Tuple(int(a), positive, tuple(int(i) for i in negatives),
+                                self._sfrs_positives(a, positives, euclid, jaccard_rows) if sfrs else ()))
+        return tuples
+
+    def _sfrs_positives(self, a, positives, euclid, jaccard_rows) -> tuple[int, ...]:
+        jac = np.asarray(jaccard_rows[a]) if jaccard_rows is not None else euclid
+        if len(jac) != len(positives):
+            raise ValueError(f"jaccard_rows[{a}] has {len(jac)} entries for {len(positives)} positives")
+        return tuple(int(i) for i in difficult_positives(positives, euclid, jac, self.pos_pool, self.pos_num))
 
     def state_dict(self) -> dict:
         return {int(k): v.tolist() for k, v in self.cache.items()}
