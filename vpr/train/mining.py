@@ -14,7 +14,9 @@ work stays small: a block of anchors against the whole database by matrix produc
 model's device, database in column blocks), then, per anchor, the difference form only for the pool items
 within a proven error bound of the ``neg_num``-th smallest block distance (:func:`_gemm_error_bound`).
 Every item the difference form would choose is inside that set, so the tuples are those of the
-one-anchor-at-a-time rules (:func:`hardest_negatives`), exact ties included.
+one-anchor-at-a-time rules (:func:`hardest_negatives`), exact ties included. On a CPU with a database
+above 30 × the pool, products against the whole database cost more than the per-anchor rules on the pool
+(O(database) against O(pool) per anchor), so the CPU uses those rules there; on a GPU the products win.
 """
 
 from __future__ import annotations
