@@ -39,11 +39,16 @@ class Tuple:
     difficult_positives: tuple[int, ...] = ()   # SFRS only
 
 
-def exact_sq_distances(x: np.ndarray, ys: np.ndarray) -> np.ndarray:
+def exact_sq_distances(x: np.ndarray, ys: np.ndarray, rows: int = 128) -> np.ndarray:
     """‖x − y‖² for every row y of ``ys`` in the difference form, float64 (the mining rules' distance; not
-    ``vpr.evaluate.squared_distances``, a dense float32 matrix)."""
-    diff = ys.astype(np.float64) - x.astype(np.float64)
-    return np.einsum("ij,ij->i", diff, diff)
+    ``vpr.evaluate.squared_distances``, a dense float32 matrix). ``rows`` rows are converted at a time:
+    each row's sum is the same whatever the chunking, the float64 copy stays small."""
+    x64 = x.astype(np.float64)
+    out = np.empty(len(ys))
+    for a in range(0, len(ys), rows):
+        diff = ys[a:a + rows].astype(np.float64) - x64
+        out[a:a + rows] = np.einsum("ij,ij->i", diff, diff)
+    return out
 
 
 def order_by(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
