@@ -1,8 +1,9 @@
 """Hard-negative mining and SFRS positive selection on hand-made feature sets (METHOD.md §4.2, §4.3)."""
 
 import numpy as np
+import pytest
 
-from vpr.train.mining import Miner, difficult_positives
+from vpr.train.mining import Miner, _gemm_error_bound, difficult_positives
 
 
 def brute_force_nearest(x, feats, ids):
@@ -97,3 +98,81 @@ def test_sfrs_tuples_carry_difficult_positives():
     t = miner.mine([0], q_feats, db_feats, np.random.default_rng(0), sfrs=True)[0]
     d = {i: float(((q_feats[0] - db_feats[i]) ** 2).sum()) for i in positives[0]}
     assert list(t.difficult_positives) == sorted(d, key=d.get)[:2]
+    # Re-ranked distances, one per positive in train_positives order: 2 moved up past 0 and 1.
+    t = Miner(positives, nonneg, neg_num=2, neg_pool=1000, pos_num=3, pos_pool=20).mine(
+        [0], q_feats, db_feats, np.random.default_rng(0), {0: np.array([0.5, 0.4, 0.1])}, sfrs=True)[0]
+    order = sorted(d, key=d.get)
+    assert t.difficult_positives[0] == 2 and set(t.difficult_positives) <= set(order)
+    with pytest.raises(ValueError, match=r"jaccard_rows\[0\] has 1 entries for 3 positives"):
+        miner.mine([0], q_feats, db_feats, np.random.default_rng(0), {0: np.array([0.5])}, sfrs=True)
+
+
+# ------------------------------------------------ block mining against the one-anchor-at-a-time rules
+
+def old_rules(anchors, q_feats, db_feats, positives, nonneg, cache, rng, neg_num, neg_pool):
+    """The rules written out per anchor: float64 difference-form distances, ties to the smaller id."""
+    out = []
+    for a in anchors:
+        x = q_feats[a].astype(np.float64)
+        dist = lambda ids, x=x: ((db_feats[ids].astype(np.float64) - x) ** 2).sum(1)  # noqa: E731
+        pos = positives[a]
+        positive = int(pos[np.lexsort((pos, dist(pos)))[0]])
+        candidates = np.setdiff1d(np.arange(len(db_feats)), nonneg[a])
+        pool = rng.choice(candidates, size=min(neg_pool, len(candidates)), replace=False)
+        pool = np.union1d(pool, cache.get(a, np.zeros(0, dtype=np.int64)))
+        negatives = pool[np.lexsort((pool, dist(pool)))[:neg_num]]
+        cache[a] = negatives
+        out.append((a, positive, tuple(int(i) for i in negatives)))
+    return out
+
+
+def near_tie_split(dtype, seed=0, n_db=300, dim=96):
+    rng = np.random.default_rng(seed)
+    db = rng.normal(size=(n_db, dim)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    q = db[rng.integers(0, n_db, 12)] + 0.3 * rng.normal(size=(12, dim)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    # Exact ties: duplicated rows. Near-ties: rows one float32 ulp apart in a single coordinate, and rows
+    # mirrored through the anchor (x - (y - x)), equal distance in exact arithmetic.
+    db[100:140] = db[40:80]
+    db[140:180] = np.nextafter(db[40:80], np.float32(2), dtype=np.float32)
+    db[180:190] = 2 * q[:10] - db[190:200]
+    db, q = db.astype(dtype), q.astype(dtype)
+    positives = [np.sort(rng.choice(n_db, size=rng.integers(1, 8), replace=False)) for _ in range(12)]
+    nonneg = [np.union1d(p, rng.choice(n_db, size=10, replace=False)) for p in positives]
+    return q, db, positives, nonneg
+
+
+@pytest.mark.parametrize("dtype,neg_pool,blocks,per_anchor", [
+    (np.float32, 1000, (5, 7), False), (np.float32, 60, (256, 2048), False),
+    (np.float16, 150, (3, 64), False),
+    (np.float32, 1000, (5, 7), True),
+])
+def test_block_mining_chooses_what_the_per_anchor_rules_choose(dtype, neg_pool, blocks, per_anchor):
+    q, db, positives, nonneg = near_tie_split(dtype)
+    anchors = [3, 0, 11, 5, 7, 1, 2, 4, 6, 8, 9, 10]
+    miner = Miner(positives, nonneg, neg_num=10, neg_pool=neg_pool, anchor_block=blocks[0],
+                  col_block=blocks[1], device="cpu")
+    if per_anchor:  # the CPU path for databases too large for the products
+        miner.cpu_products_max_db = 0
+    cache: dict = {}
+    for epoch in range(3):  # the cache carries over
+        got = miner.mine(anchors, q, db, np.random.default_rng(epoch))
+        want = old_rules(anchors, q, db, positives, nonneg, cache, np.random.default_rng(epoch), 10, neg_pool)
+        assert [(t.anchor, t.positive, t.negatives) for t in got] == want
+    # The duplicated rows really are in play: some anchor's choice holds a tie pair.
+    chosen = {i for t in got for i in t.negatives}
+    assert any(i in chosen and i + 60 in chosen for i in range(40, 80)) or neg_pool < 1000
+
+
+def test_gemm_error_bound_covers_the_two_forms():
+    rng = np.random.default_rng(2)
+    for dim in (8, 4096):
+        x = rng.normal(size=dim).astype(np.float32)
+        ys = (x + rng.normal(size=(200, dim)) * rng.uniform(1e-4, 2, (200, 1))).astype(np.float32)
+        x64, y64 = x.astype(np.float64), ys.astype(np.float64)
+        diff_form = ((y64 - x64) ** 2).sum(1)
+        prod_form = x64 @ x64 + (y64 * y64).sum(1) - 2 * y64 @ x64
+        bound = _gemm_error_bound(dim, float(x64 @ x64), float((y64 * y64).sum(1).max()))
+        assert np.abs(diff_form - prod_form).max() <= bound / 2
+        assert bound < 1e-9 * (1 + float(x64 @ x64))   # tight enough to leave the re-scored set small

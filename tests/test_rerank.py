@@ -136,3 +136,112 @@ def test_errors():
         k_reciprocal_rerank(d_qg, d_qq, d_gg, k1=0)
     with pytest.raises(ValueError, match=r"lambda_value must be in \[0, 1\]"):
         k_reciprocal_rerank(d_qg, d_qq, d_gg, lambda_value=1.5)
+
+
+# ---------------------------------------------------------------- neighbour-list implementation (O(N·k))
+
+def _dense_top_k(d, k):
+    """Sort each row of a dense result by (value, column) and keep k: the tie rule of the sparse path."""
+    cols = np.broadcast_to(np.arange(d.shape[1]), d.shape)
+    order = np.lexsort((cols, d), axis=1)[:, :k]
+    return np.take_along_axis(d, order, 1), order
+
+
+def _all_pairs(kr, Q, G):
+    q, g = np.meshgrid(np.arange(Q), np.arange(G), indexing="ij")
+    return kr.pair_distances(q.ravel(), g.ravel()).reshape(Q, G)
+
+
+@pytest.mark.parametrize("k1,k2,lambda_value,square_input", [
+    (20, 1, 0.1, True), (25, 1, 0.0, True), (6, 3, 0.3, True), (4, 6, 0.0, False), (3, 1, 0.5, False),
+])
+def test_neighbour_lists_equal_the_dense_function(k1, k2, lambda_value, square_input):
+    qf, gf = clustered_features(15, 25, seed=k1 + 7 * k2)
+    d_qg, d_qq, d_gg = squared_l2(qf, gf), squared_l2(qf, qf), squared_l2(gf, gf)
+    dense = k_reciprocal_rerank(d_qg, d_qq, d_gg, k1, k2, lambda_value, square_input)
+    lists = rerank.neighbour_lists_from_matrices(d_qg, d_qq, d_gg, max(k1 + 1, k2))
+    kr = rerank.KReciprocal(lists, k1, k2, lambda_value, square_input)
+    np.testing.assert_allclose(_all_pairs(kr, 15, 25), dense, atol=1e-6, rtol=0)
+    dist, idx = kr.top_k(12, lambda a, b: d_qg[a:b], rows_per_block=4)
+    want_d, want_i = _dense_top_k(dense, 12)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_allclose(dist, want_d, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("k1,k2,lambda_value", [(20, 1, 0.1), (25, 1, 0.0), (5, 3, 0.3)])
+def test_descriptor_path_equals_the_dense_function(monkeypatch, k1, k2, lambda_value):
+    # Tiny blocks: row and column blocks straddle the query/gallery boundary and end mid-way.
+    monkeypatch.setattr(rerank, "_PAIR_BUDGET", 40)
+    monkeypatch.setattr(rerank, "_OUT_ROWS", 3)
+    qf, gf = clustered_features(13, 29, d=16, seed=k1)
+    qf, gf = qf.astype(np.float32), gf.astype(np.float32)
+    x64 = lambda a: a.astype(np.float64)  # noqa: E731
+    d_qg, d_qq, d_gg = (squared_l2(x64(a), x64(b)) for a, b in ((qf, gf), (qf, qf), (gf, gf)))
+    dense = k_reciprocal_rerank(d_qg, d_qq, d_gg, k1, k2, lambda_value)
+    lists = rerank.neighbour_lists_from_descriptors(qf, gf, max(k1 + 1, k2), block=6)
+    assert lists.idx.shape == (42, min(42, max(k1 + 1, k2) + 8))
+    kr = rerank.KReciprocal(lists, k1, k2, lambda_value)
+    np.testing.assert_allclose(_all_pairs(kr, 13, 29), dense, atol=1e-6, rtol=0)
+    dist, idx = rerank.rerank_top_k(qf, gf, 10, k1, k2, lambda_value)
+    want_d, want_i = _dense_top_k(dense, 10)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_allclose(dist, want_d, atol=1e-6, rtol=0)
+    pairs = {3: np.array([7, 0, 28]), 11: np.array([5])}
+    got = rerank.rerank_pairs(qf, gf, pairs, k1, k2, lambda_value)
+    for q, gs in pairs.items():
+        np.testing.assert_allclose(got[q], dense[q, gs], atol=1e-6, rtol=0)
+
+
+def _tied_points():
+    # Integer grid points (exact in float32 and float64): duplicates, and many equal distances.
+    rng = np.random.default_rng(11)
+    pts = rng.integers(0, 3, size=(30, 3)).astype(np.float32)
+    pts[5] = pts[17] = pts[2]           # three identical items across queries and gallery
+    return pts[:10], pts[10:]
+
+
+@pytest.mark.parametrize("k1,k2,lambda_value,square_input", [
+    (4, 1, 0.0, True), (6, 1, 0.3, True), (3, 2, 0.2, False), (8, 4, 0.1, True),
+])
+def test_ties_are_ranked_by_index_like_the_loop_reference(k1, k2, lambda_value, square_input):
+    qf, gf = _tied_points()
+    x64 = lambda a: a.astype(np.float64)  # noqa: E731
+    d_qg, d_qq, d_gg = (squared_l2(x64(a), x64(b)) for a, b in ((qf, gf), (qf, qf), (gf, gf)))
+    expected = _reference(d_qg, d_qq, d_gg, k1, k2, lambda_value, square_input)
+    dense = k_reciprocal_rerank(d_qg, d_qq, d_gg, k1, k2, lambda_value, square_input)
+    np.testing.assert_allclose(dense, expected, atol=1e-6, rtol=0)
+    # Tiny blocks and a short list: the ties at the list's end force the exact whole-row pass.
+    lists = rerank.neighbour_lists_from_descriptors(qf, gf, max(k1 + 1, k2), extra=1, block=4)
+    kr = rerank.KReciprocal(lists, k1, k2, lambda_value, square_input)
+    got = _all_pairs(kr, 10, 20)
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    dist, idx = kr.top_k(20, lambda a, b: d_qg[a:b])
+    np.testing.assert_array_equal(idx, _dense_top_k(expected.astype(np.float32), 20)[1])
+
+
+def test_exact_top_k_keeps_the_smallest_index_among_ties_at_the_cut():
+    rows = np.array([[3.0, 1.0, 1.0, 1.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]])
+    np.testing.assert_array_equal(rerank._top_k(rows, 3), [[4, 1, 2], [0, 1, 2]])
+
+
+def test_neighbour_path_errors():
+    qf, gf = clustered_features(3, 4)
+    with pytest.raises(ValueError, match="k1 and k2 must be positive integers"):
+        rerank.rerank_top_k(qf, gf, 2, 0, 1, 0.0)
+    lists = rerank.neighbour_lists_from_descriptors(qf, gf, 3, extra=0)
+    with pytest.raises(ValueError, match="neighbour lists hold 3 items, re-ranking needs 6"):
+        rerank.KReciprocal(lists, 5, 1, 0.0)
+
+
+def test_a_partial_pass_gives_the_leading_rows_their_whole_lists():
+    qf, gf = clustered_features(9, 30, d=12, seed=4)
+    full = rerank.neighbour_lists_from_descriptors(qf, gf, 6, block=5)
+    part = rerank.neighbour_lists_from_descriptors(qf, gf, 6, block=5, only_rows=range(12))
+    np.testing.assert_array_equal(part.idx[:15], full.idx[:15])   # whole blocks: rows 0..14
+    np.testing.assert_array_equal(part.row_max[:15], full.row_max[:15])
+    assert (part.idx[15:] == -1).all()
+    # Every list is the exact nearest items (brute force, ties by index).
+    x = np.concatenate([qf, gf]).astype(np.float64)
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    want = np.array([sorted(range(39), key=lambda j, i=i: (d[i, j], j))[:6] for i in range(39)])
+    np.testing.assert_array_equal(full.idx[:, :6], want)

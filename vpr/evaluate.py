@@ -8,9 +8,9 @@ argsort (8.4 GB per process on Pitts250k-test) is never built.
 Tokyo 24/7 spatial non-maximum suppression: retrieve the top ``max(N) * 12`` database images, keep only the
 first one of every place (panorama), then compute the recall on the filtered list.
 
-Optional k-reciprocal re-ranking needs dense query/database distance matrices of size (Nq + Ndb)^2, so it
-is refused above ``RERANK_MAX_ITEMS`` images in total (20,000 images: 4e8 float32 entries, 1.6 GB per
-matrix copy; Pitts30k-test with 16,816 images fits, Pitts250k-test and Tokyo 24/7 do not).
+Optional k-reciprocal re-ranking (``vpr.rerank``) works from each image's nearest neighbours (one blocked
+exact pass over all query + database pairs) and never builds an (Nq + Ndb)^2 matrix; like the reference it
+re-ranks the whole database for every query, and ranks ties by database index.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from vpr.errors import VprError
 
 NMS_FACTOR = 12  # a Tokyo 24/7 panorama has 12 database cut-outs
-RERANK_MAX_ITEMS = 20_000
+RERANK_MAX_ITEMS = None  # no limit: re-ranking memory grows with (Nq + Ndb) x k1
 _FAISS_GPU_MAX_K = 2048  # faiss GPU k-selection limit
 
 
@@ -142,20 +142,19 @@ def top_k_dense(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rerank_search(db: np.ndarray, queries: np.ndarray, k: int, k1: int, k2: int, lambda_value: float,
-                  max_items: int = RERANK_MAX_ITEMS) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k after k-reciprocal re-ranking (Zhong et al. 2017) of the dense squared distances."""
+                  max_items: int | None = RERANK_MAX_ITEMS) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k after k-reciprocal re-ranking (Zhong et al. 2017) of the squared distances over the whole
+    database, ties by database index; memory O((Nq + Ndb) x k1), see ``vpr.rerank``."""
     n = len(db) + len(queries)
-    if n > max_items:
-        raise VprError(f"--rerank needs dense ({n} x {n}) distance matrices for {len(queries)} queries and "
-                       f"{len(db)} database images; that is above the limit of {max_items} images in total "
-                       "(raise it with --rr-max-items if the machine has the memory)")
+    if max_items is not None and n > max_items:
+        raise VprError(f"--rerank: {len(queries)} queries + {len(db)} database images are above the limit "
+                       f"of {max_items} images set with --rr-max-items")
+    from vpr.rerank import rerank_top_k
+
     try:
-        from vpr.rerank import k_reciprocal_rerank
-    except ImportError as err:
-        raise VprError(f"--rerank: k-reciprocal re-ranking is not available ({err})") from err
-    d = k_reciprocal_rerank(squared_distances(queries, db), squared_distances(queries, queries),
-                            squared_distances(db, db), k1, k2, lambda_value, square_input=True)
-    return top_k_dense(np.asarray(d, dtype=np.float32), k)
+        return rerank_top_k(queries, db, k, k1, k2, lambda_value, square_input=True)
+    except ValueError as err:
+        raise VprError(f"--rerank: {err}") from err
 
 
 @dataclass

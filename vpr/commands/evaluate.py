@@ -42,7 +42,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rr-lambda", type=unit_float, default=0.0,
                         help="re-ranking weight of the original distance, 0 to 1")
     parser.add_argument("--rr-max-items", type=positive_int, default=RERANK_MAX_ITEMS,
-                        help="refuse re-ranking above this many query + database images (dense matrices)")
+                        help="refuse re-ranking above this many query + database images (default: no limit; "
+                             "memory grows with the number of images times k1)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -186,14 +186,12 @@ class Trainer:
         return recall_at(idx, self.val_index.positives, RECALL_AT)
 
     def jaccard_rows(self, anchors: list[int], q_feats: np.ndarray, db_feats: np.ndarray) -> dict:
-        """Re-ranked (k-reciprocal) distances of the chunk's anchors to the training database."""
-        from vpr.evaluate import squared_distances
-        from vpr.rerank import k_reciprocal_rerank
+        """Re-ranked (k-reciprocal) distances of the chunk's anchors to their 10 m positives."""
+        from vpr.rerank import rerank_pairs
 
-        d = k_reciprocal_rerank(squared_distances(q_feats, db_feats), squared_distances(q_feats, q_feats),
-                                squared_distances(db_feats, db_feats), self.cfg.rerank_k1, self.cfg.rerank_k2,
-                                self.cfg.rerank_lambda, square_input=True)
-        return {a: d[a] for a in anchors}
+        pairs = {a: self.train_index.train_positives[a] for a in anchors}
+        return rerank_pairs(q_feats, db_feats, pairs, self.cfg.rerank_k1, self.cfg.rerank_k2,
+                            self.cfg.rerank_lambda, square_input=True, device=self.info.device)
 
     # ------------------------------------------------------------------ losses
     def tuple_loss(self, images: torch.Tensor, layout: list[tuple[int, int]]):
