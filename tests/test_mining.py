@@ -1,4 +1,4 @@
-"""Hard-negative mining and SFRS positive selection on hand-made feature sets (METHOD.md §4.2, §4.3)."""
+"""Hard-negative mining and SFRS positive selection on hand-made feature sets (docs/method.md §4.2, §4.3)."""
 
 import numpy as np
 import pytest

@@ -10,7 +10,7 @@ from vpr.rerank import k_reciprocal_rerank
 
 
 def _reference(d_qg, d_qq, d_gg, k1, k2, lambda_value, square_input=True):
-    """METHOD.md §5.6 step by step, with a dense stacked matrix, Python sets and loops."""
+    """docs/method.md §5.6 step by step, with a dense stacked matrix, Python sets and loops."""
     Q, G = d_qg.shape
     N = Q + G
     S = np.zeros((N, N))

@@ -1,4 +1,4 @@
-"""Retrieval and Recall@N (METHOD.md §5.2, §5.4-5.6; DECISIONS.md "PCA, retrieval, evaluation").
+"""Retrieval and Recall@N (docs/method.md §5.2, §5.4-5.6).
 
 Retrieval is exact nearest-neighbour search on squared Euclidean distances with faiss (``IndexFlatL2`` on
 the GPU when faiss sees one; on the CPU ``faiss.knn``, the same blocked BLAS kernel without a copy of the

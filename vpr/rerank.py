@@ -1,7 +1,7 @@
 """k-reciprocal re-ranking (Zhong et al., CVPR 2017) of query-gallery distances, as the reference does it.
 
 Used at test time (``vpr evaluate --rerank``, k1=25, k2=1, λ=0) and by SFRS positive selection in
-generations ≥ 1 (k1=20, k2=1, λ=0.1). The steps (METHOD.md §5.6), on the stacked set of the Q queries and
+generations ≥ 1 (k1=20, k2=1, λ=0.1). The steps (docs/method.md §5.6), on the stacked set of the Q queries and
 G gallery items, N = Q+G, with the stacked distance matrix S = [[d_qq, d_qg], [d_qgᵀ, d_gg]]:
 
 1. P[i, :] = S[:, i]² / max(S[:, i]²) — the reference squares the distances it is given (already squared

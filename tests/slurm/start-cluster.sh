@@ -3,8 +3,8 @@
 # slurmdbd (so sacct works), slurmctld and one slurmd named `localhost` with fake GPUs, or two slurmds
 # (node1, node2) in their own network namespaces with --nodes 2; partitions debug (the default) and cpu and
 # gpu (the names profiles/slurm uses), all over every node. Everything lives in one state directory;
-# stop-cluster.sh stops exactly what this started. Measured facts behind the settings:
-# /work/shared/spec/SLURM-LOCAL.md (Debian 12, slurm-wlm 22.05, run as root, no systemd).
+# stop-cluster.sh stops exactly what this started. The settings were measured on Debian 12 with
+# slurm-wlm 22.05, run as root without systemd; the reason for each is commented where it is set.
 #
 # Usage: start-cluster.sh [--state DIR] [--nodes 1|2] [--gpus N] [--cpus N] [--mem MB] [--system-conf]
 #                         [--status]

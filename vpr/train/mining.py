@@ -1,4 +1,4 @@
-"""Hard-negative mining and SFRS positive selection (METHOD.md §4.2, §4.3; DECISIONS.md "Training").
+"""Hard-negative mining and SFRS positive selection (docs/method.md §4.2, §4.3).
 
 Every rank runs the mining for the whole chunk with the same seeded generator and the same gathered
 features, so every rank holds the same tuples and the same negative cache: the cache is global (one entry
@@ -92,7 +92,7 @@ def difficult_positives(
     pos_pool: int,
     pos_num: int,
 ) -> np.ndarray:
-    """SFRS difficult positives (METHOD.md §4.3).
+    """SFRS difficult positives (docs/method.md §4.3).
 
     ``euclid`` and ``jaccard`` are the anchor's distances to each entry of ``positives``. Take the
     ``pos_pool`` Euclidean-nearest positives; a positive's gap is its rank under ``jaccard`` minus its rank
