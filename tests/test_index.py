@@ -50,7 +50,10 @@ def within(db: list[tuple[float, float]], q: list[tuple[float, float]], radius: 
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    rc = main(["index", *argv])
+    try:
+        rc = main(["index", *argv])
+    except SystemExit as exit_:   # a usage error of argparse (status 2)
+        rc = exit_.code
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
 
@@ -557,10 +560,11 @@ def test_directory_where_an_image_should_be(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--train-pos-radius", "30"], "--train-pos-radius 30 is above --train-neg-radius 25: training "
                                    "positives between the two would also be eligible negatives"),
-    (["--train-pos-radius", "nan"], "--train-pos-radius must be positive and finite (metres), got nan"),
-    (["--train-neg-radius", "nan"], "--train-neg-radius must be positive and finite (metres), got nan"),
-    (["--eval-radius", "inf"], "--eval-radius must be positive and finite (metres), got inf"),
-    (["--eval-radius", "-1"], "--eval-radius must be positive and finite (metres), got -1.0"),
+    # non-finite and negative radii are refused by the option's type, before the .mat is read
+    (["--train-pos-radius", "nan"], "argument --train-pos-radius: expected a finite number, got nan"),
+    (["--train-neg-radius", "nan"], "argument --train-neg-radius: expected a finite number, got nan"),
+    (["--eval-radius", "inf"], "argument --eval-radius: expected a finite number, got inf"),
+    (["--eval-radius", "-1"], "argument --eval-radius: must be a positive number, got -1"),
 ])
 def test_radii_that_make_no_sense(tmp_path, capsys, argv, message):
     mat, _ = write_pitts(tmp_path, [(E0 + 3.0, N0)], which="train")

@@ -198,7 +198,7 @@ def test_table_compare_with_rankings_elsewhere(tmp_path, compared):
     ("kind", "is a vpr features file, not a rankings file"),
     ("baseline", "--compare-to nobody: no --recall of that method"),
     ("rankings_only", "--rankings is only read for a comparison"),
-    ("same_out", "is also an input"),
+    ("same_out", "is the input --recall"),
 ])
 def test_table_compare_bad_input(tmp_path, capsys, compared, case, message):
     baseline = "untrained"

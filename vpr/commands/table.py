@@ -36,15 +36,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-to", default=None, metavar="METHOD",
                         help="baseline method (one of the --recall methods): mark the cells significantly "
                              "above/below it on the same queries (McNemar's exact test, 5 %% level)")
-    parser.add_argument("--rankings", nargs=3, action="append", default=[],
-                        metavar=("METHOD", "DATASET", "H5"),
-                        help="rankings file of one --recall entry for --compare-to (repeat; default: the "
-                             "file beside its recall CSV, X_recall.csv -> X_rankings.h5)")
+    add_input(parser, "--rankings", nargs=3, action="append", default=[],
+              metavar=("METHOD", "DATASET", "H5"),
+              help="rankings file of one --recall entry for --compare-to (repeat; default: the "
+                   "file beside its recall CSV, X_recall.csv -> X_rankings.h5)")
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
-    from pathlib import Path
 
     from vpr.errors import VprError
     from vpr.io import atomic_output
@@ -55,14 +54,6 @@ def run(args: argparse.Namespace) -> int:
         raise VprError(f"--ns: values must be positive, got {' '.join(map(str, args.ns))}")
     if args.rankings and args.compare_to is None:
         raise VprError("--rankings is only read for a comparison: add --compare-to METHOD")
-    outs = {"--out-md": Path(args.out_md).resolve(), "--out-csv": Path(args.out_csv).resolve()}
-    if outs["--out-md"] == outs["--out-csv"]:
-        raise VprError(f"--out-md and --out-csv are the same file {args.out_md}")
-    inputs = [r[2] for r in args.recall] + [r[2] for r in args.rankings]
-    for option, out in outs.items():
-        clash = next((p for p in inputs if Path(p).resolve() == out), None)
-        if clash is not None:
-            raise VprError(f"{option} {clash} is also an input; write the table elsewhere")
     rankings = {(m, d): path for m, d, path in args.rankings}
     rows = collect([tuple(r) for r in args.recall], ns, compare_to=args.compare_to, rankings=rankings)
     rows += pooled_rows(rows, ns, args.compare_to)
