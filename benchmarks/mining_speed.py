@@ -108,7 +108,7 @@ def run(work: Path) -> None:
             miner.mine(anchors, q, db, np.random.default_rng(1))
         t_jac = None
         if args.sfrs:
-            ctx = types.SimpleNamespace(cfg=cfg)
+            ctx = types.SimpleNamespace(cfg=cfg, train_index=train, info=types.SimpleNamespace(device="cpu"))
             with Timer() as t:
                 jac = Trainer.jaccard_rows(ctx, anchors, q, db)
                 Miner(train.train_positives, train.train_nonnegatives, cfg.neg_num, cfg.neg_pool).mine(
