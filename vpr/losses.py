@@ -9,7 +9,8 @@ descriptors. Every loss returns a scalar tensor and contains no Python loop over
 * ``sfrs_soft``  -- SFRS soft-label loss: cross-entropy of teacher soft targets against the student.
 
 ``get_loss(name, **kwargs)`` looks a loss up in ``LOSSES`` and binds its options, raising ``ValueError`` for
-an unknown name, option or form, so a bad configuration fails before training starts.
+an unknown name, option or form, so a bad configuration fails before training starts. ``tuple_loss`` is the
+training loss (``--loss``, one of ``TUPLE_LOSSES``) with the options of the training configuration it takes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 SARE_FORMS = ("dot", "euclidean")
+TUPLE_LOSSES = ("triplet", "sare_ind", "sare_joint")  # the losses on (q, p, negatives) tuples: --loss
 
 # torch.nn.functional.pairwise_distance (used by triplet_margin_loss) adds this inside the norm.
 _TRIPLET_EPS = 1e-6
@@ -153,3 +155,14 @@ def get_loss(name: str, **kwargs) -> Callable[..., torch.Tensor]:
     if "form" in kwargs and kwargs["form"] not in SARE_FORMS:
         raise ValueError(f"unknown SARE form {kwargs['form']!r}; valid forms: {', '.join(SARE_FORMS)}")
     return functools.partial(fn, **kwargs)
+
+
+def tuple_loss(name: str, *, margin: float, squared: bool, form: str,
+               tau: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The tuple loss ``name`` (one of ``TUPLE_LOSSES``) with the options it takes bound: triplet takes
+    ``margin`` and ``squared``, the SARE losses ``form`` and ``tau``."""
+    if name not in TUPLE_LOSSES:
+        raise ValueError(f"unknown tuple loss {name!r}; valid losses: {', '.join(TUPLE_LOSSES)}")
+    options = {"margin": margin, "squared": squared, "form": form, "tau": tau}
+    takes = inspect.signature(LOSSES[name]).parameters
+    return get_loss(name, **{key: value for key, value in options.items() if key in takes})

@@ -113,12 +113,10 @@ def initial_model(cfg: TrainConfig, centers: str | Path, trunk: str | Path | Non
     return model
 
 
-def hard_loss(cfg: TrainConfig, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor,
-              tau: float) -> torch.Tensor:
-    if cfg.loss == "triplet":
-        return losses.triplet(q, p, n, margin=cfg.margin, squared=cfg.triplet_squared)
-    fn = losses.sare_ind if cfg.loss == "sare_ind" else losses.sare_joint
-    return fn(q, p, n, form=cfg.loss_form, tau=tau)
+def hard_loss(cfg: TrainConfig, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """The configured tuple loss (``--loss``) of anchors ``q``, positives ``p`` and negatives ``n``."""
+    return losses.tuple_loss(cfg.loss, margin=cfg.margin, squared=cfg.triplet_squared, form=cfg.loss_form,
+                             tau=cfg.tau)(q, p, n)
 
 
 class Trainer:
@@ -204,7 +202,7 @@ class Trainer:
             q = torch.stack([out[s] for s in starts[:-1]])
             p = torch.stack([out[s + 1] for s in starts[:-1]])
             n = torch.stack([out[s + 2:s + 2 + k] for s, (k, _) in zip(starts[:-1], layout, strict=True)])
-            loss = hard_loss(cfg, q, p, n, cfg.tau)
+            loss = hard_loss(cfg, q, p, n)
             return loss, loss.detach(), torch.zeros(())
         hards, softs = [], []
         s0 = 0
@@ -218,7 +216,7 @@ class Trainer:
             else:   # each negative's region most similar to the anchor (scores detached)
                 r_star = (negs.detach() @ q_g.detach()).argmax(dim=1)
                 n_sel = negs[torch.arange(n_neg), r_star]
-            hards.append(hard_loss(cfg, q_g[None], p_g[None], n_sel[None], cfg.tau))
+            hards.append(hard_loss(cfg, q_g[None], p_g[None], n_sel[None]))
             if cfg.generation >= 1:
                 # The anchor's global descriptor against the 9 regions of each difficult positive.
                 student = (regions[2 + n_neg:] @ q_g).flatten()           # P·9 scores
