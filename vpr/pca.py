@@ -162,7 +162,7 @@ def pca_projection(params: PCAParams, whiten: bool = True) -> tuple[torch.Tensor
     U, lams = params.U.double(), params.lams.double()
     Uw = U / torch.sqrt(lams) if whiten else U
     W = Uw.T
-    b = -(W @ params.mu.double())
+    b = -(W @ params.mu.double().reshape(-1))
     return W.float().contiguous(), b.float()
 
 
