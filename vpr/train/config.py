@@ -20,7 +20,7 @@ from vpr.errors import VprError
 from vpr.losses import SARE_FORMS, TUPLE_LOSSES
 from vpr.precision import PRECISIONS
 
-METHODS = ("baseline", "sfrs")
+TRAIN_METHODS = ("baseline", "sfrs")
 TRAIN_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp16")   # fp16 would need gradient scaling
 # Options that do not change the trained weights: a resumed run may change them.
 RUNTIME_ONLY = ("workers", "test_batch_size", "print_freq")
@@ -36,7 +36,7 @@ def _opt(default, help: str, **kw):
 @dataclass
 class TrainConfig:
     # What is trained.
-    method: str = _opt("baseline", "baseline (NetVLAD/SARE losses) or sfrs", choices=METHODS)
+    method: str = _opt("baseline", "baseline (NetVLAD/SARE losses) or sfrs", choices=TRAIN_METHODS)
     loss: str = _opt("triplet", "loss; for sfrs the hard loss (the reference uses sare_ind)",
                      choices=TUPLE_LOSSES)
     loss_form: str = _opt("dot", "SARE logits: dot (<q,x>/tau, produced the published numbers) or "
@@ -100,8 +100,8 @@ class TrainConfig:
         def bad(key, msg):
             raise VprError(f"training config: {key}: {msg}")
 
-        if self.method not in METHODS:
-            bad("method", f"{self.method!r} is not one of {', '.join(METHODS)}")
+        if self.method not in TRAIN_METHODS:
+            bad("method", f"{self.method!r} is not one of {', '.join(TRAIN_METHODS)}")
         if self.loss not in TUPLE_LOSSES:
             bad("loss", f"{self.loss!r} is not one of {', '.join(TUPLE_LOSSES)}")
         if self.loss_form not in SARE_FORMS:
