@@ -9,7 +9,6 @@ kept, and `last.pth` is the final epoch (the next SFRS generation's teacher).
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import shutil
@@ -33,7 +32,7 @@ from vpr.extract import extract_features
 from vpr.io import atomic_output
 from vpr.models import EmbedNet, ModelConfig, build_model, load_model, load_trunk, save_model
 from vpr.precision import resolve_precision
-from vpr.stats import interval_column_names, interval_columns
+from vpr.stats import interval_columns
 from vpr.train.checkpointing import (
     RunState,
     StopFlag,
@@ -48,12 +47,10 @@ from vpr.train.checkpointing import (
 from vpr.train.config import TrainConfig
 from vpr.train.data import RankStepSampler, TupleDataset, collate_tuples
 from vpr.train.mining import Miner, Tuple
+from vpr.train.training_log import RECALL_AT, write_training_log
 
 log = logging.getLogger(__name__)
 
-RECALL_AT = (1, 5, 10)
-LOG_FIELDS = ["generation", "epoch", "loss", "loss_hard", "loss_soft", "lr", "recall@1", "recall@5",
-              "recall@10", *interval_column_names(RECALL_AT), "mining_s", "train_s", "val_s"]
 
 
 @dataclass
@@ -343,10 +340,7 @@ class Trainer:
     def write_log(self) -> None:
         if not self.info.is_main:
             return
-        with atomic_output(self.paths.log) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(self.state.history)
+        write_training_log(self.paths.log, self.state.history)
 
     # ------------------------------------------------------------------ loop
     def save_initial(self) -> int:
