@@ -136,12 +136,16 @@ class EmbedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fmap = self.feature_map(x)
         with autocast_off(fmap):   # the head in float32 even when the backbone ran under autocast
-            v = _vlad_to_descriptor(self.net_vlad(fmap))
-            if self.pca_layer is not None:
-                # the 1×1 convolution on a 1×1 map, written as the equivalent matrix product
-                w = self.pca_layer.weight.flatten(1)
-                v = F.normalize(F.linear(v, w, self.pca_layer.bias), p=2, dim=-1)
-        return v
+            return self.project(_vlad_to_descriptor(self.net_vlad(fmap)))
+
+    def project(self, v: torch.Tensor) -> torch.Tensor:
+        """The PCA(-whitening) head on NetVLAD descriptors ``v`` (…, K·D): normalise(U_wᵀ(v − μ)); ``v``
+        unchanged when the model has no head."""
+        if self.pca_layer is None:
+            return v
+        # the 1×1 convolution on a 1×1 map, written as the equivalent matrix product
+        w = self.pca_layer.weight.flatten(1)
+        return F.normalize(F.linear(v, w, self.pca_layer.bias), p=2, dim=-1)
 
     def regions(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 9, K·D) region descriptors [global, top, bottom, left, right, TL, TR, BL, BR] (no PCA)."""
