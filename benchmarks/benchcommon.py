@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-SPLITS = {  # index name -> (format, data set, .mat file), as in the workflow
+SPLIT_SOURCES = {  # index name -> (format, data set, .mat file), as in the workflow
     "pitts30k_train": ("pitts", "pitts", "pitts30k_train.mat"),
     "pitts30k_test": ("pitts", "pitts", "pitts30k_test.mat"),
     "pitts250k_test": ("pitts", "pitts", "pitts250k_test.mat"),
@@ -72,7 +72,7 @@ def run_vpr(*args) -> None:
         raise SystemExit(f"vpr {' '.join(map(str, args))} failed:\n{proc.stderr}")
 
 
-def synth_indexes(data: Path | None, work: Path, splits=tuple(SPLITS)) -> dict[str, Path]:
+def synth_indexes(data: Path | None, work: Path, splits=tuple(SPLIT_SOURCES)) -> dict[str, Path]:
     """Index files of the synthetic data set in ``data`` (generated there with the demo preset if None)."""
     if data is None:
         data = work / "synth"
@@ -82,7 +82,7 @@ def synth_indexes(data: Path | None, work: Path, splits=tuple(SPLITS)) -> dict[s
         print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
     out = {}
     for name in splits:
-        fmt, dataset, mat = SPLITS[name]
+        fmt, dataset, mat = SPLIT_SOURCES[name]
         raw = Path(data) / dataset / "raw"
         index = work / f"{name}.h5"
         if not index.exists():

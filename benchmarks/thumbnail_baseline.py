@@ -24,7 +24,7 @@ from scipy.spatial import cKDTree
 
 PITTS_DB, PITTS_Q = "pitts/raw/Pittsburgh/images", "pitts/raw/Pittsburgh/queries"
 TM = "tokyo/raw/tokyoTM/images"
-SPLITS = (
+SPLIT_SOURCES = (
     # name, .mat, database image root, query image root, database listed .jpg but stored .png, panorama NMS
     ("pitts30k_train", "pitts/raw/pitts30k_train.mat", PITTS_DB, PITTS_Q, False, False),
     ("pitts30k_val", "pitts/raw/pitts30k_val.mat", PITTS_DB, PITTS_Q, False, False),
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="subtract each thumbnail's mean and divide by its std before L2")
     args = parser.parse_args(argv)
     print(f"{'split':16s} {'db':>5s} {'q':>4s}  R@1    R@5    R@10")
-    for name, mat, db_root, q_root, png, nms in SPLITS:
+    for name, mat, db_root, q_root, png, nms in SPLIT_SOURCES:
         if not (args.data / mat).exists():
             continue
         db_fns, db_utm, q_fns, q_utm = read_db_struct(args.data / mat)

@@ -74,8 +74,14 @@ def test_spatial_nms_by_hand():
     idx = np.array([[5, 6, 2, 7, 1, 3],
                     [8, -1, 0, 5, -1, -1],
                     [2, 3, 2, 3, 1, 0]])
-    assert spatial_nms(idx, place, 2).tolist() == [[5, 2], [8, 0], [2, 1]]
-    assert spatial_nms(idx, place, 4).tolist() == [[5, 2, 1, -1], [8, 0, -1, -1], [2, 1, 0, -1]]
+    dist = np.arange(18, dtype=np.float32).reshape(3, 6)  # distance = 6 * row + column
+    d2, i2 = spatial_nms(dist, idx, place, 2)
+    assert i2.tolist() == [[5, 2], [8, 0], [2, 1]]
+    assert d2.tolist() == [[0, 2], [6, 8], [12, 16]]
+    d4, i4 = spatial_nms(dist, idx, place, 4)
+    assert i4.tolist() == [[5, 2, 1, -1], [8, 0, -1, -1], [2, 1, 0, -1]]
+    inf = float("inf")
+    assert d4.tolist() == [[0, 2, 4, inf], [6, 8, inf, inf], [12, 16, 17, inf]]
 
 
 def test_spatial_nms_matches_python_loop():
@@ -83,7 +89,7 @@ def test_spatial_nms_matches_python_loop():
     place = rng.integers(0, 7, size=40)
     idx = rng.integers(0, 40, size=(25, 30))
     idx[rng.random(idx.shape) < 0.1] = -1
-    got = spatial_nms(idx, place, 5)
+    _, got = spatial_nms(np.zeros(idx.shape, np.float32), idx, place, 5)
     for row, out in zip(idx, got, strict=True):
         seen, kept = set(), []
         for j in row:

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
-from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode
 
 from vpr.data.images import (
@@ -15,7 +14,7 @@ from vpr.data.images import (
     ImageListDataset,
     SizeBucketBatchSampler,
     check_images_exist,
-    collate_same_size,
+    image_batches,
     image_size,
     load_rgb,
     resize_fixed,
@@ -140,8 +139,7 @@ def test_dataset_shorter_side_batches_by_size(tmp_path):
     ds = ImageListDataset(files, shorter_side=60)
     sizes = [ds.output_size(i) for i in range(len(ds))]
     assert sizes == [(60, 80), (80, 60), (60, 80), (60, 80), (80, 60)]
-    loader = DataLoader(ds, batch_sampler=SizeBucketBatchSampler(sizes, batch_size=4),
-                        collate_fn=collate_same_size)
+    loader = image_batches(files, None, batch_size=4, workers=0, device=torch.device("cpu"), shorter_side=60)
     batches = [(x.shape, idx.tolist()) for x, idx in loader]
     assert batches == [((3, 3, 60, 80), [0, 2, 3]), ((2, 3, 80, 60), [1, 4])]
     # item i is (the image resized and normalised, i)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vpr.losses import LOSSES, get_loss, sare_ind, sare_joint, sfrs_soft, triplet
+from vpr.losses import LOSSES, TUPLE_LOSSES, get_loss, sare_ind, sare_joint, sfrs_soft, triplet, tuple_loss
 
 
 def unit(*shape, seed=0, dtype=torch.float64):
@@ -227,6 +227,22 @@ def test_get_loss_binds_options():
     assert get_loss("triplet", margin=0.2, squared=True)(q, p, n).item() == pytest.approx(
         loop_triplet(q, p, n, 0.2, True), rel=1e-12)
     assert set(LOSSES) == {"triplet", "sare_ind", "sare_joint", "sfrs_soft"}
+
+
+def test_tuple_loss_binds_the_training_options_each_loss_takes():
+    # The trainer's dispatch: triplet takes margin and squared, the SARE losses form and tau.
+    q, p, n = tuples(seed=7)
+    opts = dict(margin=0.3, squared=True, form="euclidean", tau=0.05)
+    assert tuple_loss("triplet", **opts)(q, p, n).item() == pytest.approx(
+        loop_triplet(q, p, n, 0.3, True), rel=1e-12)
+    assert tuple_loss("sare_ind", **opts)(q, p, n).item() == pytest.approx(
+        loop_sare_ind(q, p, n, "euclidean", 0.05), rel=1e-12)
+    opts["form"] = "dot"
+    assert tuple_loss("sare_joint", **opts)(q, p, n).item() == pytest.approx(
+        loop_sare_joint(q, p, n, "dot", 0.05), rel=1e-12)
+    assert TUPLE_LOSSES == ("triplet", "sare_ind", "sare_joint")
+    with pytest.raises(ValueError, match=r"unknown tuple loss 'sfrs_soft'; valid losses: triplet, sare_ind"):
+        tuple_loss("sfrs_soft", **opts)
 
 
 def test_errors_name_the_valid_choices():

@@ -25,6 +25,7 @@ from vpr.models import (
     load_trunk,
     save_model,
 )
+from vpr.pca import PCAParams
 
 # VGG16 "D" configuration: output channels of each conv, "M" = 2×2 max-pool; the trunk drops the last
 # ReLU and pool, so the module indices of the 13 convolutions are these:
@@ -219,6 +220,13 @@ def test_alpha_init_against_numpy():
         model.init_netvlad(cen, rng.standard_normal((50, 64)))
 
 
+def pca_params(U, lams, mu) -> PCAParams:
+    """PCAParams from numpy arrays (float32, as load_pca gives them)."""
+    t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32))  # noqa: E731
+    U = np.asarray(U, dtype=np.float64)
+    return PCAParams(U=t(U), lams=t(lams), mu=t(mu), Utmu=t(U.T @ np.asarray(mu).reshape(-1)))
+
+
 @pytest.mark.parametrize("whiten", [True, False])
 def test_pca_head_against_numpy(whiten):
     model = small_model(num_clusters=2)
@@ -230,8 +238,11 @@ def test_pca_head_against_numpy(whiten):
     U, _ = np.linalg.qr(rng.standard_normal((n, k)))
     lams = np.sort(rng.uniform(0.01, 2.0, k))[::-1]
     mu = 0.05 * rng.standard_normal(n)
+    # the parameters as a PCA file stores them (float32); the expectations below use the same values
+    U, lams, mu = (a.astype(np.float32).astype(np.float64) for a in (U, lams, mu))
+    params = pca_params(U, lams, mu.reshape(n, 1))
 
-    model.attach_pca(U, lams, mu.reshape(n, 1), whiten=whiten)
+    model.attach_pca(params, whiten=whiten)
     assert model.output_dim == k and model.config.pca_dim == k
     with torch.no_grad():
         y = model(img).double().numpy()
@@ -244,7 +255,7 @@ def test_pca_head_against_numpy(whiten):
     np.testing.assert_allclose(model.pca_layer.weight.double().numpy().reshape(k, n), Uw.T, atol=1e-6)
     np.testing.assert_allclose(model.pca_layer.bias.double().numpy(), -Uw.T @ mu, atol=1e-5)
 
-    model.attach_pca(U, lams, mu, whiten=whiten, dim=4)  # keep the first 4 components
+    model.attach_pca(params, whiten=whiten, dim=4)  # keep the first 4 components
     with torch.no_grad():
         y4 = model(img).double().numpy()
     e4 = (np.diag(scale[:4]) @ U[:, :4].T @ (x - mu).T).T
@@ -254,9 +265,11 @@ def test_pca_head_against_numpy(whiten):
 def test_pca_shape_errors():
     model = small_model(num_clusters=2)
     with pytest.raises(VprError, match="256 dimensions"):
-        model.attach_pca(np.zeros((100, 4)), np.ones(4), np.zeros(100))
+        model.attach_pca(pca_params(np.zeros((100, 4)), np.ones(4), np.zeros(100)))
     with pytest.raises(VprError, match="positive"):
-        model.attach_pca(np.zeros((256, 2)), np.array([1.0, 0.0]), np.zeros(256))
+        model.attach_pca(pca_params(np.zeros((256, 2)), np.array([1.0, 0.0]), np.zeros(256)))
+    with pytest.raises(VprError, match=r"PCA dimension 3 is out of range 1..2"):
+        model.attach_pca(pca_params(np.zeros((256, 2)), np.ones(2), np.zeros(256)), dim=3)
     assert model.pca_layer is None
 
 
@@ -326,7 +339,7 @@ def test_save_load_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     model.init_netvlad(rng.standard_normal((3, 128)), rng.standard_normal((40, 128)))
     U, _ = np.linalg.qr(rng.standard_normal((384, 6)))
-    model.attach_pca(U, np.linspace(2, 1, 6), np.zeros(384))
+    model.attach_pca(pca_params(U, np.linspace(2, 1, 6), np.zeros(384)))
     path = tmp_path / "m.pth"
     save_model(path, model, epoch=2, recalls={"1": 0.5})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pth"]

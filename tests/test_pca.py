@@ -9,7 +9,8 @@ import torch
 
 from vpr import cli
 from vpr.errors import VprError
-from vpr.pca import PCAParams, apply_pca, fit_pca, load_pca, pca_projection, sample_rows, save_pca
+from vpr.models import ModelConfig, build_model
+from vpr.pca import PCAParams, fit_pca, load_pca, pca_projection, sample_rows, save_pca
 
 
 def data(n, d, seed=0):
@@ -59,21 +60,31 @@ def test_whitened_fit_data_has_identity_covariance():
     np.testing.assert_allclose(np.cov(Y, rowvar=False), np.diag(params.lams.numpy()), atol=1e-3)
 
 
-def test_apply_pca_is_the_normalised_projection():
-    X = data(40, 9, seed=2)
+def test_the_model_head_is_the_normalised_projection():
+    # attach_pca + EmbedNet.project (the head every PCA descriptor goes through) on 128-d descriptors
+    X = data(40, 128, seed=2)
     params = fit_pca(X, 4)
     U, lams, mu = (t.numpy().astype(np.float64) for t in (params.U, params.lams, params.mu))
     expected = (X - mu) @ (U / np.sqrt(lams))
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    got = apply_pca(X, params)
-    assert isinstance(got, np.ndarray) and got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    model = build_model(ModelConfig(backbone="small", num_clusters=1, trainable_from="full"))
+    assert model.vlad_dim == 128
+    model.attach_pca(params)
+    with torch.no_grad():
+        got = model.project(torch.from_numpy(X))
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
     unwhitened = (X - mu) @ U
     unwhitened /= np.linalg.norm(unwhitened, axis=1, keepdims=True)
-    got_t = apply_pca(torch.from_numpy(X), params, whiten=False)
-    assert isinstance(got_t, torch.Tensor)
-    np.testing.assert_allclose(got_t.numpy(), unwhitened, atol=1e-5)
-    np.testing.assert_allclose(apply_pca(X, params.truncated(2)), apply_pca(X, fit_pca(X, 2)), atol=1e-5)
+    model.attach_pca(params, whiten=False)
+    with torch.no_grad():
+        np.testing.assert_allclose(model.project(torch.from_numpy(X)).numpy(), unwhitened, atol=1e-5)
+    model.attach_pca(params, dim=2)
+    with torch.no_grad():
+        first_two = model.project(torch.from_numpy(X)).numpy()
+    model.attach_pca(fit_pca(X, 2))
+    with torch.no_grad():
+        np.testing.assert_allclose(first_two, model.project(torch.from_numpy(X)).numpy(), atol=1e-5)
 
 
 def test_k_is_capped_with_a_warning(caplog):

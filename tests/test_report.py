@@ -13,7 +13,8 @@ from scipy.stats import binomtest
 
 from vpr.cli import main
 from vpr.data.index import SplitRecords, build_index
-from vpr.plots import read_training_log, select_queries, training_positions
+from vpr.plots import select_queries, training_positions
+from vpr.train.training_log import LOG_FIELDS, read_training_log, write_training_log
 
 MIN_PNG = (400, 250)  # every figure is at least this large (width, height) in pixels
 
@@ -405,6 +406,21 @@ def test_plot_training_bad_log(tmp_path, capsys):
     assert main(["plot", "training", "--log", "x", str(bad), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "recall@1" in err and not out.exists()
+
+
+def test_training_log_writer_and_reader_agree(tmp_path):
+    # The header the trainer writes, written out here; the reader returns the plotted columns and intervals.
+    header = ("generation,epoch,loss,loss_hard,loss_soft,lr,recall@1,recall@5,recall@10,"
+              "recall@1_ci_low,recall@1_ci_high,recall@5_ci_low,recall@5_ci_high,"
+              "recall@10_ci_low,recall@10_ci_high,mining_s,train_s,val_s")
+    assert ",".join(LOG_FIELDS) == header
+    row = dict.fromkeys(LOG_FIELDS, 0.5) | {"generation": 1, "epoch": 3, "recall@1_ci_low": ""}
+    path = tmp_path / "log.csv"
+    write_training_log(path, [row])
+    assert path.read_text().splitlines()[0] == header
+    (got,) = read_training_log(path)
+    assert got == {"generation": 1.0, "epoch": 3.0, "loss": 0.5, "recall@1": 0.5, "recall@5": 0.5,
+                   "recall@1_ci_high": 0.5, "recall@5_ci_low": 0.5, "recall@5_ci_high": 0.5}
 
 
 # ---------------------------------------------------------------------------------------- example grid

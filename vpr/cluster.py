@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vpr import artifacts, distributed
-from vpr.data.images import check_images_exist
+from vpr.data.images import check_images_exist, image_batches
 from vpr.errors import VprError
-from vpr.extract import image_batches
 from vpr.io import atomic_h5
 from vpr.models import EmbedNet
 from vpr.precision import Precision, channels_last, resolve_precision, to_channels_last

@@ -85,11 +85,19 @@ def nms_columns(idx: np.ndarray, place: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def spatial_nms(idx: np.ndarray, place: np.ndarray, k: int) -> np.ndarray:
-    """Rankings after the spatial NMS: the first database image of every place, ``k`` per row, -1 padded."""
+def spatial_nms(dist: np.ndarray, idx: np.ndarray, place: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rankings after the spatial NMS: the first database image of every place, ``k`` per row.
+
+    ``dist``/``idx`` are the (Nq x K) distances and database indices of :func:`search`. Returns
+    ``(dist, idx)`` of shape (Nq x k): indices -1 padded, distances inf where padded.
+    """
     idx = np.asarray(idx, dtype=np.int64)
     cols = nms_columns(idx, place, k)
-    return np.where(cols >= 0, np.take_along_axis(idx, np.maximum(cols, 0), 1), -1)
+    safe = np.maximum(cols, 0)
+    kept_idx = np.where(cols >= 0, np.take_along_axis(idx, safe, 1), -1)
+    kept_dist = np.where(cols >= 0, np.take_along_axis(np.asarray(dist), safe, 1), np.float32(np.inf))
+    return kept_dist.astype(np.float32), kept_idx
 
 
 def first_positive_rank(idx: np.ndarray, positives: Sequence[np.ndarray]) -> np.ndarray:
@@ -182,9 +190,6 @@ def evaluate(db: np.ndarray, queries: np.ndarray, positives: Sequence[np.ndarray
     else:
         dist, idx = search(db, queries, k)
     if place is not None:
-        cols = nms_columns(idx, place, n_max)
-        safe = np.maximum(cols, 0)
-        idx = np.where(cols >= 0, np.take_along_axis(idx, safe, 1), -1)
-        dist = np.where(cols >= 0, np.take_along_axis(dist, safe, 1), np.float32(np.inf)).astype(np.float32)
+        dist, idx = spatial_nms(dist, idx, place, n_max)
     first = first_positive_rank(idx, positives)
     return Evaluation(topk=idx, distances=dist, first_positive=first, recall=recall_from_ranks(first, ns))

@@ -17,18 +17,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vpr import artifacts
-from vpr.data.images import ImageListDataset, SizeBucketBatchSampler, check_images_exist
+from vpr.data.images import check_images_exist, image_batches
 from vpr.errors import VprError
 from vpr.io import atomic_h5
 from vpr.precision import Precision, resolve_precision, to_channels_last
@@ -39,34 +38,6 @@ log = logging.getLogger(__name__)
 # the descriptor subsets of a features file, as datasets in row order ("all": db rows first)
 SUBSET_DATASETS = {"all": ("db", "query"), "db": ("db",), "query": ("query",)}
 _READ_ROWS = 1024  # rows read from a features file at a time when sampling
-
-
-class _Guarded(Dataset):
-    """Returns an image load error as data instead of raising it inside a DataLoader worker.
-
-    A VprError raised in a worker reaches the main process wrapped in a traceback text; returning the
-    message lets :func:`extract_features` re-raise it as the same clean one-line error.
-    """
-
-    def __init__(self, dataset: ImageListDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        try:
-            tensor, _ = self.dataset[i]
-        except VprError as err:
-            return None, i, str(err)
-        return tensor, i, None
-
-
-def _collate(items):
-    errors = [e for _, _, e in items if e is not None]
-    if errors:
-        return None, None, errors[0]
-    return torch.stack([t for t, _, _ in items]), torch.tensor([i for _, i, _ in items]), None
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -80,27 +51,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise VprError(f"--device {device}: CUDA is not available on this machine")
     return device
-
-
-def image_batches(files: Sequence[str | os.PathLike], size: tuple[int, int] | None, batch_size: int,
-                  workers: int, device: torch.device, shorter_side: int | None = None
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(images (B, 3, H, W), row indices into files)`` batches, images of one output size per batch.
-
-    Resizing as in :class:`ImageListDataset`; loaded by ``workers`` processes. A missing or unreadable
-    image raises VprError naming it (in this process, not as a worker's traceback).
-    """
-    dataset = ImageListDataset(files, size=size, shorter_side=shorter_side)
-    if dataset.size is not None:
-        sizes = [dataset.size] * len(dataset)
-    else:
-        sizes = [dataset.output_size(i) for i in range(len(dataset))]
-    loader = DataLoader(_Guarded(dataset), batch_sampler=SizeBucketBatchSampler(sizes, batch_size),
-                        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda")
-    for images, idx, error in loader:
-        if error is not None:
-            raise VprError(error)
-        yield images, idx
 
 
 def extract_features(

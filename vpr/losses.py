@@ -9,7 +9,8 @@ descriptors. Every loss returns a scalar tensor and contains no Python loop over
 * ``sfrs_soft``  -- SFRS soft-label loss: cross-entropy of teacher soft targets against the student.
 
 ``get_loss(name, **kwargs)`` looks a loss up in ``LOSSES`` and binds its options, raising ``ValueError`` for
-an unknown name, option or form, so a bad configuration fails before training starts.
+an unknown name, option or form, so a bad configuration fails before training starts. ``tuple_loss`` is the
+training loss (``--loss``, one of ``TUPLE_LOSSES``) with the options of the training configuration it takes.
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the losses: vpr.train.config takes the loss names from here, and `vpr train
+# --help` should not pay for importing torch.
 
 SARE_FORMS = ("dot", "euclidean")
+TUPLE_LOSSES = ("triplet", "sare_ind", "sare_joint")  # the losses on (q, p, negatives) tuples: --loss
 
 # torch.nn.functional.pairwise_distance (used by triplet_margin_loss) adds this inside the norm.
 _TRIPLET_EPS = 1e-6
@@ -56,6 +62,9 @@ def triplet(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float = 0
 
     i.e. squared distances, margin 0.1, sum over negatives, mean over tuples.
     """
+    import torch
+    import torch.nn.functional as F
+
     _check_tuple(q, p, n)
     if margin < 0:
         raise ValueError(f"triplet margin must be >= 0, got {margin}")
@@ -71,6 +80,8 @@ def triplet(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, margin: float = 0
 def _sare_logits(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, form: str,
                  tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits s(p) (B,) and s(n_j) (B, N) of the SARE losses."""
+    import torch
+
     _check_tuple(q, p, n)
     if form == "dot":
         if tau <= 0:
@@ -90,6 +101,8 @@ def sare_ind(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, form: str = "dot
     with logits s(x) = ⟨q_b, x⟩ / τ for ``form="dot"`` (the form that produced the published SARE/SFRS
     numbers, τ = 0.07) or s(x) = −‖q_b − x‖² for ``form="euclidean"`` (Gaussian kernel; ``tau`` unused).
     """
+    import torch.nn.functional as F
+
     s_p, s_n = _sare_logits(q, p, n, form, tau)
     return F.softplus(s_n - s_p.unsqueeze(1)).mean()
 
@@ -103,6 +116,8 @@ def sare_joint(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, form: str = "d
 
     with the logits s of :func:`sare_ind`.
     """
+    import torch
+
     s_p, s_n = _sare_logits(q, p, n, form, tau)
     logits = torch.cat([s_p.unsqueeze(1), s_n], dim=1)
     return (torch.logsumexp(logits, dim=1) - s_p).mean()
@@ -118,6 +133,8 @@ def sfrs_soft(student: torch.Tensor, teacher: torch.Tensor, tau_student: float =
     descriptor against the 9 regions of each of the P difficult positives). The teacher is detached: no
     gradient flows into it. SFRS uses τ_s = 0.07 and τ_t = 0.07, 0.07, 0.06, 0.05 for generations 0..3.
     """
+    import torch.nn.functional as F
+
     if student.dim() != 2 or teacher.shape != student.shape:
         raise ValueError(f"expected student and teacher scores of the same shape (B, M), "
                          f"got {tuple(student.shape)} and {tuple(teacher.shape)}")
@@ -153,3 +170,14 @@ def get_loss(name: str, **kwargs) -> Callable[..., torch.Tensor]:
     if "form" in kwargs and kwargs["form"] not in SARE_FORMS:
         raise ValueError(f"unknown SARE form {kwargs['form']!r}; valid forms: {', '.join(SARE_FORMS)}")
     return functools.partial(fn, **kwargs)
+
+
+def tuple_loss(name: str, *, margin: float, squared: bool, form: str,
+               tau: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The tuple loss ``name`` (one of ``TUPLE_LOSSES``) with the options it takes bound: triplet takes
+    ``margin`` and ``squared``, the SARE losses ``form`` and ``tau``."""
+    if name not in TUPLE_LOSSES:
+        raise ValueError(f"unknown tuple loss {name!r}; valid losses: {', '.join(TUPLE_LOSSES)}")
+    options = {"margin": margin, "squared": squared, "form": form, "tau": tau}
+    takes = inspect.signature(LOSSES[name]).parameters
+    return get_loss(name, **{key: value for key, value in options.items() if key in takes})

@@ -13,7 +13,8 @@ parameters are float32. Each direction's sign is fixed (largest-magnitude entry 
 same data gives the same file.
 
 Applying: y = normalise(U_wᵀ (x − μ)) with U_w = U·diag(λ^{−1/2}) when whitening (the default), U otherwise.
-``pca_projection`` gives the same map as a weight and bias, the form a 1×1 convolution head stores.
+``pca_projection`` gives this map as a weight and bias, the form the model's 1×1 convolution head stores
+(``EmbedNet.attach_pca``, applied by ``EmbedNet.project``).
 
 File (HDF5): ``U`` (D×k), ``lams`` (k), ``mu`` (D), ``Utmu`` (k) = Uᵀμ, all float32; attributes ``kind``
 ("vpr-pca"), ``whiten`` (the default for applying), ``n_samples``, ``source`` and ``checkpoint_sha256``: the
@@ -32,7 +33,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vpr import artifacts
 from vpr.errors import VprError
@@ -156,29 +156,14 @@ def fit_pca(X: torch.Tensor | np.ndarray, k: int, *, device: str | torch.device 
 
 
 def pca_projection(params: PCAParams, whiten: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """The affine map of :func:`apply_pca` before normalisation: weight W = U_wᵀ (k×D) and bias b = −U_wᵀμ
+    """The PCA map before normalisation: weight W = U_wᵀ (k×D) and bias b = −U_wᵀμ
     (k), so y = W x + b. U_w = U·diag(λ^{−1/2}) when whitening, U otherwise. (A 1×1 Conv2d head stores W
     as its weight and b as its bias.)"""
     U, lams = params.U.double(), params.lams.double()
     Uw = U / torch.sqrt(lams) if whiten else U
     W = Uw.T
-    b = -(W @ params.mu.double())
+    b = -(W @ params.mu.double().reshape(-1))
     return W.float().contiguous(), b.float()
-
-
-def apply_pca(x: torch.Tensor | np.ndarray, params: PCAParams,
-              whiten: bool = True) -> torch.Tensor | np.ndarray:
-    """Project descriptors ``x`` (…, D): normalise(U_wᵀ(x − μ)), L2 over the last axis. Returns the same kind
-    (tensor or numpy array) as ``x``, float32."""
-    is_numpy = isinstance(x, np.ndarray)
-    xt = torch.as_tensor(x)
-    if xt.shape[-1] != params.input_dim:
-        raise ValueError(f"descriptors of dimension {xt.shape[-1]} do not match the PCA input dimension "
-                         f"{params.input_dim}")
-    W, b = pca_projection(params, whiten)
-    W, b = W.to(xt.device), b.to(xt.device)
-    y = F.normalize(xt.to(torch.float32) @ W.T + b, dim=-1)
-    return y.numpy() if is_numpy else y
 
 
 def save_pca(path: str | os.PathLike, params: PCAParams) -> None:

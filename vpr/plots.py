@@ -6,7 +6,6 @@ touches no global pyplot/backend state, and are written through :func:`vpr.io.at
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ from vpr.errors import VprError
 from vpr.io import atomic_output
 from vpr.published import dataset_name, method_name, published, query_count
 from vpr.results import RecallTable
-from vpr.stats import interval_column_names, recall_interval
+from vpr.stats import recall_interval
 
 # Frame colours of the example grid (RGB 0..1): a retrieved image that is a ground-truth positive / not.
 MATCH_COLOUR = (0.0, 0.68, 0.0)
@@ -26,10 +25,6 @@ WRONG_COLOUR = (0.86, 0.0, 0.0)
 QUERY_COLOUR = (0.15, 0.15, 0.15)
 THUMBNAIL_SIZE = 320  # longest side of an image in the example grid, pixels
 
-TRAINING_LOG_COLUMNS = ("generation", "epoch", "loss", "recall@1", "recall@5")
-# the 95 % intervals of the logged recalls: optional (logs of earlier versions have none, and rows of a run
-# resumed from such a log leave them empty)
-TRAINING_LOG_INTERVALS = tuple(interval_column_names((1, 5)))
 LAYOUTS = ("auto", "chain", "overlay")
 
 
@@ -102,42 +97,6 @@ def _colour_cycle(n: int) -> list[dict]:
 
 
 # -------------------------------------------------------------------------------------- training curves
-def read_training_log(path: str | os.PathLike) -> list[dict[str, float]]:
-    """Rows of a training ``log.csv`` (vpr.train.trainer.LOG_FIELDS) as floats, in file order; the interval
-    columns (``recall@N_ci_low``/``_ci_high``) are in a row's dict only where the log has them."""
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            fields = reader.fieldnames or []
-            rows = list(reader)
-    except FileNotFoundError:
-        raise VprError(f"{path}: training log not found (written by 'vpr train' as log.csv)") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise VprError(f"{path}: unreadable training log ({err})") from None
-    missing = [c for c in TRAINING_LOG_COLUMNS if c not in fields]
-    if missing:
-        raise VprError(f"{path}: not a training log: column(s) {', '.join(missing)} missing")
-    out = []
-    for line, row in enumerate(rows, start=2):
-        try:
-            values = {c: float(row[c]) for c in TRAINING_LOG_COLUMNS}
-        except (TypeError, ValueError):
-            raise VprError(f"{path}: malformed row {line}: non-numeric value in "
-                           f"{', '.join(TRAINING_LOG_COLUMNS)}") from None
-        for c in TRAINING_LOG_INTERVALS:
-            try:
-                values[c] = float(row[c])
-            except (KeyError, TypeError, ValueError):
-                pass  # no interval logged for this row
-        if not values["epoch"].is_integer() or not values["generation"].is_integer():
-            raise VprError(f"{path}: row {line}: epoch and generation must be integers")
-        out.append(values)
-    if not out:
-        raise VprError(f"{path}: the training log has no rows")
-    return out
-
-
 def _chainable(runs: Sequence[tuple[str, list[dict[str, float]]]]) -> bool:
     """True when every log holds one generation and the logs are generations 0, 1, 2, ... in order."""
     gens = []

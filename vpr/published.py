@@ -11,9 +11,6 @@ Method names: ``netvlad``, ``sare_ind``, ``sare_joint``, ``sfrs``; data-set name
 
 from __future__ import annotations
 
-METHODS = ("netvlad", "sare_ind", "sare_joint", "sfrs")
-DATASETS = ("pitts30k", "pitts250k", "tokyo")
-
 METHOD_NAMES = {"netvlad": "NetVLAD", "sare_ind": "SARE_ind", "sare_joint": "SARE_joint", "sfrs": "SFRS"}
 DATASET_NAMES = {"pitts30k": "Pitts30k-test", "pitts250k": "Pitts250k-test", "tokyo": "Tokyo 24/7"}
 

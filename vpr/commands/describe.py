@@ -30,10 +30,10 @@ def run(args: argparse.Namespace) -> int:
     import h5py
     import numpy as np
 
-    from vpr.commands.extract import load_model_with_pca
     from vpr.errors import VprError
     from vpr.extract import extract_features
     from vpr.io import atomic_output
+    from vpr.models import load_model_with_pca
 
     suffix = Path(args.out).suffix.lower() if args.out else None
     if suffix not in (None, ".npy", ".h5", ".hdf5"):

@@ -43,38 +43,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="run the model through torch.compile (pays off on long GPU runs)")
 
 
-def load_model_with_pca(checkpoint: str, pca: str | None, whiten: bool | None = None,
-                        checkpoint_sha256: str | None = None):
-    """Load a checkpoint and attach a PCA file if one is given; returns (model, whiten actually used).
-
-    ``whiten=None`` follows the PCA file's ``whiten`` attribute. A PCA fitted on another model's
-    descriptors is refused (``checkpoint_sha256``: the checkpoint's, hashed when needed and not given).
-    """
-    from vpr.errors import VprError
-    from vpr.models import load_model
-    from vpr.pca import check_pca_model, load_pca
-
-    model = load_model(checkpoint)
-    if not pca:
-        return model, False
-    if model.pca_layer is not None:
-        raise VprError(f"{checkpoint}: the model already has a PCA layer; do not pass --pca {pca}")
-    params = load_pca(pca)
-    check_pca_model(params, pca, checkpoint, checkpoint_sha256)
-    whiten = params.whiten if whiten is None else whiten
-    try:
-        model.attach_pca(params.U.numpy(), params.lams.numpy(), params.mu.numpy(), whiten=whiten)
-    except VprError as err:
-        raise VprError(f"{pca} does not fit {checkpoint}: {err}") from err
-    return model, whiten
-
-
 def run(args: argparse.Namespace) -> int:
     from vpr.data.images import check_images_exist
     from vpr.data.index import Index
     from vpr.errors import VprError
     from vpr.extract import extract_features, resolve_device, write_features
     from vpr.io import sha256sum
+    from vpr.models import load_model_with_pca
     from vpr.precision import resolve_precision
 
     if args.batch_size < 1 or args.workers < 0:

@@ -74,7 +74,8 @@ def _run_recall(args: argparse.Namespace) -> str:
 
 
 def _run_training(args: argparse.Namespace) -> str:
-    from vpr.plots import plot_training, read_training_log
+    from vpr.plots import plot_training
+    from vpr.train.training_log import read_training_log
 
     runs = [(label, read_training_log(path)) for label, path in args.log]
     plot_training(runs, args.out, title=args.title, layout=args.layout)

@@ -205,6 +205,17 @@ def _warn_mixed_utm(place: np.ndarray, utm: np.ndarray, what: str, source: str) 
                     "(first at index %d)", source, bad.size, what, bad[0])
 
 
+def _images_and_utm(s: dict[str, Any], source: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """The database and query file names and UTM coordinates of a dbStruct, their counts checked."""
+    db_fns = _strings(s["dbImageFns"], "dbImageFns", source)
+    q_fns = _strings(s["qImageFns"], "qImageFns", source)
+    _count(s["numImages"], "numImages", len(db_fns), "dbImageFns", source)
+    _count(s["numQueries"], "numQueries", len(q_fns), "qImageFns", source)
+    db_utm = _utm(s["utmDb"], "utmDb", len(db_fns), "dbImageFns", source)
+    q_utm = _utm(s["utmQ"], "utmQ", len(q_fns), "qImageFns", source)
+    return db_fns, q_fns, db_utm, q_utm
+
+
 # --------------------------------------------------------------------------- pitts
 
 def read_pitts(mat: str | os.PathLike, root: str | os.PathLike, *, split: str | None = None,
@@ -213,12 +224,7 @@ def read_pitts(mat: str | os.PathLike, root: str | os.PathLike, *, split: str | 
     source = str(mat)
     s = load_dbstruct(mat, PITTS_FIELDS)
     split = _split(s["whichSet"], split, source)
-    db_fns = _strings(s["dbImageFns"], "dbImageFns", source)
-    q_fns = _strings(s["qImageFns"], "qImageFns", source)
-    _count(s["numImages"], "numImages", len(db_fns), "dbImageFns", source)
-    _count(s["numQueries"], "numQueries", len(q_fns), "qImageFns", source)
-    db_utm = _utm(s["utmDb"], "utmDb", len(db_fns), "dbImageFns", source)
-    q_utm = _utm(s["utmQ"], "utmQ", len(q_fns), "qImageFns", source)
+    db_fns, q_fns, db_utm, q_utm = _images_and_utm(s, source)
     db_path = [f"Pittsburgh/images/{fn}" for fn in db_fns]
     q_path = [f"Pittsburgh/queries/{fn}" for fn in q_fns]
     _check_distinct(db_path, q_path, source, _mat_row)
@@ -272,12 +278,7 @@ def read_tokyo247(mat: str | os.PathLike, root: str | os.PathLike, *, split: str
     source = str(mat)
     s = load_dbstruct(mat, PITTS_FIELDS)
     split = _split("test", split, source)
-    db_fns = _strings(s["dbImageFns"], "dbImageFns", source)
-    q_fns = _strings(s["qImageFns"], "qImageFns", source)
-    _count(s["numImages"], "numImages", len(db_fns), "dbImageFns", source)
-    _count(s["numQueries"], "numQueries", len(q_fns), "qImageFns", source)
-    db_utm = _utm(s["utmDb"], "utmDb", len(db_fns), "dbImageFns", source)
-    q_utm = _utm(s["utmQ"], "utmQ", len(q_fns), "qImageFns", source)
+    db_fns, q_fns, db_utm, q_utm = _images_and_utm(s, source)
     db_place, rule = _panorama_ids(db_fns, source)
 
     # the .mat lists .jpg while the images on disk are .png: store the name that exists
@@ -327,12 +328,7 @@ def read_tokyotm(mat: str | os.PathLike, root: str | os.PathLike, *, split: str 
     split = _split(s["whichSet"], split, source)
     if split not in ("train", "val"):
         raise VprError(f"{source}: TokyoTM provides train and val splits only, not {split!r}")
-    db_fns = _strings(s["dbImageFns"], "dbImageFns", source)
-    q_fns = _strings(s["qImageFns"], "qImageFns", source)
-    _count(s["numImages"], "numImages", len(db_fns), "dbImageFns", source)
-    _count(s["numQueries"], "numQueries", len(q_fns), "qImageFns", source)
-    db_utm = _utm(s["utmDb"], "utmDb", len(db_fns), "dbImageFns", source)
-    q_utm = _utm(s["utmQ"], "utmQ", len(q_fns), "qImageFns", source)
+    db_fns, q_fns, db_utm, q_utm = _images_and_utm(s, source)
     db_ts = _stamps(s["dbTimeStamp"], "dbTimeStamp", len(db_fns), "dbImageFns", source)
     q_ts = _stamps(s["qTimeStamp"], "qTimeStamp", len(q_fns), "qImageFns", source)
 

@@ -8,7 +8,8 @@ deviation (docs/method.md §1.5).
 Tokyo 24/7 queries keep their aspect ratio (shorter side = 640, docs/method.md §5.5), so their tensors differ
 in size. :class:`SizeBucketBatchSampler` groups images whose *output* size agrees into common batches
 (the output size is computed from the image header, without decoding the image), so variable-size query
-sets do not force a batch size of 1.
+sets do not force a batch size of 1. :func:`image_batches` is the loader every image pass uses (extraction,
+clustering): those batches from worker processes, a bad image reported as one clean error.
 
 Every image mode Pillow opens becomes 8-bit RGB with its content (:func:`to_rgb8`): 16-bit samples (modes
 ``I;16*`` and ``I``) are scaled to the nearest 8-bit level, floats (``F``) on the unit scale are multiplied by
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vpr.errors import VprError
 
@@ -204,6 +205,50 @@ class SizeBucketBatchSampler(Sampler[list[int]]):
         return len(self.batches)
 
 
-def collate_same_size(items: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack equal-size image tensors (from one :class:`SizeBucketBatchSampler` batch) and their indices."""
-    return torch.stack([t for t, _ in items]), torch.tensor([i for _, i in items], dtype=torch.int64)
+class _Guarded(Dataset):
+    """Returns an image load error as data instead of raising it inside a DataLoader worker.
+
+    A VprError raised in a worker reaches the main process wrapped in a traceback text; returning the
+    message lets :func:`image_batches` re-raise it as the same clean one-line error.
+    """
+
+    def __init__(self, dataset: ImageListDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        try:
+            tensor, _ = self.dataset[i]
+        except VprError as err:
+            return None, i, str(err)
+        return tensor, i, None
+
+
+def _collate(items):
+    errors = [e for _, _, e in items if e is not None]
+    if errors:
+        return None, None, errors[0]
+    return torch.stack([t for t, _, _ in items]), torch.tensor([i for _, i, _ in items]), None
+
+
+def image_batches(files: Sequence[str | os.PathLike], size: tuple[int, int] | None, batch_size: int,
+                  workers: int, device: torch.device, shorter_side: int | None = None
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images (B, 3, H, W), row indices into files)`` batches, images of one output size per batch.
+
+    Resizing as in :class:`ImageListDataset`; loaded by ``workers`` processes. A missing or unreadable
+    image raises VprError naming it (in this process, not as a worker's traceback).
+    """
+    dataset = ImageListDataset(files, size=size, shorter_side=shorter_side)
+    if dataset.size is not None:
+        sizes = [dataset.size] * len(dataset)
+    else:
+        sizes = [dataset.output_size(i) for i in range(len(dataset))]
+    loader = DataLoader(_Guarded(dataset), batch_sampler=SizeBucketBatchSampler(sizes, batch_size),
+                        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda")
+    for images, idx, error in loader:
+        if error is not None:
+            raise VprError(error)
+        yield images, idx

@@ -22,6 +22,7 @@ from vpr.errors import VprError
 from vpr.io import atomic_output
 from vpr.models.embed import EmbedNet, ModelConfig, build_model
 from vpr.models.matconvnet import is_matlab_file, load_matconvnet
+from vpr.pca import check_pca_model, load_pca
 
 FORMAT = "vpr-model"
 VERSION = 1
@@ -189,3 +190,26 @@ def load_trunk(model: EmbedNet, path: str | os.PathLike) -> None:
                        f"the file has {n_have} complete; missing: {_key_list(missing)}")
     _check_state(path, state, expected, f"{model.config.backbone} trunk")
     base.load_state_dict(state)
+
+
+def load_model_with_pca(checkpoint: str | os.PathLike, pca: str | os.PathLike | None,
+                        whiten: bool | None = None,
+                        checkpoint_sha256: str | None = None) -> tuple[EmbedNet, bool]:
+    """Load a checkpoint and attach a PCA file if one is given; returns (model, whiten actually used).
+
+    ``whiten=None`` follows the PCA file's ``whiten`` attribute. A PCA fitted on another model's
+    descriptors is refused (``checkpoint_sha256``: the checkpoint's, hashed when needed and not given).
+    """
+    model = load_model(checkpoint)
+    if not pca:
+        return model, False
+    if model.pca_layer is not None:
+        raise VprError(f"{checkpoint}: the model already has a PCA layer; do not pass --pca {pca}")
+    params = load_pca(pca)
+    check_pca_model(params, pca, checkpoint, checkpoint_sha256)
+    whiten = params.whiten if whiten is None else whiten
+    try:
+        model.attach_pca(params, whiten=whiten)
+    except VprError as err:
+        raise VprError(f"{pca} does not fit {checkpoint}: {err}") from err
+    return model, whiten

@@ -23,6 +23,7 @@ from vpr.errors import VprError
 from vpr.models.backbones import build_backbone as _build_backbone
 from vpr.models.backbones import check_backbone, default_trainable_from, freeze_leading
 from vpr.models.netvlad import NetVLAD
+from vpr.pca import PCAParams, pca_projection
 from vpr.precision import autocast_off
 
 
@@ -135,12 +136,16 @@ class EmbedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fmap = self.feature_map(x)
         with autocast_off(fmap):   # the head in float32 even when the backbone ran under autocast
-            v = _vlad_to_descriptor(self.net_vlad(fmap))
-            if self.pca_layer is not None:
-                # the 1×1 convolution on a 1×1 map, written as the equivalent matrix product
-                w = self.pca_layer.weight.flatten(1)
-                v = F.normalize(F.linear(v, w, self.pca_layer.bias), p=2, dim=-1)
-        return v
+            return self.project(_vlad_to_descriptor(self.net_vlad(fmap)))
+
+    def project(self, v: torch.Tensor) -> torch.Tensor:
+        """The PCA(-whitening) head on NetVLAD descriptors ``v`` (…, K·D): normalise(U_wᵀ(v − μ)); ``v``
+        unchanged when the model has no head."""
+        if self.pca_layer is None:
+            return v
+        # the 1×1 convolution on a 1×1 map, written as the equivalent matrix product
+        w = self.pca_layer.weight.flatten(1)
+        return F.normalize(F.linear(v, w, self.pca_layer.bias), p=2, dim=-1)
 
     def regions(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 9, K·D) region descriptors [global, top, bottom, left, right, TL, TR, BL, BR] (no PCA)."""
@@ -159,39 +164,35 @@ class EmbedNet(nn.Module):
         self.config.trainable_from = trainable_from
 
     @torch.no_grad()
-    def attach_pca(self, U: np.ndarray, lams: np.ndarray, mu: np.ndarray, whiten: bool = True,
-                   dim: int | None = None) -> None:
-        """Attach the PCA(-whitening) head y = U_wᵀ(x − μ), then L2, as a 1×1 conv (weight U_wᵀ, bias −U_wᵀμ).
+    def attach_pca(self, params: PCAParams, whiten: bool = True, dim: int | None = None) -> None:
+        """Attach the PCA(-whitening) head y = U_wᵀ(x − μ), then L2, as a 1×1 conv (weight U_wᵀ, bias −U_wᵀμ:
+        :func:`vpr.pca.pca_projection`).
 
-        ``U`` (K·D × k) has principal directions as columns in descending eigenvalue order, ``lams`` (k) the
-        eigenvalues, ``mu`` (K·D, or K·D × 1) the mean. ``dim`` keeps only the first ``dim`` components
-        (default all k). With ``whiten``, U_w = U·diag(λ^−½), otherwise U_w = U.
+        ``params.U`` (K·D × k) has principal directions as columns in descending eigenvalue order. ``dim``
+        keeps only the first ``dim`` components (default all k). With ``whiten``, U_w = U·diag(λ^−½),
+        otherwise U_w = U.
         """
-        U = np.asarray(U, dtype=np.float64)
-        lams = np.asarray(lams, dtype=np.float64).reshape(-1)
-        mu = np.asarray(mu, dtype=np.float64).reshape(-1)
         n = self.vlad_dim
-        if U.ndim != 2 or U.shape[0] != n:
-            raise VprError(f"PCA matrix U has shape {U.shape}, the model's descriptors have {n} dimensions")
-        k = U.shape[1]
-        if lams.shape != (k,):
-            raise VprError(f"PCA eigenvalues have shape {lams.shape}, expected ({k},) to match U")
-        if mu.shape != (n,):
-            raise VprError(f"PCA mean has {mu.size} entries, expected {n}")
+        if params.U.dim() != 2 or params.U.shape[0] != n:
+            raise VprError(f"PCA matrix U has shape {tuple(params.U.shape)}, the model's descriptors have "
+                           f"{n} dimensions")
+        k = params.dim
+        if tuple(params.lams.shape) != (k,):
+            raise VprError(f"PCA eigenvalues have shape {tuple(params.lams.shape)}, expected ({k},) "
+                           "to match U")
+        if params.mu.numel() != n:
+            raise VprError(f"PCA mean has {params.mu.numel()} entries, expected {n}")
         if dim is None:
             dim = k
         if not 1 <= dim <= k:
             raise VprError(f"PCA dimension {dim} is out of range 1..{k} (the PCA file has {k} components)")
-        U, lams = U[:, :dim], lams[:dim]
-        if whiten:
-            if not np.all(np.isfinite(lams)) or np.any(lams <= 0):
-                raise VprError("PCA eigenvalues must be positive and finite for whitening")
-            U = U / np.sqrt(lams)[None, :]
-        device = self.net_vlad.centroids.device
-        dtype = self.net_vlad.centroids.dtype
-        layer = _empty_pca_layer(n, dim, device, dtype)
-        layer.weight.copy_(torch.from_numpy(U.T.reshape(dim, n, 1, 1)))
-        layer.bias.copy_(torch.from_numpy(-(U.T @ mu)))
+        params = params.truncated(dim)
+        if whiten and not bool((torch.isfinite(params.lams) & (params.lams > 0)).all()):
+            raise VprError("PCA eigenvalues must be positive and finite for whitening")
+        weight, bias = pca_projection(params, whiten)
+        layer = _empty_pca_layer(n, dim, self.net_vlad.centroids.device, self.net_vlad.centroids.dtype)
+        layer.weight.copy_(weight.reshape(dim, n, 1, 1))
+        layer.bias.copy_(bias)
         self.pca_layer = layer
         self.config.pca_dim = dim
 

@@ -152,7 +152,6 @@ TOKYO = CityStyle(
     centre_line=(0.95, 0.95, 0.95),
 )
 
-STYLES = {style.name: style for style in (PITTSBURGH, TOKYO)}
 CAR_COLOURS = np.array([[0.8, 0.8, 0.82], [0.1, 0.1, 0.12], [0.6, 0.1, 0.1], [0.15, 0.25, 0.5],
                         [0.5, 0.5, 0.52], [0.9, 0.9, 0.88]], dtype=np.float32)
 
@@ -708,7 +707,6 @@ def _lamp_light(street: Street, cam: Camera, dx, dy, slope, depth, finite) -> np
         dist2 = (px - F32(street.obj_t[i])) ** 2 + (py - F32(street.obj_l[i])) ** 2 \
             + (pz - F32(street.obj_h[i])) ** 2
         light += np.exp(dist2 * F32(-1 / 20.0))
-    light *= F32(1.0)
     light[~finite] = 0
     return light
 

@@ -17,11 +17,10 @@ from pathlib import Path
 import yaml
 
 from vpr.errors import VprError
+from vpr.losses import SARE_FORMS, TUPLE_LOSSES
 from vpr.precision import PRECISIONS
 
-METHODS = ("baseline", "sfrs")
-LOSSES = ("triplet", "sare_ind", "sare_joint")
-FORMS = ("dot", "euclidean")
+TRAIN_METHODS = ("baseline", "sfrs")
 TRAIN_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp16")   # fp16 would need gradient scaling
 # Options that do not change the trained weights: a resumed run may change them.
 RUNTIME_ONLY = ("workers", "test_batch_size", "print_freq")
@@ -37,10 +36,11 @@ def _opt(default, help: str, **kw):
 @dataclass
 class TrainConfig:
     # What is trained.
-    method: str = _opt("baseline", "baseline (NetVLAD/SARE losses) or sfrs", choices=METHODS)
-    loss: str = _opt("triplet", "loss; for sfrs the hard loss (the reference uses sare_ind)", choices=LOSSES)
+    method: str = _opt("baseline", "baseline (NetVLAD/SARE losses) or sfrs", choices=TRAIN_METHODS)
+    loss: str = _opt("triplet", "loss; for sfrs the hard loss (the reference uses sare_ind)",
+                     choices=TUPLE_LOSSES)
     loss_form: str = _opt("dot", "SARE logits: dot (<q,x>/tau, produced the published numbers) or "
-                                 "euclidean (-||q-x||^2)", choices=FORMS)
+                                 "euclidean (-||q-x||^2)", choices=SARE_FORMS)
     tau: float = _opt(0.07, "SARE dot-form temperature; the SFRS student temperature tau_0")
     margin: float = _opt(0.1, "triplet margin m (the reference form uses sqrt(m) on plain distances)")
     triplet_squared: bool = _opt(False, "triplet in the NetVLAD paper form: squared distances, margin m, "
@@ -100,12 +100,12 @@ class TrainConfig:
         def bad(key, msg):
             raise VprError(f"training config: {key}: {msg}")
 
-        if self.method not in METHODS:
-            bad("method", f"{self.method!r} is not one of {', '.join(METHODS)}")
-        if self.loss not in LOSSES:
-            bad("loss", f"{self.loss!r} is not one of {', '.join(LOSSES)}")
-        if self.loss_form not in FORMS:
-            bad("loss_form", f"{self.loss_form!r} is not one of {', '.join(FORMS)}")
+        if self.method not in TRAIN_METHODS:
+            bad("method", f"{self.method!r} is not one of {', '.join(TRAIN_METHODS)}")
+        if self.loss not in TUPLE_LOSSES:
+            bad("loss", f"{self.loss!r} is not one of {', '.join(TUPLE_LOSSES)}")
+        if self.loss_form not in SARE_FORMS:
+            bad("loss_form", f"{self.loss_form!r} is not one of {', '.join(SARE_FORMS)}")
         if self.method == "sfrs" and not 0 <= self.generation < len(self.temperatures):
             bad("generation", f"{self.generation} needs a temperature (temperatures has "
                               f"{len(self.temperatures)} entries)")

@@ -9,7 +9,6 @@ kept, and `last.pth` is the final epoch (the next SFRS generation's teacher).
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import shutil
@@ -33,7 +32,7 @@ from vpr.extract import extract_features
 from vpr.io import atomic_output
 from vpr.models import EmbedNet, ModelConfig, build_model, load_model, load_trunk, save_model
 from vpr.precision import resolve_precision
-from vpr.stats import interval_column_names, interval_columns
+from vpr.stats import interval_columns
 from vpr.train.checkpointing import (
     RunState,
     StopFlag,
@@ -48,12 +47,10 @@ from vpr.train.checkpointing import (
 from vpr.train.config import TrainConfig
 from vpr.train.data import RankStepSampler, TupleDataset, collate_tuples
 from vpr.train.mining import Miner, Tuple
+from vpr.train.training_log import RECALL_AT, write_training_log
 
 log = logging.getLogger(__name__)
 
-RECALL_AT = (1, 5, 10)
-LOG_FIELDS = ["generation", "epoch", "loss", "loss_hard", "loss_soft", "lr", "recall@1", "recall@5",
-              "recall@10", *interval_column_names(RECALL_AT), "mining_s", "train_s", "val_s"]
 
 
 @dataclass
@@ -113,12 +110,10 @@ def initial_model(cfg: TrainConfig, centers: str | Path, trunk: str | Path | Non
     return model
 
 
-def hard_loss(cfg: TrainConfig, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor,
-              tau: float) -> torch.Tensor:
-    if cfg.loss == "triplet":
-        return losses.triplet(q, p, n, margin=cfg.margin, squared=cfg.triplet_squared)
-    fn = losses.sare_ind if cfg.loss == "sare_ind" else losses.sare_joint
-    return fn(q, p, n, form=cfg.loss_form, tau=tau)
+def hard_loss(cfg: TrainConfig, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """The configured tuple loss (``--loss``) of anchors ``q``, positives ``p`` and negatives ``n``."""
+    return losses.tuple_loss(cfg.loss, margin=cfg.margin, squared=cfg.triplet_squared, form=cfg.loss_form,
+                             tau=cfg.tau)(q, p, n)
 
 
 class Trainer:
@@ -204,7 +199,7 @@ class Trainer:
             q = torch.stack([out[s] for s in starts[:-1]])
             p = torch.stack([out[s + 1] for s in starts[:-1]])
             n = torch.stack([out[s + 2:s + 2 + k] for s, (k, _) in zip(starts[:-1], layout, strict=True)])
-            loss = hard_loss(cfg, q, p, n, cfg.tau)
+            loss = hard_loss(cfg, q, p, n)
             return loss, loss.detach(), torch.zeros(())
         hards, softs = [], []
         s0 = 0
@@ -218,7 +213,7 @@ class Trainer:
             else:   # each negative's region most similar to the anchor (scores detached)
                 r_star = (negs.detach() @ q_g.detach()).argmax(dim=1)
                 n_sel = negs[torch.arange(n_neg), r_star]
-            hards.append(hard_loss(cfg, q_g[None], p_g[None], n_sel[None], cfg.tau))
+            hards.append(hard_loss(cfg, q_g[None], p_g[None], n_sel[None]))
             if cfg.generation >= 1:
                 # The anchor's global descriptor against the 9 regions of each difficult positive.
                 student = (regions[2 + n_neg:] @ q_g).flatten()           # P·9 scores
@@ -345,10 +340,7 @@ class Trainer:
     def write_log(self) -> None:
         if not self.info.is_main:
             return
-        with atomic_output(self.paths.log) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(self.state.history)
+        write_training_log(self.paths.log, self.state.history)
 
     # ------------------------------------------------------------------ loop
     def save_initial(self) -> int:
