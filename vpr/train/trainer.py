@@ -152,8 +152,9 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             forward = DistributedDataParallel(forward, device_ids=ids)
         self.forward = forward
+        # the mining's distance work runs where the model is (the GPU of this rank when there is one)
         self.miner = Miner(train_index.train_positives, train_index.train_nonnegatives, cfg.neg_num,
-                           cfg.neg_pool, cfg.pos_num, cfg.pos_pool)
+                           cfg.neg_pool, cfg.pos_num, cfg.pos_pool, device=device)
         self.q_files, self.db_files = train_index.query_files(), train_index.db_files()
         self.state = RunState()
         # What the weights are computed from, besides the options: hashed by rank 0 when the run starts.
