@@ -38,8 +38,6 @@ def run(args: argparse.Namespace) -> int:
     suffix = Path(args.out).suffix.lower() if args.out else None
     if suffix not in (None, ".npy", ".h5", ".hdf5"):
         raise VprError(f"--out {args.out}: unknown file type, expected a .npy, .h5 or .hdf5 file")
-    if args.batch_size < 1:
-        raise VprError("--batch-size must be >= 1")
     model, whiten = load_model_with_pca(args.checkpoint, args.pca, whiten=args.whiten)
     size = tuple(int(s) for s in model.config.image_size)
     shorter_side = max(size) if args.resize == "shorter-side" else None

@@ -50,14 +50,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vpr.data.index import Index
-    from vpr.errors import VprError
     from vpr.evaluate import evaluate
     from vpr.extract import FeaturesFile
     from vpr.results import default_rankings_path, recall_table, write_rankings, write_recall_csv
 
     ns = sorted(set(args.recall_at))
-    if ns[0] < 1:
-        raise VprError(f"--recall-at: values must be positive, got {args.recall_at}")
     out = Path(args.out)
     rankings = Path(args.rankings) if args.rankings else default_rankings_path(out)
     index = Index(args.index)

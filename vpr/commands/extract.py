@@ -46,14 +46,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vpr.data.images import check_images_exist
     from vpr.data.index import Index
-    from vpr.errors import VprError
     from vpr.extract import extract_features, resolve_device, write_features
     from vpr.io import sha256sum
     from vpr.models import load_model_with_pca
     from vpr.precision import resolve_precision
 
-    if args.batch_size < 1 or args.workers < 0:
-        raise VprError("--batch-size must be >= 1 and --workers >= 0")
     index = Index(args.index, root=args.root)
     db_files, query_files = index.db_files(), index.query_files()
     check_images_exist(db_files + query_files)  # fail before hours of database extraction

@@ -50,8 +50,6 @@ def run(args: argparse.Namespace) -> int:
     from vpr.report import collect, pooled_rows, table_csv, table_markdown
 
     ns = list(dict.fromkeys(args.ns))
-    if min(ns) < 1:
-        raise VprError(f"--ns: values must be positive, got {' '.join(map(str, args.ns))}")
     if args.rankings and args.compare_to is None:
         raise VprError("--rankings is only read for a comparison: add --compare-to METHOD")
     rankings = {(m, d): path for m, d, path in args.rankings}
