@@ -52,11 +52,11 @@ def run(args: argparse.Namespace) -> int:
     from vpr.data.index import Index
     from vpr.evaluate import evaluate
     from vpr.extract import FeaturesFile
-    from vpr.results import default_rankings_path, recall_table, write_rankings, write_recall_csv
+    from vpr.results import recall_table, write_rankings, write_recall_csv
 
     ns = sorted(set(args.recall_at))
     out = Path(args.out)
-    rankings = Path(args.rankings) if args.rankings else default_rankings_path(out)
+    rankings = Path(args.rankings) if args.rankings else _default_rankings(args)   # as the path check saw it
     index = Index(args.index)
     features = FeaturesFile(args.features)
     features.check_index(index)  # extracted from this index (fingerprint), before reading the descriptors
