@@ -17,7 +17,7 @@ from vpr import cli
 from vpr.errors import VprError
 from vpr.synth import TRUTH_FILE, generate, get_preset
 from vpr.synth import layouts as synth_layouts
-from vpr.synth import world as synth_world
+from vpr.synth import renderer as synth_renderer
 
 PLAIN = ("whichSet", "dbImageFns", "utmDb", "qImageFns", "utmQ", "numImages", "numQueries", "posDistThr",
          "posDistSqThr", "nonTrivPosDistSqThr")
@@ -240,7 +240,7 @@ def _rebuild_sample(seed: int, data: Path, tmp: Path) -> tuple[dict[str, bytes],
     jobs = [job for o in outputs for job in o.jobs]
     images = {}
     for job in jobs[:: max(1, len(jobs) // 12)]:
-        img = synth_world.render(job.street, job.camera, job.condition)
+        img = synth_renderer.render(job.street, job.camera, job.condition)
         buf = io.BytesIO()
         pil = Image.fromarray((img * 255 + 0.5).astype(np.uint8), "RGB")
         if job.fmt == "png":
@@ -284,7 +284,7 @@ def test_refuses_a_non_empty_directory_and_force_replaces_only_its_own_entries(d
 
 def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real_render = synth_world.render
+    real_render = synth_renderer.render
 
     def failing_render(*args, **kwargs):
         calls["n"] += 1

@@ -25,7 +25,7 @@ from vpr.errors import VprError
 from vpr.io import make_temporary_dir
 from vpr.synth.layouts import Job, Output, mat_bytes, pittsburgh, tokyo
 from vpr.synth.presets import PRESETS, Preset, get_preset
-from vpr.synth.world import render
+from vpr.synth.renderer import render
 
 __all__ = ["PRESETS", "TRUTH_FILE", "generate", "get_preset"]
 

@@ -3,7 +3,7 @@
 This module decides the geography (streets in geographically disjoint areas per split, panoramas along them,
 query positions), the file names in the style of the real data sets (docs/method.md §1.1-1.3), the
 ``dbStruct`` .mat files (MATLAB v5, fields in the real order, a fixed header so that files are
-byte-identical for one seed) and the ground-truth record. Rendering itself lives in ``world``.
+byte-identical for one seed) and the ground-truth record. Rendering itself lives in ``renderer``.
 
 Capture model: a street-view car drives along a street (heading along it, either way); every panorama of one
 drive shares the day's light, each cut-out gets its own transient distractors. Queries are captured at
@@ -19,18 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.io
 
+from vpr.synth.camera import Camera
+from vpr.synth.conditions import Condition, sample_condition, vary_condition
+from vpr.synth.numerics import rng_for
 from vpr.synth.presets import Preset
-from vpr.synth.world import (
-    PITTSBURGH,
-    TOKYO,
-    Camera,
-    Condition,
-    Street,
-    build_street,
-    rng_for,
-    sample_condition,
-    vary_condition,
-)
+from vpr.synth.world import PITTSBURGH, TOKYO, Street, build_street
 
 # UTM areas (zone 17 Pittsburgh, zone 54 Tokyo); every split gets its own easting band.
 PITTS_EAST = {"train": (584000.0, 586000.0), "val": (586000.0, 588000.0), "test": (588000.0, 590000.0)}
