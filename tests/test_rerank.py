@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from vpr import rerank
-from vpr.rerank import k_reciprocal_rerank
+from vpr.rerank import blocks, k_reciprocal_rerank
+from vpr.rerank.steps import top_k_indices
 
 
 def _reference(d_qg, d_qq, d_gg, k1, k2, lambda_value, square_input=True):
@@ -99,8 +100,8 @@ def test_matches_loop_reference_with_asymmetric_inputs_and_large_k():
 
 def test_small_blocks_give_the_same_result(monkeypatch):
     # Blocks that straddle nothing, end mid-way and hold a single row must not change the result.
-    for name, value in (("_BLOCK_ROWS", 4), ("_SET_ROWS", 7), ("_PAIR_BUDGET", 50), ("_OUT_ROWS", 3)):
-        monkeypatch.setattr(rerank, name, value)
+    for name, value in (("BLOCK_ROWS", 4), ("SET_ROWS", 7), ("PAIR_BUDGET", 50), ("OUT_ROWS", 3)):
+        monkeypatch.setattr(blocks, name, value)
     qf, gf = clustered_features(11, 19, seed=5)
     d_qg, d_qq, d_gg = squared_l2(qf, gf), squared_l2(qf, qf), squared_l2(gf, gf)
     for k1, k2 in ((6, 1), (5, 3)):
@@ -171,8 +172,8 @@ def test_neighbour_lists_equal_the_dense_function(k1, k2, lambda_value, square_i
 @pytest.mark.parametrize("k1,k2,lambda_value", [(20, 1, 0.1), (25, 1, 0.0), (5, 3, 0.3)])
 def test_descriptor_path_equals_the_dense_function(monkeypatch, k1, k2, lambda_value):
     # Tiny blocks: row and column blocks straddle the query/gallery boundary and end mid-way.
-    monkeypatch.setattr(rerank, "_PAIR_BUDGET", 40)
-    monkeypatch.setattr(rerank, "_OUT_ROWS", 3)
+    monkeypatch.setattr(blocks, "PAIR_BUDGET", 40)
+    monkeypatch.setattr(blocks, "OUT_ROWS", 3)
     qf, gf = clustered_features(13, 29, d=16, seed=k1)
     qf, gf = qf.astype(np.float32), gf.astype(np.float32)
     x64 = lambda a: a.astype(np.float64)  # noqa: E731
@@ -221,7 +222,7 @@ def test_ties_are_ranked_by_index_like_the_loop_reference(k1, k2, lambda_value, 
 
 def test_exact_top_k_keeps_the_smallest_index_among_ties_at_the_cut():
     rows = np.array([[3.0, 1.0, 1.0, 1.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0, 2.0, 2.0]])
-    np.testing.assert_array_equal(rerank._top_k(rows, 3), [[4, 1, 2], [0, 1, 2]])
+    np.testing.assert_array_equal(top_k_indices(rows, 3), [[4, 1, 2], [0, 1, 2]])
 
 
 def test_neighbour_path_errors():
