@@ -1,13 +1,13 @@
 """One training iteration per precision, and how far the bfloat16 loss is from the float32 one.
 
-Runs vpr's own ``Trainer.tuple_loss`` (forward of all images of the tuple, the loss, then backward and an
-SGD step) on one fixed tuple: the NetVLAD/SARE tuple of 12 images (anchor, positive, 10 negatives; triplet
-loss) and the SFRS tuple of 22 (anchor, positive, 10 negatives, 10 difficult positives; generation 1 with
-a teacher, SARE-ind + soft loss). Each precision starts from the same weights, so the first loss values
-are directly comparable: the script prints the relative loss difference and the cosine between the
-float32 and bfloat16 gradients. ``plain`` is the float32 NCHW baseline; ``+cl`` variants feed the batch in
-channels-last layout. Images are synthetic JPEGs; NetVLAD is initialised by k-means on their conv
-descriptors (realistic α). Usage:
+Runs vpr's own ``vpr.train.objective.tuple_loss`` (forward of all images of the tuple, the loss, then
+backward and an SGD step) on one fixed tuple: the NetVLAD/SARE tuple of 12 images (anchor, positive, 10
+negatives; triplet loss) and the SFRS tuple of 22 (anchor, positive, 10 negatives, 10 difficult positives;
+generation 1 with a teacher, SARE-ind + soft loss). Each precision starts from the same weights, so the
+first loss values are directly comparable: the script prints the relative loss difference and the cosine
+between the float32 and bfloat16 gradients. ``plain`` is the float32 NCHW baseline; ``+cl`` variants feed
+the batch in channels-last layout. Images are synthetic JPEGs; NetVLAD is initialised by k-means on their
+conv descriptors (realistic α). Usage:
 
     python benchmarks/train_step_speed.py [--backbone vgg16] [--size 256 320] [--steps 2]
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import tempfile
-import types
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from vpr.data.images import load_rgb, resize_fixed, to_tensor
 from vpr.models import ModelConfig, build_model
 from vpr.precision import resolve_precision, to_channels_last
 from vpr.train.config import TrainConfig
-from vpr.train.trainer import Trainer, TupleForward
+from vpr.train.objective import TupleForward, tuple_loss
 
 VARIANTS = {"plain fp32": ("fp32", False), "fp32+cl": ("fp32", True), "bf16+cl": ("bf16", True)}
 
@@ -42,11 +41,10 @@ def tuple_images(files: list[Path], size: tuple[int, int]) -> torch.Tensor:
 
 
 def step(model, teacher, cfg, images, layout, precision, cl, optimizer):
-    """One iteration through Trainer.tuple_loss; returns (loss, gradients of the trainable parameters)."""
-    ctx = types.SimpleNamespace(cfg=cfg, forward=TupleForward(model), sfrs=cfg.method == "sfrs",
-                                info=types.SimpleNamespace(device=torch.device("cpu")), teacher=teacher,
-                                precision=resolve_precision(precision, "cpu"))
-    loss, _, _ = Trainer.tuple_loss(ctx, to_channels_last(images, cl), layout)
+    """One iteration through tuple_loss; returns (loss, gradients of the trainable parameters)."""
+    loss, _, _ = tuple_loss(cfg, TupleForward(model), to_channels_last(images, cl), layout,
+                            precision=resolve_precision(precision, "cpu"), device=torch.device("cpu"),
+                            teacher=teacher)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])

@@ -4,32 +4,29 @@ Per epoch the training queries are shuffled with a seeded generator and cut into
 For every chunk the current model describes all training images (shared over the ranks), the tuples of
 the chunk are mined (`vpr.train.mining`), and the ranks train on them step by step. Validation on the val
 split closes every epoch; `model_best.pth` follows the val R@5 (strictly better), every epoch's model is
-kept, and `last.pth` is the final epoch (the next SFRS generation's teacher).
+kept, and `last.pth` is the final epoch (the next SFRS generation's teacher). The loss of one step is
+`vpr.train.objective`; the run directory's files and outputs, `vpr.train.run_directory`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vpr import distributed, losses
+from vpr import distributed
 from vpr.cluster import read_centers
 from vpr.data.index import Index
 from vpr.errors import VprError
 from vpr.evaluate import recall_at, search
 from vpr.extract import extract_features
-from vpr.io import atomic_output
 from vpr.models import EmbedNet, ModelConfig, build_model, load_model, load_trunk, save_model
 from vpr.precision import resolve_precision
 from vpr.stats import interval_columns
@@ -47,55 +44,11 @@ from vpr.train.checkpointing import (
 from vpr.train.config import TrainConfig
 from vpr.train.data import RankStepSampler, TupleDataset, collate_tuples
 from vpr.train.mining import Miner, Tuple
+from vpr.train.objective import TupleForward, tuple_loss
+from vpr.train.run_directory import CannotRecreate, RunPaths
 from vpr.train.training_log import RECALL_AT, write_training_log
 
 log = logging.getLogger(__name__)
-
-
-
-@dataclass
-class RunPaths:
-    out: Path
-
-    @property
-    def resume(self) -> Path:
-        return self.out / "resume.pth"
-
-    @property
-    def best(self) -> Path:
-        return self.out / "model_best.pth"
-
-    @property
-    def last(self) -> Path:
-        return self.out / "last.pth"
-
-    @property
-    def log(self) -> Path:
-        return self.out / "log.csv"
-
-    def epoch(self, generation: int, epoch: int, sfrs: bool) -> Path:
-        return self.out / (f"checkpoint_g{generation}_e{epoch}.pth" if sfrs else f"checkpoint_e{epoch}.pth")
-
-    def run_files(self) -> list[Path]:
-        """Every file a training run writes here (the lock aside): what a fresh start removes."""
-        fixed = [self.resume, self.best, self.last, self.log]
-        epochs = sorted(self.out.glob("checkpoint_e*.pth")) + sorted(self.out.glob("checkpoint_g*_e*.pth"))
-        return [p for p in fixed + epochs if p.is_file()]
-
-
-class _CannotRecreate(Exception):
-    """A finished run's declared output is missing and so is the epoch checkpoint it is copied from."""
-
-
-class TupleForward(nn.Module):
-    """What DDP wraps: one forward over all images of the process's tuples, global or region output."""
-
-    def __init__(self, model: EmbedNet):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor, regions: bool) -> torch.Tensor:
-        return self.model.regions(images) if regions else self.model(images)
 
 
 def initial_model(cfg: TrainConfig, centers: str | Path, trunk: str | Path | None) -> EmbedNet:
@@ -108,12 +61,6 @@ def initial_model(cfg: TrainConfig, centers: str | Path, trunk: str | Path | Non
     centroids, descriptors = read_centers(centers, cfg.num_clusters, model.base_model.dim)
     model.init_netvlad(centroids, descriptors)
     return model
-
-
-def hard_loss(cfg: TrainConfig, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """The configured tuple loss (``--loss``) of anchors ``q``, positives ``p`` and negatives ``n``."""
-    return losses.tuple_loss(cfg.loss, margin=cfg.margin, squared=cfg.triplet_squared, form=cfg.loss_form,
-                             tau=cfg.tau)(q, p, n)
 
 
 class Trainer:
@@ -189,49 +136,6 @@ class Trainer:
         return rerank_pairs(q_feats, db_feats, pairs, self.cfg.rerank_k1, self.cfg.rerank_k2,
                             self.cfg.rerank_lambda, square_input=True, device=self.info.device)
 
-    # ------------------------------------------------------------------ losses
-    def tuple_loss(self, images: torch.Tensor, layout: list[tuple[int, int]]):
-        """Mean loss over this process's tuples (one forward over all their images); (loss, hard, soft)."""
-        cfg = self.cfg
-        with self.precision.autocast():   # the backbone only: the NetVLAD head and the losses stay float32
-            out = self.forward(images.to(self.info.device, non_blocking=True), self.sfrs)
-        if not self.sfrs:
-            starts = np.cumsum([0] + [2 + n for n, _ in layout])
-            q = torch.stack([out[s] for s in starts[:-1]])
-            p = torch.stack([out[s + 1] for s in starts[:-1]])
-            n = torch.stack([out[s + 2:s + 2 + k] for s, (k, _) in zip(starts[:-1], layout, strict=True)])
-            loss = hard_loss(cfg, q, p, n)
-            return loss, loss.detach(), torch.zeros(())
-        hards, softs = [], []
-        s0 = 0
-        for n_neg, n_pos in layout:
-            end = s0 + 2 + n_neg + n_pos
-            regions = out[s0:end]                                           # (M, 9, D)
-            q_g, p_g = regions[0, 0], regions[1, 0]
-            negs = regions[2:2 + n_neg]
-            if cfg.generation == 0:
-                n_sel = negs[:, 0]
-            else:   # each negative's region most similar to the anchor (scores detached)
-                r_star = (negs.detach() @ q_g.detach()).argmax(dim=1)
-                n_sel = negs[torch.arange(n_neg), r_star]
-            hards.append(hard_loss(cfg, q_g[None], p_g[None], n_sel[None]))
-            if cfg.generation >= 1:
-                # The anchor's global descriptor against the 9 regions of each difficult positive.
-                student = (regions[2 + n_neg:] @ q_g).flatten()           # P·9 scores
-                with torch.no_grad():
-                    t_images = torch.cat([images[s0:s0 + 1], images[end - n_pos:end]]).to(self.info.device)
-                    with self.precision.autocast():
-                        t_regions = self.teacher.regions(t_images)
-                    teacher = (t_regions[1:] @ t_regions[0, 0]).flatten()
-                softs.append(losses.sfrs_soft(student[None], teacher[None], tau_student=cfg.tau,
-                                              tau_teacher=cfg.temperatures[cfg.generation]))
-            s0 = end
-        hard = torch.stack(hards).mean()
-        if softs:
-            soft = torch.stack(softs).mean()
-            return hard + cfg.soft_weight * soft, hard.detach(), soft.detach()
-        return hard, hard.detach(), torch.zeros(())
-
     # ------------------------------------------------------------------ state
     def save_resume(self) -> None:
         check_finite(self.model, "before saving the training state")
@@ -278,15 +182,15 @@ class Trainer:
         resume = self.paths.resume
         self.inputs = input_identity(self.input_files, self.root)
         if not resume.is_file():
-            self._clear("")
+            self.paths.clear("")
             return "fresh"
         saved = load_state(resume)
         diff = differences(saved, self.cfg.to_dict(), self.inputs)
         if not diff and saved["run"].finished:
             self.state = saved["run"]
             try:
-                recreated = self._restore_outputs()
-            except _CannotRecreate as gone:
+                recreated = self.paths.restore_outputs(self.cfg, self.state)
+            except CannotRecreate as gone:
                 diff = [str(gone)]
             else:
                 if recreated:
@@ -302,41 +206,10 @@ class Trainer:
                                f"inputs ({what}); pass --on-mismatch restart to discard it and train afresh, "
                                "or use another --out directory")
             self.state = RunState()
-            self._clear(f"the saved run does not match ({what})")
+            self.paths.clear(f"the saved run does not match ({what})")
             return "fresh"
         self._saved = saved
         return "resume"
-
-    def _clear(self, why: str) -> None:
-        """Remove every file of an earlier run here, so nothing stale is ever taken for this run's."""
-        old = self.paths.run_files()
-        for path in old:
-            path.unlink()
-        if why or old:
-            because = f"{why}; " if why else ""
-            print(f"{self.paths.out}: {because}removed {len(old)} file(s) of an earlier run, training afresh")
-
-    def _final_sources(self) -> dict[Path, Path]:
-        """The declared outputs that are copies of an epoch checkpoint, and that checkpoint."""
-        cfg, st = self.cfg, self.state
-        return {self.paths.last: self.paths.epoch(cfg.generation, cfg.epochs_this_run - 1, self.sfrs),
-                self.paths.best: self.paths.epoch(cfg.generation, st.best_epoch, self.sfrs)}
-
-    def _restore_outputs(self) -> list[str]:
-        """Recreate the missing declared outputs of a finished run (rank 0); the names recreated."""
-        missing = [p for p in (self.paths.last, self.paths.best, self.paths.log) if not p.exists()]
-        sources = self._final_sources()
-        for dst in missing:
-            if dst in sources and not sources[dst].is_file():
-                raise _CannotRecreate(f"{dst.name} is missing and so is {sources[dst].name}, the epoch "
-                                      "checkpoint it is copied from")
-        for dst in missing:
-            if dst in sources:
-                with atomic_output(dst) as tmp:
-                    shutil.copyfile(sources[dst], tmp)
-            else:
-                self.write_log()
-        return [p.name for p in missing]
 
     def write_log(self) -> None:
         if not self.info.is_main:
@@ -407,10 +280,7 @@ class Trainer:
         if info.is_main:
             # The declared outputs are (re)written at the very end from the kept epoch files: a workflow
             # manager may delete them when a job is interrupted, and the resumed run must restore them.
-            for dst, src in self._final_sources().items():
-                with atomic_output(dst) as tmp:
-                    shutil.copyfile(src, tmp)
-            self.write_log()
+            self.paths.write_final_outputs(self.cfg, self.state)
         self.save_resume()
         return 0
 
@@ -428,7 +298,8 @@ class Trainer:
         bar = tqdm(loader, total=len(sampler), desc=f"epoch {epoch} chunk {c}", unit="step",
                    disable=not info.is_main or None, initial=0)
         for images, layout in bar:
-            loss, hard, soft = self.tuple_loss(images, layout)
+            loss, hard, soft = tuple_loss(cfg, self.forward, images, layout, precision=self.precision,
+                                          device=info.device, teacher=self.teacher)
             # The logged loss is the mean over all ranks' tuples, as in a single-process run; a NaN or an
             # infinity on any rank reaches every rank's mean, so all ranks stop here, before the step.
             step_loss, step_hard, step_soft = distributed.mean_across_ranks(
