@@ -131,59 +131,8 @@ def build_index(
 
     Raises VprError (and writes nothing) on inconsistent input. Returns a summary for logging.
     """
-    check_radii(eval_radius, train_pos_radius, train_neg_radius)
-    if records.split not in SPLITS:
-        raise VprError(f"{source}: unknown split {records.split!r}, expected one of {', '.join(SPLITS)}")
-    n_db, n_q = len(records.db_path), len(records.query_path)
-    if n_db == 0 or n_q == 0:
-        raise VprError(f"{source}: the split has {n_db} database image(s) and {n_q} query image(s); "
-                       "both must be non-empty")
-    db_utm = _check_utm("database", records.db_utm, n_db, source)
-    q_utm = _check_utm("query", records.query_utm, n_q, source)
-    db_place = np.asarray(records.db_place, dtype=np.int64)
-    q_place = np.asarray(records.query_place, dtype=np.int64)
-    if db_place.shape != (n_db,) or q_place.shape != (n_q,):
-        raise VprError(f"{source}: place ids do not match the number of images")
-    query_path = list(records.query_path)
-    same_place = (q_place, db_place)
-
-    dropped = np.zeros(0, dtype=np.int64)
-    train = records.split == "train"
-    if train:
-        pos_ptr, pos_idx = radius_neighbours(db_utm, q_utm, train_pos_radius, exclude_same_place=same_place)
-        keep = np.flatnonzero(np.diff(pos_ptr) > 0)
-        dropped = np.setdiff1d(np.arange(n_q), keep)
-        if keep.size == 0:
-            raise VprError(f"{source}: no training query has a database image within {train_pos_radius} m")
-        kept_rows = csr_rows(pos_ptr, pos_idx)
-        dropped_path = [query_path[i] for i in dropped]
-        dropped_utm = q_utm[dropped]
-        query_path = [query_path[i] for i in keep]
-        q_utm, q_place = q_utm[keep], q_place[keep]
-        same_place = (q_place, db_place)
-        pos_ptr = np.zeros(keep.size + 1, dtype=np.int64)
-        np.cumsum([len(kept_rows[i]) for i in keep], out=pos_ptr[1:])
-        pos_idx = np.concatenate([kept_rows[i] for i in keep]).astype(np.int64)
-        nonneg_ptr, nonneg_idx = radius_neighbours(db_utm, q_utm, train_neg_radius)
-
-    eval_ptr, eval_idx = radius_neighbours(db_utm, q_utm, eval_radius, exclude_same_place=same_place)
-    no_gt = np.flatnonzero(np.diff(eval_ptr) == 0)
-    if no_gt.size:
-        first = ", ".join(query_path[i] for i in no_gt[:3])
-        raise VprError(f"{source}: {no_gt.size} query image(s) have no database image within "
-                       f"{eval_radius} m (first: {first}); every evaluation query needs a positive")
-
-    datasets: dict[str, np.ndarray | list[str]] = {
-        "db/path": list(records.db_path), "db/utm": db_utm, "db/place": db_place,
-        "query/path": query_path, "query/utm": q_utm, "query/place": q_place,
-        "query/positives_indptr": eval_ptr, "query/positives_indices": eval_idx,
-    }
-    if train:
-        datasets.update({
-            "query/train_positives_indptr": pos_ptr, "query/train_positives_indices": pos_idx,
-            "query/train_nonnegatives_indptr": nonneg_ptr, "query/train_nonnegatives_indices": nonneg_idx,
-            "dropped/path": dropped_path, "dropped/utm": dropped_utm.reshape(-1, 2),
-        })
+    datasets = ground_truth(records, source, eval_radius, train_pos_radius, train_neg_radius)
+    num_dropped = len(datasets.get("dropped/path", []))
     with atomic_h5(out) as f:
         for name, value in datasets.items():
             f.create_dataset(name, data=value, dtype=_STR if name.endswith("/path") else None)
@@ -199,11 +148,79 @@ def build_index(
             "source": os.path.basename(str(source)),
             "source_sha256": source_sha256,
             "root": str(Path(root).resolve()),
-            "num_dropped": int(dropped.size),
+            "num_dropped": num_dropped,
             **records.extra_attrs,
         })
-    return {"split": records.split, "db": n_db, "queries": len(query_path), "dropped": int(dropped.size),
-            "mean_positives": float(np.diff(eval_ptr).mean())}
+    mean_positives = float(np.diff(datasets["query/positives_indptr"]).mean())
+    return {"split": records.split, "db": len(records.db_path), "queries": len(datasets["query/path"]),
+            "dropped": num_dropped, "mean_positives": mean_positives}
+
+
+def ground_truth(records: SplitRecords, source: str, eval_radius: float = 25.0,
+                 train_pos_radius: float = 10.0, train_neg_radius: float = 25.0
+                 ) -> dict[str, np.ndarray | list[str]]:
+    """The datasets of one split's index file (HDF5 name -> value): the images, each query's positives
+    within ``eval_radius`` and, for a training split, the training positives and non-negatives and the
+    queries dropped for having no training positive. Raises VprError on inconsistent input."""
+    check_radii(eval_radius, train_pos_radius, train_neg_radius)
+    if records.split not in SPLITS:
+        raise VprError(f"{source}: unknown split {records.split!r}, expected one of {', '.join(SPLITS)}")
+    n_db, n_q = len(records.db_path), len(records.query_path)
+    if n_db == 0 or n_q == 0:
+        raise VprError(f"{source}: the split has {n_db} database image(s) and {n_q} query image(s); "
+                       "both must be non-empty")
+    db_utm = _check_utm("database", records.db_utm, n_db, source)
+    q_utm = _check_utm("query", records.query_utm, n_q, source)
+    db_place = np.asarray(records.db_place, dtype=np.int64)
+    q_place = np.asarray(records.query_place, dtype=np.int64)
+    if db_place.shape != (n_db,) or q_place.shape != (n_q,):
+        raise VprError(f"{source}: place ids do not match the number of images")
+    query_path = list(records.query_path)
+
+    train: dict[str, np.ndarray | list[str]] = {}
+    if records.split == "train":
+        keep, train = _training_ground_truth(db_utm, db_place, query_path, q_utm, q_place, source,
+                                             train_pos_radius, train_neg_radius)
+        query_path = [query_path[i] for i in keep]
+        q_utm, q_place = q_utm[keep], q_place[keep]
+
+    eval_ptr, eval_idx = radius_neighbours(db_utm, q_utm, eval_radius, exclude_same_place=(q_place, db_place))
+    no_gt = np.flatnonzero(np.diff(eval_ptr) == 0)
+    if no_gt.size:
+        first = ", ".join(query_path[i] for i in no_gt[:3])
+        raise VprError(f"{source}: {no_gt.size} query image(s) have no database image within "
+                       f"{eval_radius} m (first: {first}); every evaluation query needs a positive")
+
+    datasets: dict[str, np.ndarray | list[str]] = {
+        "db/path": list(records.db_path), "db/utm": db_utm, "db/place": db_place,
+        "query/path": query_path, "query/utm": q_utm, "query/place": q_place,
+        "query/positives_indptr": eval_ptr, "query/positives_indices": eval_idx,
+    }
+    datasets.update(train)
+    return datasets
+
+
+def _training_ground_truth(db_utm: np.ndarray, db_place: np.ndarray, query_path: list[str], q_utm: np.ndarray,
+                           q_place: np.ndarray, source: str, train_pos_radius: float, train_neg_radius: float
+                           ) -> tuple[np.ndarray, dict[str, np.ndarray | list[str]]]:
+    """The queries kept (those with a database image within ``train_pos_radius``) and the training
+    datasets over them: positives, non-negatives (within ``train_neg_radius``) and the dropped queries."""
+    pos_ptr, pos_idx = radius_neighbours(db_utm, q_utm, train_pos_radius,
+                                         exclude_same_place=(q_place, db_place))
+    keep = np.flatnonzero(np.diff(pos_ptr) > 0)
+    dropped = np.setdiff1d(np.arange(len(query_path)), keep)
+    if keep.size == 0:
+        raise VprError(f"{source}: no training query has a database image within {train_pos_radius} m")
+    kept_rows = csr_rows(pos_ptr, pos_idx)
+    pos_ptr = np.zeros(keep.size + 1, dtype=np.int64)
+    np.cumsum([len(kept_rows[i]) for i in keep], out=pos_ptr[1:])
+    pos_idx = np.concatenate([kept_rows[i] for i in keep]).astype(np.int64)
+    nonneg_ptr, nonneg_idx = radius_neighbours(db_utm, q_utm[keep], train_neg_radius)
+    return keep, {
+        "query/train_positives_indptr": pos_ptr, "query/train_positives_indices": pos_idx,
+        "query/train_nonnegatives_indptr": nonneg_ptr, "query/train_nonnegatives_indices": nonneg_idx,
+        "dropped/path": [query_path[i] for i in dropped], "dropped/utm": q_utm[dropped].reshape(-1, 2),
+    }
 
 
 class Index:
