@@ -139,10 +139,10 @@ MISS, TOP = [-1] * 5, [0] * 5
 def compared(tmp_path) -> list[str]:
     """Three methods on two test sets of 10 queries each (first-positive positions by hand):
 
-    pitts30k: untrained hits 4 at R@1 (the tenth query at position 3) and 5 at R@5; sfrs hits all 10;
-    netvlad none. tokyo: untrained hits 5 (at 1 and 5), sfrs 10, netvlad 0.
+    pitts30k: off-the-shelf hits 4 at R@1 (the tenth query at position 3) and 5 at R@5; sfrs hits all 10;
+    netvlad none. tokyo: off-the-shelf hits 5 (at 1 and 5), sfrs 10, netvlad 0.
     """
-    runs = {"untrained": {"pitts30k": MISS + [0] * 4 + [3], "tokyo": MISS + TOP},
+    runs = {"off-the-shelf": {"pitts30k": MISS + [0] * 4 + [3], "tokyo": MISS + TOP},
             "sfrs": {"pitts30k": TOP + TOP, "tokyo": TOP + TOP},
             "netvlad": {"pitts30k": MISS + MISS, "tokyo": MISS + MISS}}
     argv = []
@@ -154,12 +154,12 @@ def compared(tmp_path) -> list[str]:
 
 def test_table_compare_to_baseline(tmp_path, compared):
     md, out_csv = tmp_path / "t.md", tmp_path / "t.csv"
-    assert main(["table", *compared, "--ns", "1", "5", "--compare-to", "untrained", "--out-md", str(md),
+    assert main(["table", *compared, "--ns", "1", "5", "--compare-to", "off-the-shelf", "--out-md", str(md),
                  "--out-csv", str(out_csv)]) == 0
     lines = md.read_text().splitlines()
     assert lines[0] == ("| Method | Pitts30k-test R@1 | Pitts30k-test R@5 | Tokyo 24/7 R@1 | Tokyo 24/7 R@5 "
                         "| Pooled R@1 | Pooled R@5 |")
-    assert lines[2] == (f"| untrained (baseline) | {cell(4, 10)} | {cell(5, 10)} | {cell(5, 10)} "
+    assert lines[2] == (f"| off-the-shelf (baseline) | {cell(4, 10)} | {cell(5, 10)} | {cell(5, 10)} "
                         f"| {cell(5, 10)} | {cell(9, 20)} | {cell(10, 20)} |")
     # McNemar by hand: SFRS on pitts30k R@1 wins 6 discordant queries of 6, p = 2 / 2^6 = 0.031 (marked);
     # at R@5 and on tokyo 5 of 5, p = 2 / 2^5 = 0.0625 (not marked); pooled 11 of 11 and 10 of 10 (marked)
@@ -169,16 +169,16 @@ def test_table_compare_to_baseline(tmp_path, compared):
     assert "SFRS, published" in lines[4]   # SFRS has MODEL_ZOO numbers on Tokyo 24/7
     assert lines[5] == (f"| NetVLAD | {cell(0, 10)} | {cell(0, 10)} | {cell(0, 10)} | {cell(0, 10)} "
                         f"| {cell(0, 20)} ▼ | {cell(0, 20)} ▼ |")
-    assert "▲ / ▼: significantly above / below untrained" in md.read_text()
+    assert "▲ / ▼: significantly above / below off-the-shelf" in md.read_text()
     assert "McNemar" in md.read_text()
     with open(out_csv, newline="") as f:
         rows = {(r["method"], r["dataset"]): r for r in csv.DictReader(f)}
     sfrs = rows["sfrs", "pitts30k"]
-    assert (sfrs["baseline"], sfrs["p R@1"], sfrs["vs baseline R@1"]) == ("untrained", "0.03125", "above")
+    assert (sfrs["baseline"], sfrs["p R@1"], sfrs["vs baseline R@1"]) == ("off-the-shelf", "0.03125", "above")
     assert (sfrs["p R@5"], sfrs["vs baseline R@5"]) == ("0.0625", "no")
     pooled = rows["netvlad", "pooled"]
     assert (pooled["p R@1"], pooled["vs baseline R@1"]) == (f"{2 / 2 ** 9:.4g}", "below")
-    assert rows["untrained", "pooled"]["p R@1"] == ""   # the baseline is not tested against itself
+    assert rows["off-the-shelf", "pooled"]["p R@1"] == ""   # the baseline is not tested against itself
 
 
 def test_table_compare_with_rankings_elsewhere(tmp_path, compared):
@@ -186,7 +186,7 @@ def test_table_compare_with_rankings_elsewhere(tmp_path, compared):
     moved = tmp_path / "moved.h5"
     (tmp_path / "netvlad" / "tokyo_rankings.h5").rename(moved)
     md, out_csv = tmp_path / "t.md", tmp_path / "t.csv"
-    argv = ["table", *compared, "--ns", "1", "5", "--compare-to", "untrained", "--out-md", str(md),
+    argv = ["table", *compared, "--ns", "1", "5", "--compare-to", "off-the-shelf", "--out-md", str(md),
             "--out-csv", str(out_csv)]
     assert main(argv) == 2 and not md.exists()
     assert main([*argv, "--rankings", "netvlad", "tokyo", str(moved)]) == 0
@@ -202,7 +202,7 @@ def test_table_compare_with_rankings_elsewhere(tmp_path, compared):
     ("same_out", "is the input --recall"),
 ])
 def test_table_compare_bad_input(tmp_path, capsys, compared, case, message):
-    baseline = "untrained"
+    baseline = "off-the-shelf"
     extra = []
     if case == "stale":   # the recall CSV of another evaluation than its rankings file
         write_recall_ci(tmp_path / "sfrs" / "tokyo_recall.csv", {1: 9, 5: 10}, 10)
@@ -231,11 +231,11 @@ def test_table_compare_bad_input(tmp_path, capsys, compared, case, message):
 
 def test_table_reads_rankings_without_kind(tmp_path):
     """Rankings files of earlier versions (no kind attribute) still serve a comparison."""
-    a = write_evaluation(tmp_path / "untrained", "pitts30k", MISS + MISS, kind=None)
+    a = write_evaluation(tmp_path / "off-the-shelf", "pitts30k", MISS + MISS, kind=None)
     b = write_evaluation(tmp_path / "sfrs", "pitts30k", TOP + TOP, kind=None)
     md, out_csv = tmp_path / "t.md", tmp_path / "t.csv"
-    assert main(["table", "--recall", "untrained", "pitts30k", str(a), "--recall", "sfrs", "pitts30k",
-                 str(b), "--ns", "1", "--compare-to", "untrained", "--out-md", str(md),
+    assert main(["table", "--recall", "off-the-shelf", "pitts30k", str(a), "--recall", "sfrs", "pitts30k",
+                 str(b), "--ns", "1", "--compare-to", "off-the-shelf", "--out-md", str(md),
                  "--out-csv", str(out_csv)]) == 0
     assert f"| SFRS | {cell(10, 10)} ▲ |" in md.read_text()   # 10 of 10 discordant: p = 2 / 1024
 

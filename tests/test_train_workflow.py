@@ -28,7 +28,7 @@ TARGET = RUN / "last.pth"
 TRAIN_LOG = Path("results") / "logs" / "train" / "netvlad.log"
 ONE_METHOD = {
     "synth": {"preset": "tiny", "seed": 0, "out": "data/synth"},
-    "untrained": False,
+    "off_the_shelf": False,
     "model.image_size": [96, 128],
     "model.num_clusters": 8,
     "cluster.images": 20,

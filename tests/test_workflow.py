@@ -73,7 +73,7 @@ def job_counts(text):
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
 
 
-PAPER_MODELS = ("untrained", "netvlad", "sare_ind", "sare_joint", "sfrs")
+PAPER_MODELS = ("off-the-shelf", "netvlad", "sare_ind", "sare_joint", "sfrs")
 PAPER_TEST_SETS = ("pitts30k", "pitts250k", "tokyo")
 SPECS_URL = "https://www.di.ens.fr/willow/research/netvlad/data/netvlad_v100_datasets.tar.gz"
 
@@ -89,7 +89,7 @@ def test_a_dry_run_on_a_fresh_clone_lists_the_paper_dag_and_what_is_missing(tmp_
             assert f"results/{model}/{test_set}_recall.csv" in out
     counts = job_counts(proc.stdout)
     # 5 data sets (2 .mat files come from the archive each... one archive, 5 members); 3 baselines + 4 SFRS
-    # generations; the untrained model and 4 trained ones, each with a PCA and 3 test sets.
+    # generations; the off-the-shelf model and 4 trained ones, each with a PCA and 3 test sets.
     assert counts["download"] == 1 and counts["unpack"] == 5 and counts["by_hand"] == 4
     assert counts["index"] == 5 and counts["train_baseline"] == 3 and counts["train_sfrs"] == 4
     assert counts["initial_model"] == 1 and counts["select_model"] == 4
@@ -241,7 +241,7 @@ def flatten(node, prefix=""):
     (("--configfile", REPO / "config" / "demo.yaml"), "demo.yaml"),
     (("--configfile", REPO / "config" / "csv.yaml"), "csv.yaml"),
     ((), "config.yaml"),                                                      # no flag: the paper
-    (("--config", "untrained=False"), ("config.yaml", {"untrained": False})),  # --config on top
+    (("--config", "off_the_shelf=False"), ("config.yaml", {"off_the_shelf": False})),  # --config on top
 ])
 def test_the_resolved_config_is_exactly_the_file_given(tmp_path, args, expected):
     name, changes = expected if isinstance(expected, tuple) else (expected, {})
@@ -257,6 +257,7 @@ def test_the_resolved_config_is_exactly_the_file_given(tmp_path, args, expected)
 
 @pytest.mark.parametrize("change, message", [
     ({"training.learning_rate": 0.1}, "training.learning_rate: unknown key"),
+    ({"untrained": True}, "untrained: unknown key; renamed to off_the_shelf"),   # an earlier version's key
     ({"model.num_clusters": "many"}, "model.num_clusters: expected integer, got 'many'"),
     ({"test_sets.oxford": "oxford5k"}, "test_sets.oxford: 'oxford5k' is not a data set under datasets"),
     ({"methods.sfrs.generations": 3},
@@ -355,8 +356,8 @@ def shell_commands(dry_run_output):
     return commands
 
 
-def test_the_untrained_model_takes_only_shared_options_and_precision_reaches_training(tmp_path):
-    """sfrs listed first used to give the untrained model `--generation None`; precision had no key."""
+def test_the_off_the_shelf_model_takes_only_shared_options_and_precision_reaches_training(tmp_path):
+    """sfrs listed first used to give the off-the-shelf model `--generation None`; precision had no key."""
     config = write_config(tmp_path / "tiny.yaml", "demo.yaml", **TINY, **{
         "training.precision": "bf16", "training.extract_precision": "fp32", "evaluate.precision": "fp32",
         "examples": "netvlad"})
@@ -366,7 +367,7 @@ def test_the_untrained_model_takes_only_shared_options_and_precision_reaches_tra
     dry = snakemake(tmp_path, "-n", "-p", "--configfile", config).stdout
     commands = shell_commands(dry)
     [initial] = commands["initial_model"]
-    # The flags of the untrained model, written out: the model section and the shared training options.
+    # The flags of the off-the-shelf model, written out: the model section and the shared training options.
     expected = ["--backbone small", "--num-clusters 8", "--trainable-from full", "--image-size 96 128",
                 "--epochs 1", "--precision bf16", "--extract-precision fp32", "--loss-form euclidean"]
     assert all(flag in initial for flag in expected), initial
@@ -376,9 +377,9 @@ def test_the_untrained_model_takes_only_shared_options_and_precision_reaches_tra
     assert all("--precision fp32" in c for c in commands["extract_test"])
     examples_inputs = dry.split("rule plot_examples:", 1)[1].split("output:")[0]
     assert "results/netvlad/pitts30k_rankings.h5" in examples_inputs
-    # And it runs: the untrained model is written.
-    snakemake(tmp_path, "--configfile", config, "--cores", "2", "results/train/untrained/initial.pth")
-    assert (tmp_path / "results" / "train" / "untrained" / "initial.pth").stat().st_size > 0
+    # And it runs: the off-the-shelf model is written.
+    snakemake(tmp_path, "--configfile", config, "--cores", "2", "results/train/off-the-shelf/initial.pth")
+    assert (tmp_path / "results" / "train" / "off-the-shelf" / "initial.pth").stat().st_size > 0
 
 
 def write_csv(path, index, keep_db=None, keep_queries=None):
@@ -444,7 +445,7 @@ def test_a_csv_data_set_and_an_external_reference_model_through_the_workflow(tmp
         "datasets.mine_train": {"format": "csv", "csv": str(sets / "train.csv"), "root": root},
         "datasets.mine_val": {"format": "csv", "csv": str(sets / "val.csv"), "root": root},
         "datasets.mine_test": {"format": "csv", "csv": str(sets / "test.csv"), "root": root},
-        "untrained": False, "methods": {"netvlad": {"loss": "triplet"}}, "examples": "netvlad",
+        "off_the_shelf": False, "methods": {"netvlad": {"loss": "triplet"}}, "examples": "netvlad",
         "external": {"reference": {"checkpoint": str(reference), "own_pca": True}},
         "model.image_size": [96, 128], "model.num_clusters": 8, "cluster.images": 40, "cluster.per_image": 20,
         "cluster.iterations": 10, "training.epochs": 1, "training.cache_size": 20, "training.neg_num": 3,
@@ -522,7 +523,7 @@ def test_the_demo_dag_runs_end_to_end_and_training_beats_the_untrained_model(tmp
     def mean_r5(method):
         return sum(recall[method, t][5] for t in test_sets) / len(test_sets)
 
-    assert max(mean_r5(m) for m in methods[1:]) >= mean_r5("untrained") + TEST_R5_MARGIN, recall
+    assert max(mean_r5(m) for m in methods[1:]) >= mean_r5("off-the-shelf") + TEST_R5_MARGIN, recall
 
     # SFRS generation 1 learned from a teacher (its soft loss is active), generation 0 without one.
     soft = {}

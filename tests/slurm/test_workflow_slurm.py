@@ -37,7 +37,7 @@ FAST_STATUS = ("--slurm-init-seconds-before-status-checks", "1")
 # SFRS path (two generations, the second with a teacher), one test set. train_baseline runs on two nodes
 # in the last test. print_freq 1 puts every iteration in the rule's log; 6 iterations per epoch (the tiny
 # split has 3 with 4 processes) leave the interruption time to land inside the epoch.
-NARROW = {"untrained": False, "test_sets": {"pitts30k": "pitts30k_test"}, "training.print_freq": 1,
+NARROW = {"off_the_shelf": False, "test_sets": {"pitts30k": "pitts30k_test"}, "training.print_freq": 1,
           "methods.sfrs.iters": 6}
 PROCESS_GROUP = re.compile(r"process group: backend=gloo rank=(\d+)/(\d+) local_rank=\d+ host=(\S+)")
 

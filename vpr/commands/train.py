@@ -41,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--root", help="data-set root overriding the one recorded in the index files")
     io.add_argument("--init-only", action="store_true",
                     help="write the initial model (trunk + NetVLAD from the centres, no training) to "
-                         "OUT/initial.pth and stop: the 'untrained' baseline of the results table")
+                         "OUT/initial.pth and stop: the 'off-the-shelf' row of the results table")
     io.add_argument("--on-mismatch", choices=("refuse", "restart"), default="refuse",
                     help="when OUT holds a run of other options or other input files (by content), or a "
                          "finished run whose outputs cannot be recreated: refuse with an error naming what "

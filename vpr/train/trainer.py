@@ -218,7 +218,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def save_initial(self) -> int:
-        """Write the starting point of training (what 'untrained' means in the results) and stop."""
+        """Write the starting point of training (the 'off-the-shelf' model of the results) and stop."""
         check_finite(self.model, "in the initial model (trunk and centres)")
         if self.info.is_main:
             save_model(self.paths.out / "initial.pth", self.model, **self._meta(-1))

@@ -22,9 +22,11 @@ DATASETS = config["datasets"]
 TRAIN_SET, VAL_SET = config.get("train"), config.get("val")
 TRAINED = list(config.get("methods") or {})
 EXTERNAL = config.get("external") or {}
-UNTRAINED = config.get("untrained", False)
-# Every evaluated model: the untrained starting point when asked for, the trained methods, the external ones.
-METHODS = (["untrained"] if UNTRAINED else []) + TRAINED + list(EXTERNAL)
+# The model training starts from (trunk + NetVLAD centres, no training): the "off-the-shelf" row.
+OFF_THE_SHELF = "off-the-shelf"
+TEST_OFF_THE_SHELF = config.get("off_the_shelf", False)
+# Every evaluated model: the off-the-shelf starting point when asked for, the trained methods, the external ones.
+METHODS = ([OFF_THE_SHELF] if TEST_OFF_THE_SHELF else []) + TRAINED + list(EXTERNAL)
 TEST_SETS = config["test_sets"]              # test-set name -> data set
 SYNTH = config.get("synth")
 EXAMPLES = config.get("examples", METHODS[-1])
@@ -66,8 +68,8 @@ def fits_pca(method):
 
 
 def model_file(method):
-    if method == "untrained":
-        return f"{RESULTS}/train/untrained/initial.pth"
+    if method == OFF_THE_SHELF:
+        return f"{RESULTS}/train/{OFF_THE_SHELF}/initial.pth"
     if method in EXTERNAL:
         return EXTERNAL[method]["checkpoint"]
     return f"{RESULTS}/models/{method}.pth"
@@ -82,12 +84,12 @@ def rankings_file(method, test_set):
 
 
 def table_baseline():
-    """`vpr table --compare-to`: the paired test of every model against the untrained one, when tested."""
-    return "--compare-to untrained" if "untrained" in METHODS else ""
+    """`vpr table --compare-to`: the paired test of every model against the off-the-shelf one, when tested."""
+    return f"--compare-to {OFF_THE_SHELF}" if OFF_THE_SHELF in METHODS else ""
 
 
 def used_datasets():
-    names = [TRAIN_SET, VAL_SET] if (TRAINED or UNTRAINED) else []
+    names = [TRAIN_SET, VAL_SET] if (TRAINED or TEST_OFF_THE_SHELF) else []
     if any(fits_pca(m) for m in METHODS):
         names.append(TRAIN_SET)
     names += list(TEST_SETS.values())
@@ -117,7 +119,7 @@ def needed_inputs():
         entry = DATASETS[name]
         needed.setdefault(split_file(name), f"the {entry['format']} split file of data set {name}")
         needed.setdefault(image_folder(name), IMAGE_CONTENT[entry["format"]])
-    if TRAINED or UNTRAINED:
+    if TRAINED or TEST_OFF_THE_SHELF:
         if config["model"].get("trunk"):
             needed.setdefault(config["model"]["trunk"], "the pretrained trunk weights (model.trunk)")
         if config["model"].get("centers"):
@@ -211,7 +213,7 @@ MODEL_KEYS = ("backbone", "num_clusters", "trainable_from", "image_size")
 
 
 def shared_train_options():
-    """The model and the shared training options: no method's own (the untrained model's flags)."""
+    """The model and the shared training options: no method's own (the off-the-shelf model's flags)."""
     options = {k: config["model"][k] for k in MODEL_KEYS}
     options.update(config["training"])
     return options

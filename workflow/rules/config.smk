@@ -18,6 +18,8 @@ SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # SFRS teacher temperatures of `vpr train` when the config names none (vpr/train/config.py).
 DEFAULT_TEMPERATURES = [0.07, 0.07, 0.06, 0.05]
+# Keys of earlier versions, with their new names (an old configuration gets told what to write instead).
+RENAMED_KEYS = {"untrained": "off_the_shelf"}
 
 
 def config_error(source, message):
@@ -57,6 +59,8 @@ def schema_message(error):
         extra = sorted(set(error.instance) - set(allowed))
         key = ".".join([*map(str, error.absolute_path), extra[0]]) if extra else path
         hint = f"; valid keys here: {', '.join(allowed)}" if allowed else ""
+        if extra and extra[0] in RENAMED_KEYS:
+            hint = f"; renamed to {RENAMED_KEYS[extra[0]]}"
         return f"{key}: unknown key{hint}"
     if error.validator == "required":
         return f"{path}: {error.message}"
@@ -98,7 +102,7 @@ def check_meaning(cfg, source):
         known_dataset(f"test_sets.{test_set}", name)
     methods = cfg.get("methods") or {}
     external = cfg.get("external") or {}
-    needs_training = bool(methods) or cfg.get("untrained", False)
+    needs_training = bool(methods) or cfg.get("off_the_shelf", False)
     needs_train_split = needs_training or any(not e["own_pca"] for e in external.values())
     for key in ("train", "val") if needs_training else ("train",) if needs_train_split else ():
         if key not in cfg:
@@ -110,12 +114,12 @@ def check_meaning(cfg, source):
     if needs_training:
         for key in ("model", "training", "pca"):
             if key not in cfg:
-                config_error(source, f"{key}: missing (needed to train or evaluate the untrained model)")
+                config_error(source, f"{key}: missing (needed to train or evaluate the off-the-shelf model)")
     elif needs_train_split and "pca" not in cfg:
         config_error(source, "pca: missing (external models with own_pca: false get their PCA fitted here)")
-    if not methods and not external and not cfg.get("untrained", False):
-        config_error(source, "nothing to evaluate: give `methods`, `external` or `untrained: true`")
-    taken = set(methods) | ({"untrained"} if cfg.get("untrained", False) else set())
+    if not methods and not external and not cfg.get("off_the_shelf", False):
+        config_error(source, "nothing to evaluate: give `methods`, `external` or `off_the_shelf: true`")
+    taken = set(methods) | ({"off-the-shelf"} if cfg.get("off_the_shelf", False) else set())
     for name in external:
         if name in taken:
             config_error(source, f"external.{name}: the name is taken by a trained model; choose another")
@@ -126,7 +130,7 @@ def check_meaning(cfg, source):
         if generations > len(temperatures):
             config_error(source, f"methods.sfrs.generations: {generations} generations need {generations} "
                                  f"temperatures, methods.sfrs.temperatures has {len(temperatures)}")
-    evaluated = [*(["untrained"] if cfg.get("untrained", False) else []), *methods, *external]
+    evaluated = [*(["off-the-shelf"] if cfg.get("off_the_shelf", False) else []), *methods, *external]
     if "examples" in cfg and cfg["examples"] not in evaluated:
         config_error(source, f"examples: {cfg['examples']!r} is not an evaluated model "
                              f"({', '.join(evaluated)})")

@@ -39,14 +39,14 @@ rule initial_model:
     input:
         unpack(training_inputs),
     output:
-        f"{RESULTS}/train/untrained/initial.pth",
+        f"{RESULTS}/train/{OFF_THE_SHELF}/initial.pth",
     params:
         run_dir=lambda wc, output: Path(output[0]).parent,
         # The model and the shared training options only: no method's own options (e.g. sfrs' generation).
         options=lambda wc: cli_flags(shared_train_options()),
         trunk=trunk_flag,
     log:
-        f"{RESULTS}/logs/train/untrained.log",
+        f"{RESULTS}/logs/train/{OFF_THE_SHELF}.log",
     conda:
         "../envs/vpr.yaml"
     shell:
