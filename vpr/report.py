@@ -274,10 +274,12 @@ def table_markdown(rows: Sequence[TableRow], ns: Sequence[int], compare_to: str 
         notes.append("A cell without an interval comes from a recall CSV of an earlier vpr, which has no "
                      "query count (re-run 'vpr evaluate').")
     if POOLED in datasets:
-        notes.append(f"Pooled: all queries of the {len(real)} test sets as one sample (the test sets' "
-                     "queries are independent, so their hits add up to one binomial count and one paired "
-                     "test); each test set weighs by its number of queries. Only methods evaluated on every "
-                     "test set have pooled cells.")
+        notes.append(f"Pooled: all queries of the {len(real)} test sets as one sample: their hits add up to "
+                     "one binomial count and one paired test, which takes the test sets' queries to be "
+                     "independent (no query image in two test sets; Pitts30k-test and Pitts250k-test are "
+                     "cut from the same Pittsburgh queries, vpr's synthetic ones are not); each test set "
+                     "weighs by its number of queries. Only methods evaluated on every test set have pooled "
+                     "cells.")
     if compare_to is not None:
         notes.append(f"▲ / ▼: significantly above / below {method_name(compare_to)} on the same queries at "
                      f"the {100 * SIGNIFICANCE:g} % level (two-sided McNemar exact test: a binomial test on "

@@ -208,7 +208,8 @@ def truth_record(mat: str, db_root: str, q_root: str, db: Listing, q: Listing) -
 
 
 def pittsburgh(seed: int, preset: Preset) -> Output:
-    """pitts30k_{train,val,test} in three disjoint areas, and pitts250k_test: the test area, denser."""
+    """pitts30k_{train,val,test} in three disjoint areas, and pitts250k_test: the test area, denser, with
+    queries of its own (so that the two test sets are independent samples of queries)."""
     out = Output()
     W, H = preset.db_size
     block = id_block(*(2 * a.streets * a.places_per_street for a in preset.pitts.values()),
@@ -227,14 +228,16 @@ def pittsburgh(seed: int, preset: Preset) -> Output:
         street_ends = [[*s.utm(0.0, 0.0), *s.utm(s.length, 0.0)] for s in streets]
         out.add_split(name, f"pitts/raw/{name}.mat", split, db, q, PITTS_DB, PITTS_Q, street_utm=street_ends)
 
-    # pitts250k_test: the test area again (the loop ended on it: same streets, same queries) with one more
-    # panorama between every two
+    # pitts250k_test: the test area again (the loop ended on it: same streets) with one more panorama
+    # between every two, and other query panoramas on the same streets (ids after the added panoramas')
     rng = rng_for(seed, "pitts", "test250k", "places")
     extra = [(a[0], (a[1] + b[1]) / 2 + rng.uniform(-1, 1), rng.uniform(-1.5, 1.5), car_heading(rng))
              for a, b in zip(panos[:-1], panos[1:], strict=True) if a[0] == b[0]]
     more = _pitts_db(out, seed, preset, "test", streets, extra, 3 * block)
-    out.add_split("pitts250k_test", "pitts/raw/pitts250k_test.mat", "test", db + more, q, PITTS_DB, PITTS_Q,
-                  street_utm=street_ends)
+    q250k = _pitts_queries(out, seed, preset, "test", streets, db + more, 4 * block, length,
+                           rng_for(seed, "pitts", "test250k", "queries"), W, H)
+    out.add_split("pitts250k_test", "pitts/raw/pitts250k_test.mat", "test", db + more, q250k, PITTS_DB,
+                  PITTS_Q, street_utm=street_ends)
     return out
 
 
