@@ -29,6 +29,9 @@ TRAIN_LOG = Path("results") / "logs" / "train" / "netvlad.log"
 ONE_METHOD = {
     "synth": {"preset": "tiny", "seed": 0, "out": "data/synth"},
     "off_the_shelf": False,
+    "model.backbone": "small",
+    "model.trainable_from": "full",
+    "training.precision": "fp32",
     "model.image_size": [96, 128],
     "model.num_clusters": 8,
     "cluster.images": 20,

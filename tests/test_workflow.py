@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import functools
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -325,6 +326,9 @@ def test_the_schema_training_options_are_the_fields_of_TrainConfig():
 
 TINY = {
     "synth": {"preset": "tiny", "seed": 0, "out": "data/synth"},
+    "model.backbone": "small",            # the demo fine-tunes efficientnet_lite0; tests: the fast stand-in
+    "model.trainable_from": "full",
+    "training.precision": "fp32",
     "model.image_size": [96, 128],
     "model.num_clusters": 8,
     "cluster.images": 40,
@@ -358,9 +362,9 @@ def shell_commands(dry_run_output):
 
 def test_the_off_the_shelf_model_takes_only_shared_options_and_precision_reaches_training(tmp_path):
     """sfrs listed first used to give the off-the-shelf model `--generation None`; precision had no key."""
-    config = write_config(tmp_path / "tiny.yaml", "demo.yaml", **TINY, **{
+    config = write_config(tmp_path / "tiny.yaml", "demo.yaml", **{**TINY, **{
         "training.precision": "bf16", "training.extract_precision": "fp32", "evaluate.precision": "fp32",
-        "examples": "netvlad"})
+        "examples": "netvlad"}})
     cfg = yaml.safe_load(config.read_text())
     cfg["methods"] = {"sfrs": cfg["methods"]["sfrs"], "netvlad": cfg["methods"]["netvlad"]}   # sfrs first
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -481,49 +485,75 @@ def test_a_csv_data_set_and_an_external_reference_model_through_the_workflow(tmp
     assert (results / "plots" / "examples_mine.png").stat().st_size > 1000
 
 
-# Measured on two demo DAG runs (README, "What training buys on the synthetic data"): every run's best
-# val R@5 exceeds the untrained model's 46.2 by 6.2 to 17.5 points, and the best method's mean test R@5
-# exceeds the untrained model's by 6.6 and 9.4. Val R@1 gains are not robust on 80 queries (-1.2 to +11.2
-# between the two runs), so they are not asserted. The margins asserted sit below the measured ones.
-VAL_R5_MARGIN = 5.0
-TEST_R5_MARGIN = 5.0
+# What the demo's table must show (issue: learning you can see and trust), checked here from the raw
+# rankings and the index files, not from vpr's own table: pooled over the three test sets, every trained
+# method's R@5 and SFRS's R@1 above the off-the-shelf model's, each significant by McNemar's exact test.
+# It held on both data seeds the README reports: seed 0 (what `make demo` runs) by default, another with
+# VPR_DEMO_SEED=1 (a second demo run, 13 minutes; not part of `make test`).
+SIGNIFICANCE = 0.05
+DEMO_SEED = int(os.environ.get("VPR_DEMO_SEED", "0"))
+TRAINED = ("netvlad", "sare_ind", "sare_joint", "sfrs")
 
 
-def val_history(log_csv):
-    """{N: {epoch: val recall@N in %}} for N = 1, 5 from a training log.csv (epoch -1: initial model)."""
-    with open(log_csv) as f:
-        rows = list(csv.DictReader(f))
-    return {n: {int(r["epoch"]): 100 * float(r[f"recall@{n}"]) for r in rows} for n in (1, 5)}
+def query_hits(results, model, test_set, dataset, n):
+    """Per-query hit@N, from the rankings' top-k lists and the index's ground truth (database images
+    within 25 m), independently of `vpr evaluate`'s first-positive column."""
+    with h5py.File(results / model / f"{test_set}_rankings.h5", "r") as f:
+        topk = f["topk"][()]
+    with h5py.File(results / "index" / f"{dataset}.h5", "r") as f:
+        ptr, idx = f["query/positives_indptr"][()], f["query/positives_indices"][()]
+    assert len(topk) == len(ptr) - 1
+    return np.array([bool(set(topk[q, :n].tolist()) & set(idx[ptr[q]:ptr[q + 1]].tolist()))
+                     for q in range(len(topk))])
+
+
+def mcnemar_exact_p(a, b):
+    """Two-sided exact McNemar p-value of paired hits, written out: under equal recall each of the d
+    discordant queries goes either way with probability 1/2, p = min(1, 2 P(Bin(d, 1/2) <= min(b, c)))."""
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    d, k = only_a + only_b, min(only_a, only_b)
+    return min(1.0, 2 * sum(math.comb(d, i) for i in range(k + 1)) / 2 ** d) if d else 1.0
 
 
 @pytest.mark.slow
-def test_the_demo_dag_runs_end_to_end_and_training_beats_the_untrained_model(tmp_path):
+def test_the_demo_dag_runs_end_to_end_and_every_method_beats_the_off_the_shelf_model(tmp_path):
     """`make demo`'s DAG (config/demo.yaml as shipped, demo preset) with the local profile."""
-    demo = ["--profile", REPO / "profiles" / "local", "--configfile", REPO / "config" / "demo.yaml"]
+    config = REPO / "config" / "demo.yaml"
+    if DEMO_SEED != yaml.safe_load(config.read_text())["synth"]["seed"]:
+        config = write_config(tmp_path / "demo.yaml", "demo.yaml", **{"synth.seed": DEMO_SEED})
+    demo = ["--profile", REPO / "profiles" / "local", "--configfile", config]
     snakemake(tmp_path, *demo, "--cores", "2")
     results = tmp_path / "results"
-    methods = PAPER_MODELS
-    test_sets = PAPER_TEST_SETS
-    recall = {(m, t): read_recall(results / m / f"{t}_recall.csv") for m in methods for t in test_sets}
+    test_sets = yaml.safe_load(config.read_text())["test_sets"]
+    assert tuple(test_sets) == PAPER_TEST_SETS
+    recall = {(m, t): read_recall(results / m / f"{t}_recall.csv") for m in PAPER_MODELS for t in test_sets}
     assert all(list(r) == [1, 5, 10, 20] for r in recall.values())
     table = (results / "table.md").read_text()
-    assert all(name in table for name in ("NetVLAD", "SFRS"))
+    assert all(name in table for name in ("off-the-shelf (baseline)", "NetVLAD", "SFRS", "Pooled"))
     for png in ("recall_tokyo", "training_sfrs", "examples_pitts30k"):
         assert (results / "plots" / f"{png}.png").stat().st_size > 1000
 
-    # Learning: every trained run's best epoch above the initial model (epoch -1) on the val split.
-    runs = {m: results / "train" / m / "log.csv" for m in ("netvlad", "sare_ind", "sare_joint")}
-    runs.update({f"sfrs g{g}": results / "train" / "sfrs" / f"gen{g}" / "log.csv" for g in (0, 1)})
-    for name, log_csv in runs.items():
-        history = val_history(log_csv)
-        best = {n: max(h[e] for e in h if e >= 0) for n, h in history.items()}
-        assert best[5] >= history[5][-1] + VAL_R5_MARGIN, (name, history)
+    def pooled(model, n):
+        return np.concatenate([query_hits(results, model, t, d, n) for t, d in test_sets.items()])
 
-    # On the test sets (PCA-whitened, as in the paper) the best method clearly beats the untrained model.
-    def mean_r5(method):
-        return sum(recall[method, t][5] for t in test_sets) / len(test_sets)
-
-    assert max(mean_r5(m) for m in methods[1:]) >= mean_r5("off-the-shelf") + TEST_R5_MARGIN, recall
+    # several hundred queries pooled, and the recall CSVs agree with the hits counted here
+    assert len(pooled("off-the-shelf", 1)) >= 600
+    for (model, t), r in recall.items():
+        for n in (1, 5):
+            counted = query_hits(results, model, t, test_sets[t], n).mean()
+            assert r[n] == pytest.approx(100 * counted, abs=1e-6)
+    with open(results / "table.csv") as f:
+        verdicts = {(r["method"], r["dataset"]): r for r in csv.DictReader(f)}
+    base = {n: pooled("off-the-shelf", n) for n in (1, 5)}
+    claims = [(m, 5) for m in TRAINED] + [("sfrs", 1)]
+    for model, n in claims:
+        hits = pooled(model, n)
+        p = mcnemar_exact_p(hits, base[n])
+        summary = f"{model} pooled R@{n} {100 * hits.mean():.1f} vs {100 * base[n].mean():.1f}, p = {p:.2g}"
+        assert hits.mean() > base[n].mean() and p < SIGNIFICANCE, summary
+        # and the table marks it so, with the same p-value
+        row = next(r for (m, d), r in verdicts.items() if d.lower() == "pooled" and m.lower() == model)
+        assert row[f"vs baseline R@{n}"] == "above" and float(row[f"p R@{n}"]) == pytest.approx(p, rel=1e-3)
 
     # SFRS generation 1 learned from a teacher (its soft loss is active), generation 0 without one.
     soft = {}
