@@ -68,10 +68,19 @@ def test_cluster_output_initialises_the_model_with_alpha_from_its_formula(center
     assert np.allclose(model.net_vlad.centroids.detach().numpy(), centroids)
 
 
-def test_two_processes_equal_one_process_with_the_same_global_tuples(tiny_data, centers, tmp_path):
+@pytest.mark.parametrize("method", ["baseline", "sfrs"])
+def test_two_processes_equal_one_process_with_the_same_global_tuples(tiny_data, centers, tmp_path, method):
+    """Also SFRS generation 1: several tuples per process, each with the teacher's scores of its own."""
     one, two = tmp_path / "one", tmp_path / "two"
-    run_vpr(*train_args(tiny_data, centers, one, "--epochs", "1", "--tuple-size", "2"))
-    args = train_args(tiny_data, centers, two, "--epochs", "1", "--tuple-size", "1")
+    extra = []
+    if method == "sfrs":
+        gen0 = tmp_path / "gen0"
+        run_vpr(*train_args(tiny_data, centers, gen0, "--method", "sfrs", "--loss", "sare_ind",
+                            "--generation", "0", "--iters", "2"))
+        extra = ["--method", "sfrs", "--loss", "sare_ind", "--generation", "1",
+                 "--teacher", gen0 / "last.pth", "--iters", "3"]
+    run_vpr(*train_args(tiny_data, centers, one, "--epochs", "1", "--tuple-size", "2", *extra))
+    args = train_args(tiny_data, centers, two, "--epochs", "1", "--tuple-size", "1", *extra)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "vpr.cli", *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})

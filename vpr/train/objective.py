@@ -67,8 +67,8 @@ def tuple_loss(cfg: TrainConfig, forward: nn.Module, images: torch.Tensor, layou
                 t_images = torch.cat([images[s0:s0 + 1], images[end - n_pos:end]]).to(device)
                 with precision.autocast():
                     t_regions = teacher.regions(t_images)
-                teacher = (t_regions[1:] @ t_regions[0, 0]).flatten()
-            softs.append(losses.sfrs_soft(student[None], teacher[None], tau_student=cfg.tau,
+                teacher_scores = (t_regions[1:] @ t_regions[0, 0]).flatten()
+            softs.append(losses.sfrs_soft(student[None], teacher_scores[None], tau_student=cfg.tau,
                                           tau_teacher=cfg.temperatures[cfg.generation]))
         s0 = end
     hard = torch.stack(hards).mean()
