@@ -65,6 +65,15 @@ def pick_device(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def compute_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a torch.device; None: the current CUDA device when there is one (the model's, under
+    DDP), else the CPU. Where mining and re-ranking do their distance work."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+        else torch.device("cpu")
+
+
 def init(timeout_minutes: int = 60) -> DistInfo:
     """Initialise the default process group when launched with several processes; idempotent."""
     rank, world, local_rank = read_env()

@@ -10,21 +10,15 @@ from vpr.rerank.kreciprocal import KReciprocal
 from vpr.rerank.neighbour_lists import neighbour_lists_from_descriptors
 
 
-def _device(device):
-    import torch
-
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
-        else torch.device("cpu")
-
-
 def reranker(x_q: np.ndarray, x_g: np.ndarray, k1: int, k2: int, lambda_value: float,
              square_input: bool = True, device=None) -> KReciprocal:
     """:class:`KReciprocal` of query and gallery descriptors (squared L2 distances, as vpr uses them)."""
     if int(k1) != k1 or k1 < 1 or int(k2) != k2 or k2 < 1:
         raise ValueError(f"k1 and k2 must be positive integers, got k1={k1}, k2={k2}")
-    lists = neighbour_lists_from_descriptors(x_q, x_g, max(int(k1) + 1, int(k2)), device=_device(device))
+    from vpr.distributed import compute_device
+
+    k = max(int(k1) + 1, int(k2))
+    lists = neighbour_lists_from_descriptors(x_q, x_g, k, device=compute_device(device))
     return KReciprocal(lists, k1, k2, lambda_value, square_input)
 
 
@@ -34,7 +28,9 @@ def rerank_top_k(x_q: np.ndarray, x_g: np.ndarray, k: int, k1: int, k2: int, lam
     formula followed by a sort on (float32 distance, gallery index)): (distances float32, indices int64)."""
     import torch
 
-    dev = _device(device)
+    from vpr.distributed import compute_device
+
+    dev = compute_device(device)
     kr = reranker(x_q, x_g, k1, k2, lambda_value, square_input, dev)
 
     def original_rows(a, b):

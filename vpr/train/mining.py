@@ -125,14 +125,6 @@ def _gemm_error_bound(dim: int, sq_norm_x: float, sq_norm_max: float) -> float:
     return 4.0 * (gamma + 3 * u) * scale * 1.01   # 1 % for the rounding of this bound itself
 
 
-def default_device():
-    """The current CUDA device when there is one (the model's, under DDP), else the CPU."""
-    import torch
-
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
-        else torch.device("cpu")
-
-
 def block_sq_distances(x: np.ndarray, db: np.ndarray, db_sq_norms, device, col_block: int) -> np.ndarray:
     """(len(x), len(db)) float64 squared distances in the product form, computed on ``device`` with the
     database converted to float64 one column block at a time (``db_sq_norms``: its float64 ‖y‖², a tensor
@@ -211,7 +203,9 @@ class Miner:
         """
         import torch
 
-        device = torch.device(self.device) if self.device is not None else default_device()
+        from vpr.distributed import compute_device
+
+        device = compute_device(self.device)
         if device.type == "cpu" and len(db_feats) > self.cpu_products_max_db:
             return self._mine_per_anchor(anchors, q_feats, db_feats, rng, jaccard_rows, sfrs)
         # database rows converted to float64 at a time: 64 MiB (512 rows of 32,768-d)
