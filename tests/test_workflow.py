@@ -552,7 +552,7 @@ def test_the_demo_dag_runs_end_to_end_and_every_method_beats_the_off_the_shelf_m
         summary = f"{model} pooled R@{n} {100 * hits.mean():.1f} vs {100 * base[n].mean():.1f}, p = {p:.2g}"
         assert hits.mean() > base[n].mean() and p < SIGNIFICANCE, summary
         # and the table marks it so, with the same p-value
-        row = next(r for (m, d), r in verdicts.items() if d.lower() == "pooled" and m.lower() == model)
+        row = verdicts[model, "pooled"]
         assert row[f"vs baseline R@{n}"] == "above" and float(row[f"p R@{n}"]) == pytest.approx(p, rel=1e-3)
 
     # SFRS generation 1 learned from a teacher (its soft loss is active), generation 0 without one.
