@@ -22,8 +22,6 @@ DATASETS = config["datasets"]
 TRAIN_SET, VAL_SET = config.get("train"), config.get("val")
 TRAINED = list(config.get("methods") or {})
 EXTERNAL = config.get("external") or {}
-# The model training starts from (trunk + NetVLAD centres, no training): the "off-the-shelf" row.
-OFF_THE_SHELF = "off-the-shelf"
 TEST_OFF_THE_SHELF = config.get("off_the_shelf", False)
 # Every evaluated model: the off-the-shelf starting point when asked for, the trained methods, the external ones.
 METHODS = ([OFF_THE_SHELF] if TEST_OFF_THE_SHELF else []) + TRAINED + list(EXTERNAL)

@@ -18,6 +18,8 @@ SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # SFRS teacher temperatures of `vpr train` when the config names none (vpr/train/config.py).
 DEFAULT_TEMPERATURES = [0.07, 0.07, 0.06, 0.05]
+# The model training starts from (trunk + NetVLAD centres, no training): the "off-the-shelf" row and folder.
+OFF_THE_SHELF = "off-the-shelf"
 # Keys of earlier versions, with their new names (an old configuration gets told what to write instead).
 RENAMED_KEYS = {"untrained": "off_the_shelf"}
 
@@ -119,7 +121,7 @@ def check_meaning(cfg, source):
         config_error(source, "pca: missing (external models with own_pca: false get their PCA fitted here)")
     if not methods and not external and not cfg.get("off_the_shelf", False):
         config_error(source, "nothing to evaluate: give `methods`, `external` or `off_the_shelf: true`")
-    taken = set(methods) | ({"off-the-shelf"} if cfg.get("off_the_shelf", False) else set())
+    taken = set(methods) | ({OFF_THE_SHELF} if cfg.get("off_the_shelf", False) else set())
     for name in external:
         if name in taken:
             config_error(source, f"external.{name}: the name is taken by a trained model; choose another")
@@ -130,7 +132,7 @@ def check_meaning(cfg, source):
         if generations > len(temperatures):
             config_error(source, f"methods.sfrs.generations: {generations} generations need {generations} "
                                  f"temperatures, methods.sfrs.temperatures has {len(temperatures)}")
-    evaluated = [*(["off-the-shelf"] if cfg.get("off_the_shelf", False) else []), *methods, *external]
+    evaluated = [*([OFF_THE_SHELF] if cfg.get("off_the_shelf", False) else []), *methods, *external]
     if "examples" in cfg and cfg["examples"] not in evaluated:
         config_error(source, f"examples: {cfg['examples']!r} is not an evaluated model "
                              f"({', '.join(evaluated)})")
