@@ -417,3 +417,45 @@ def test_sigterm_during_the_work_exits_143(arts, tmp_path):
     assert proc.wait(timeout=60) == 143, "".join(lines)
     assert lines[-1].strip() == "vpr extract: terminated by signal 15" and "Traceback" not in "".join(lines)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- 8. nothing is written through a symlink in an output directory -------------------------------------
+
+def test_an_artifact_replaces_a_symlink_at_its_path_and_leaves_the_link_target_alone(tmp_path):
+    from vpr.results import recall_table, write_recall_csv
+    from vpr.train.training_log import LOG_FIELDS, write_training_log
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious data\n")
+    for name, write in (("log.csv", lambda p: write_training_log(p, [dict.fromkeys(LOG_FIELDS, 1)])),
+                        ("recall.csv", lambda p: write_recall_csv(p, recall_table({1: 0.5}, 4)))):
+        out = tmp_path / name
+        out.symlink_to(victim)
+        write(out)
+        assert not out.is_symlink() and out.is_file() and out.read_text().startswith(("generation", "n,"))
+        assert victim.read_text() == "precious data\n"
+
+
+def test_a_temporary_replaced_by_a_symlink_is_neither_written_through_nor_renamed(tmp_path):
+    from vpr.errors import VprError
+    from vpr.io import atomic_output, open_temporary
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious data\n")
+    out = tmp_path / "out" / "table.csv"
+
+    def swap(tmp):   # another user of a shared directory puts a link in place of the temporary
+        tmp.unlink()
+        tmp.symlink_to(victim)
+
+    with pytest.raises(VprError, match=rf"^{out}: cannot write \(Too many levels of symbolic links\)$"):
+        with atomic_output(out) as tmp:
+            swap(tmp)
+            with open_temporary(tmp, "w") as f:
+                f.write("x")
+    with pytest.raises(VprError, match=rf"^{out}: cannot write \(its temporary file .* was replaced"):
+        with atomic_output(out) as tmp:
+            tmp.write_text("complete")
+            swap(tmp)
+    assert victim.read_text() == "precious data\n"
+    assert list(out.parent.iterdir()) == []

@@ -7,6 +7,11 @@ same target can tell a dead writer's leftover (lock free: removed) from a live o
 Files are created with mode 0666 and the kernel applies the umask (and any default ACL), exactly as for
 any file the user writes. A failed write (full disk, file-size limit, read-only file system) is one
 VprError naming the target and the reason.
+
+In a shared directory nothing is written through a symlink: the temporary is created new (``O_EXCL |
+O_NOFOLLOW``) and reopened only without following a link (:func:`open_temporary`), it must still be the
+same plain file when renamed, and the rename replaces a symlink at the target instead of writing to where
+it points.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import re
 import secrets
 import signal
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -48,7 +54,7 @@ def _create_temporary(path: Path) -> tuple[Path, int]:
     for _ in range(100):
         tmp = path.parent / f".{path.name}.{secrets.token_hex(_TEMP_TOKEN_HEX)}{_TEMP_SUFFIX}"
         try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         except FileExistsError:
             continue
         try:
@@ -101,6 +107,22 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         finally:
             os.close(fd)
     return removed
+
+
+def open_temporary(tmp: str | os.PathLike, mode: str, **kwargs):
+    """``open(tmp, mode)`` for the temporary path yielded by :func:`atomic_output`, never following a
+    symlink: should the temporary have been replaced by a link meanwhile, this is an OSError (ELOOP)
+    instead of a write to wherever the link points."""
+    return open(tmp, mode, opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW, 0o666), **kwargs)
+
+
+def _check_still_ours(path: Path, tmp: Path, fd: int) -> None:
+    """Before the rename: ``tmp`` is still the plain file this writer created (not a link or another
+    file put in its place in a shared directory), else a VprError naming the target."""
+    mine, now = os.fstat(fd), os.stat(tmp, follow_symlinks=False)
+    if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino) or not stat.S_ISREG(now.st_mode):
+        raise VprError(f"{path}: cannot write (its temporary file {tmp.name} was replaced by another file "
+                       "or a link while it was written)")
 
 
 def _is_torch_write_failure(err: RuntimeError) -> bool:
@@ -156,7 +178,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     try:
         try:
             yield tmp
-            os.replace(tmp, path)
+            _check_still_ours(path, tmp, fd)
+            os.replace(tmp, path)   # replaces a symlink at ``path`` itself, never what it points to
             committed = True
         except OSError as err:
             if _foreign_os_error(err, (tmp, path)):
@@ -213,7 +236,7 @@ def atomic_h5(path: str | os.PathLike, **kwargs) -> Iterator:
     """
     import h5py  # here, not at the top: light commands (select, table) use vpr.io without HDF5
 
-    with atomic_output(path) as tmp, _signals_held(), open(tmp, "r+b") as raw, \
+    with atomic_output(path) as tmp, _signals_held(), open_temporary(tmp, "r+b") as raw, \
             h5py.File(raw, "w", **kwargs) as f:
         yield f
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vpr.errors import VprError
-from vpr.io import atomic_output
+from vpr.io import atomic_output, open_temporary
 from vpr.published import dataset_name, method_name, published, query_count
 from vpr.results import RecallTable
 from vpr.stats import recall_interval
@@ -36,8 +36,8 @@ def _new_figure(width: float, height: float):
 
 def save_png(fig, out: str | os.PathLike, dpi: int = 120) -> None:
     """Render ``fig`` as PNG onto ``out`` atomically."""
-    with atomic_output(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+    with atomic_output(out) as tmp, open_temporary(tmp, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
 
 
 # ---------------------------------------------------------------------------------------- Recall@N curves

@@ -29,7 +29,7 @@ import numpy as np
 
 from vpr.artifacts import RANKINGS
 from vpr.errors import VprError
-from vpr.io import atomic_output
+from vpr.io import atomic_output, open_temporary
 from vpr.stats import hits_at, hits_of, recall_interval
 
 RECALL_COLUMNS = ("n", "recall", "ci_low", "ci_high", "queries")
@@ -56,7 +56,7 @@ def write_recall_csv(path: str | os.PathLike, table: RecallTable) -> None:
     """Write ``table`` (with its interval and query count) atomically as a recall CSV."""
     if table.interval is None or table.queries is None:
         raise ValueError("a recall CSV is written with its intervals and query count")
-    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_output(path) as tmp, open_temporary(tmp, "w", encoding="utf-8") as f:
         f.write(",".join(RECALL_COLUMNS) + "\n")
         for n, r in table.recall.items():
             low, high = table.interval[n]

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vpr.errors import VprError
     from vpr.extract import extract_features
-    from vpr.io import atomic_output
+    from vpr.io import atomic_output, open_temporary
     from vpr.models import load_model_with_pca
 
     suffix = Path(args.out).suffix.lower() if args.out else None
@@ -48,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         with atomic_output(args.out) as tmp:
             if suffix == ".npy":
-                with open(tmp, "wb") as f:  # np.save(path) would append ".npy" to the temporary name
+                with open_temporary(tmp, "wb") as f:  # np.save(path) would append ".npy" to the name
                     np.save(f, desc)
             else:
                 # through a file object: HDF5 must not open (and lock) the flocked temporary itself
-                with open(tmp, "r+b") as raw, h5py.File(raw, "w") as f:
+                with open_temporary(tmp, "r+b") as raw, h5py.File(raw, "w") as f:
                     f.create_dataset("descriptors", data=desc)
                     f.create_dataset("paths", data=[str(p) for p in args.images], dtype=h5py.string_dtype())
                     f.attrs.update({"checkpoint": str(args.checkpoint), "pca": str(args.pca or ""),

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from vpr.errors import VprError
-    from vpr.io import atomic_output
+    from vpr.io import atomic_output, open_temporary
     from vpr.report import collect, pooled_rows, table_csv, table_markdown
 
     ns = list(dict.fromkeys(args.ns))
@@ -57,10 +57,9 @@ def run(args: argparse.Namespace) -> int:
     rows += pooled_rows(rows, ns, args.compare_to)
     markdown = table_markdown(rows, ns, args.compare_to)
     csv_text = table_csv(rows, ns, args.compare_to)
-    with atomic_output(args.out_csv) as tmp:
-        tmp.write_text(csv_text, encoding="utf-8")
-    with atomic_output(args.out_md) as tmp:
-        tmp.write_text(markdown, encoding="utf-8")
+    for out, text in ((args.out_csv, csv_text), (args.out_md, markdown)):
+        with atomic_output(out) as tmp, open_temporary(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
     print(markdown, end="")
     print(f"wrote {args.out_md} and {args.out_csv}: {len(rows)} row(s)", file=sys.stderr)
     return 0

@@ -13,10 +13,12 @@ nothing, and anything that is not such a state is one error naming the file.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import os
 import random
 import signal
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,18 +206,46 @@ class RunLock:
     """An exclusive ``flock`` on ``DIR/run.lock`` while a process works in the run directory.
 
     The kernel releases it when the process ends in any way (exit, signal, crash), so a stale lock
-    cannot outlive its owner.
+    cannot outlive its owner. The lock file is opened without following a symlink, and only a plain file
+    with no other name (no hard link) is taken and written: a ``run.lock`` planted in a shared directory
+    to point elsewhere is refused, never truncated.
     """
 
     def __init__(self, out: Path):
         self.path = out / "run.lock"
         self._fd: int | None = None
 
+    def _open(self) -> int:
+        """The lock file's descriptor: created afresh (O_EXCL), else the existing plain file opened
+        without following a symlink; anything else is a VprError naming it."""
+        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            return os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(self.path, flags)
+        except OSError as err:
+            if err.errno == errno.ELOOP or self.path.is_symlink():
+                raise VprError(f"{self.path}: is a symbolic link; vpr never writes through a link in a run "
+                               "directory: remove it") from None
+            raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            what = "not a plain file" if not stat.S_ISREG(st.st_mode) else \
+                f"a hard link ({st.st_nlink} names for one file)"
+            raise VprError(f"{self.path}: is {what}; vpr writes only a lock file of its own here: remove it")
+        return fd
+
     def acquire(self) -> str | None:
-        """Take the lock; None on success, else the one-line reason (another process holds it)."""
+        """Take the lock; None on success, else the one-line reason (another process holds it, or the
+        lock file is not vpr's own)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = self._open()
+        except VprError as err:
+            return str(err)
         except OSError as err:
             return f"{self.path.parent}: cannot work in this run directory ({err.strerror})"
         try:

@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vpr.io import atomic_output
+from vpr.io import atomic_output, open_temporary
 from vpr.train.checkpointing import RunState
 from vpr.train.config import TrainConfig
 from vpr.train.training_log import write_training_log
@@ -85,5 +85,5 @@ class RunPaths:
 
 
 def copy_atomically(src: Path, dst: Path) -> None:
-    with atomic_output(dst) as tmp:
-        shutil.copyfile(src, tmp)
+    with atomic_output(dst) as tmp, open(src, "rb") as source, open_temporary(tmp, "wb") as target:
+        shutil.copyfileobj(source, target)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from vpr.errors import VprError
-from vpr.io import atomic_output
+from vpr.io import atomic_output, open_temporary
 from vpr.stats import interval_column_names
 
 RECALL_AT = (1, 5, 10)
@@ -30,7 +30,7 @@ TRAINING_LOG_INTERVALS = tuple(interval_column_names((1, 5)))
 
 def write_training_log(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     """Write ``rows`` (dicts keyed by :data:`LOG_FIELDS`) as the training log ``path``, atomically."""
-    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_output(path) as tmp, open_temporary(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
