@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -72,12 +73,12 @@ BAD_VALUES = [
     ("iters", -1), ("workers", -1), ("test_batch_size", 0), ("print_freq", -1),
     ("rerank_lambda", 1.5), ("rerank_lambda", -0.1),
     ("image_size", [0, 128]), ("image_size", [96, -1]),
-    ("num_clusters", 0), ("generation", -1),
+    ("num_clusters", 0), ("generation", -1), ("seed", -1), ("seed", 2**32),
 ]
 # The edges of the valid ranges stay accepted.
 EDGE_VALUES = [("momentum", 0.0), ("gamma", 1.0), ("margin", 0.0), ("soft_weight", 0.0), ("iters", 0),
                ("workers", 0), ("print_freq", 0), ("rerank_lambda", 0.0), ("rerank_lambda", 1.0),
-               ("weight_decay", 0.0), ("test_batch_size", 1)]
+               ("weight_decay", 0.0), ("test_batch_size", 1), ("seed", 0), ("seed", 2**32 - 1)]
 
 
 @pytest.mark.parametrize("source", ["flag", "yaml"])
@@ -110,6 +111,14 @@ def test_yaml_dot_nan_is_refused_before_any_input_is_opened(tmp_path):
                    "--out", tmp_path / "run", "--gamma", "-0.5", check=False)
     assert "training config: gamma: must be in (0, 1]" in one_line_error(proc)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_out_of_range_seed_is_refused_before_the_run_directory_is_touched(tiny_data, centers, tmp_path):
+    out = tmp_path / "run"
+    for seed in ("-1", str(2**32)):
+        proc = run_vpr(*train_args(tiny_data, centers, out, "--epochs", "1", "--seed", seed), check=False)
+        assert f"training config: seed: must be in [0, {2**32 - 1}]" in one_line_error(proc)
+        assert not out.exists()      # no log.csv, no run.lock
 
 
 def test_a_diverging_run_stops_with_one_error_and_saves_no_nan_weights(tiny_data, centers, tmp_path):
@@ -289,3 +298,26 @@ def test_run_state_and_rng_states_survive_a_weights_only_round_trip(tmp_path):
     set_rng_state(saved["rng"])
     assert (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(),
             torch.rand(3).tolist()) == expected
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling symlink", "hard link"])
+def test_a_run_lock_planted_to_point_elsewhere_is_refused_and_never_written(tiny_data, centers, tmp_path,
+                                                                            kind):
+    """The issue's set-up: RUN/run.lock -> victim.txt (absolute link), then `vpr train --out RUN`."""
+    victim = tmp_path / "victim.txt"
+    out = tmp_path / "RUN"
+    out.mkdir()
+    lock = out / "run.lock"
+    if kind == "dangling symlink":
+        lock.symlink_to(victim)          # O_CREAT through the link would create the victim
+    else:
+        victim.write_text("precious data\n")
+        lock.symlink_to(victim) if kind == "symlink" else os.link(victim, lock)
+    proc = run_vpr(*train_args(tiny_data, centers, out, "--epochs", "1"), check=False)
+    line = one_line_error(proc)
+    assert f"{lock}: is a {'hard link' if kind == 'hard link' else 'symbolic link'}" in line
+    if kind == "dangling symlink":
+        assert not victim.exists() and not victim.is_symlink()
+    else:
+        assert victim.read_text() == "precious data\n"
+    assert [p.name for p in out.iterdir()] == ["run.lock"]          # nothing trained, nothing written

@@ -24,6 +24,7 @@ TRAIN_METHODS = ("baseline", "sfrs")
 TRAIN_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp16")   # fp16 would need gradient scaling
 # Options that do not change the trained weights: a resumed run may change them.
 RUNTIME_ONLY = ("workers", "test_batch_size", "print_freq")
+SEED_MAX = 2**32 - 1   # NumPy takes seeds in [0, 2**32 - 1]
 
 
 def _opt(default, help: str, **kw):
@@ -140,6 +141,8 @@ class TrainConfig:
             bad("gamma", f"must be in (0, 1] (the learning-rate decay factor), got {self.gamma}")
         if not 0 <= self.rerank_lambda <= 1:
             bad("rerank_lambda", f"must be in [0, 1], got {self.rerank_lambda}")
+        if not 0 <= self.seed <= SEED_MAX:
+            bad("seed", f"must be in [0, {SEED_MAX}] (the range of NumPy's seeds), got {self.seed}")
         if any(t <= 0 for t in self.temperatures):
             bad("temperatures", f"every temperature must be greater than 0, got {self.temperatures}")
         if any(v < 1 for v in self.image_size):
