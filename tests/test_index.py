@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 from pathlib import Path
 
 import h5py
@@ -519,6 +520,47 @@ def test_csv_image_listed_twice(tmp_path, capsys, case):
     out = tmp_path / "csv.h5"
     rc, _, err = run_cli(["--format", "csv", "--csv", str(csv_file), "--root", str(tmp_path),
                           "--out", str(out)], capsys)
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("case", ["query symlink", "database symlink", "hard link", "linked directory",
+                                  "both link to a third file", "a link to another file"])
+def test_csv_query_that_is_a_database_image_under_another_name(tmp_path, capsys, case):
+    """Same file, two names: refused like the same name (the query would retrieve itself at distance 0)."""
+    rows = list(CSV_ROWS)   # file lines: header 1, rows 2..8; line 3 a/db1.jpg, line 6 b/q1.jpg
+    if case == "linked directory":
+        rows[4] = ("c/db1.jpg", E0 + 30.0, N0, "query")
+    csv_file = _write_csv(tmp_path, rows)
+    q1, db1 = tmp_path / rows[4][0], tmp_path / "a/db1.jpg"
+    q1.unlink()
+    if case == "query symlink":
+        q1.symlink_to(db1)
+    elif case == "database symlink":
+        db1.unlink()
+        db1.symlink_to("../b/q1.jpg")
+        q1.write_bytes(b"query")
+    elif case == "hard link":
+        os.link(db1, q1)
+    elif case == "linked directory":
+        q1.parent.rmdir()
+        q1.parent.symlink_to("a")
+    elif case == "both link to a third file":
+        (tmp_path / "third.jpg").write_bytes(b"x")
+        db1.unlink()
+        db1.symlink_to(tmp_path / "third.jpg")
+        q1.symlink_to(tmp_path / "third.jpg")
+    else:
+        (tmp_path / "other.jpg").write_bytes(b"x")
+        q1.symlink_to(tmp_path / "other.jpg")
+    out = tmp_path / "csv.h5"
+    rc, _, err = run_cli(["--format", "csv", "--csv", str(csv_file), "--root", str(tmp_path),
+                          "--out", str(out)], capsys)
+    if case == "a link to another file":
+        assert rc == 0, err
+        return
+    message = (f"set.csv: query {rows[4][0]!r} (line 6) and database image 'a/db1.jpg' (line 3) are one file "
+               "under two names (a symbolic or hard link); a query would retrieve itself")
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert_nothing_written(out)
 

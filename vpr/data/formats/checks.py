@@ -28,9 +28,10 @@ class DiskView:
 
     def __init__(self, root: Path):
         self.root = root
-        self._dirs: dict[str, dict[str, bool]] = {}  # directory -> {name: is a file (links followed)}
+        self._dirs: dict[str, dict[str, os.DirEntry | None]] = {}  # directory -> {name: entry if a file}
+        self._real: dict[str, str] = {}   # directory -> its resolved path
 
-    def _entries(self, parent: str) -> dict[str, bool]:
+    def _entries(self, parent: str) -> dict[str, os.DirEntry | None]:
         entries = self._dirs.get(parent)
         if entries is None:
             entries = {}
@@ -38,9 +39,9 @@ class DiskView:
                 with os.scandir(self.root / parent) as it:
                     for entry in it:
                         try:
-                            entries[entry.name] = entry.is_file()
+                            entries[entry.name] = entry if entry.is_file() else None  # links followed
                         except OSError:
-                            entries[entry.name] = False
+                            entries[entry.name] = None
             except OSError:
                 pass
             self._dirs[parent] = entries
@@ -49,12 +50,31 @@ class DiskView:
     def exists(self, rel: str) -> bool:
         """``rel`` is a file (or a link to one) under the root."""
         parent, _, name = rel.rpartition("/")
-        return self._entries(parent).get(name, False)
+        return self._entries(parent).get(name) is not None
 
     def is_other(self, rel: str) -> bool:
         """``rel`` exists under the root but is not a file (a directory, a dangling link, ...)."""
         parent, _, name = rel.rpartition("/")
-        return self._entries(parent).get(name) is False
+        entries = self._entries(parent)
+        return name in entries and entries[name] is None
+
+    def _real_dir(self, parent: str) -> str:
+        real = self._real.get(parent)
+        if real is None:
+            real = self._real[parent] = os.path.realpath(self.root / parent)
+        return real
+
+    def via_link(self, rel: str) -> bool:
+        """The existing file ``rel`` is a symbolic link, or is reached through a linked directory."""
+        parent, _, name = rel.rpartition("/")
+        lexical = os.path.normpath(os.path.join(self._real_dir(""), parent))
+        return self._entries(parent)[name].is_symlink() or self._real_dir(parent) != lexical
+
+    def identity(self, rel: str) -> tuple[tuple[int, int], int]:
+        """((st_dev, st_ino), st_nlink) of the existing file ``rel``, links followed."""
+        parent, _, name = rel.rpartition("/")
+        st = self._entries(parent)[name].stat()
+        return (st.st_dev, st.st_ino), st.st_nlink
 
 
 def check_exist(disk: DiskView, paths: Sequence[str], what: str, source: str) -> None:
@@ -68,6 +88,38 @@ def check_exist(disk: DiskView, paths: Sequence[str], what: str, source: str) ->
         raise VprError(f"{source}: {len(missing)} of {len(paths)} {what} image(s) listed are missing under "
                        f"{disk.root} (first: {', '.join(missing[:_MAX_LISTED])}); "
                        "fix --root or pass --skip-image-check")
+
+
+def check_same_files(disk: DiskView, db_path: Sequence[str], q_path: Sequence[str], source: str,
+                     where: Callable[[str, int], str]) -> None:
+    """Refuse a query that is a database image under another name: a symbolic link (of the file or of a
+    directory on its path) or a hard link, compared by (st_dev, st_ino) with links followed.
+
+    Two names of one file need a link: a file reached through one, or a file with several hard links. Only
+    then are all database images looked at (one ``stat`` each); otherwise only the linked ones are.
+    """
+    queries: dict[tuple[int, int], int] = {}
+    linked = False
+    for i, path in enumerate(q_path):
+        ident, nlink = disk.identity(path)
+        queries.setdefault(ident, i)
+        linked = linked or nlink > 1 or disk.via_link(path)
+    for j, path in enumerate(db_path):
+        if not (linked or disk.via_link(path)):
+            continue
+        i = queries.get(disk.identity(path)[0])
+        if i is not None:
+            raise VprError(f"{source}: query {q_path[i]!r} ({where('query', i)}) and database image {path!r} "
+                           f"({where('db', j)}) are one file under two names (a symbolic or hard link); a "
+                           "query would retrieve itself")
+
+
+def check_image_files(disk: DiskView, db_path: Sequence[str], q_path: Sequence[str], source: str,
+                 where: Callable[[str, int], str]) -> None:
+    """Every database and query image is a file under the root, and no query is a database image."""
+    check_exist(disk, db_path, "database", source)
+    check_exist(disk, q_path, "query", source)
+    check_same_files(disk, db_path, q_path, source, where)
 
 
 def check_distinct(db_path: Sequence[str], q_path: Sequence[str], source: str,

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from vpr.data.formats.checks import DiskView, check_distinct, check_exist, number_keys, resolve_split
+from vpr.data.formats.checks import DiskView, check_distinct, check_image_files, number_keys, resolve_split
 from vpr.data.index import SplitRecords
 from vpr.errors import VprError
 
@@ -58,11 +58,12 @@ def read_csv(csv_file: str | os.PathLike, root: str | os.PathLike, *, split: str
     except UnicodeDecodeError as err:
         raise VprError(f"{source}: not a UTF-8 text file ({err})") from err
     (db_path, db_xy), (q_path, q_xy) = rows["db"], rows["query"]
-    check_distinct(db_path, q_path, source, lambda role, i: f"line {lines[role][i]}")
+    def where(role: str, i: int) -> str:
+        return f"line {lines[role][i]}"
+
+    check_distinct(db_path, q_path, source, where)
     if check_images:
-        disk = DiskView(Path(root))
-        check_exist(disk, db_path, "database", source)
-        check_exist(disk, q_path, "query", source)
+        check_image_files(DiskView(Path(root)), db_path, q_path, source, where)
     db_place = number_keys(db_xy)
     q_place = number_keys(q_xy, start=int(db_place.max(initial=-1)) + 1)
     return SplitRecords(split, db_path, np.asarray(db_xy, dtype=np.float64).reshape(-1, 2), db_place,

@@ -9,7 +9,7 @@ from pathlib import Path
 from vpr.data.formats.checks import (
     DiskView,
     check_distinct,
-    check_exist,
+    check_image_files,
     number_keys,
     resolve_split,
     warn_mixed_utm,
@@ -30,9 +30,7 @@ def read_pitts(mat: str | os.PathLike, root: str | os.PathLike, *, split: str | 
     q_path = [f"Pittsburgh/queries/{fn}" for fn in q_fns]
     check_distinct(db_path, q_path, source, mat_row)
     if check_images:
-        disk = DiskView(Path(root))
-        check_exist(disk, db_path, "database", source)
-        check_exist(disk, q_path, "query", source)
+        check_image_files(DiskView(Path(root)), db_path, q_path, source, mat_row)
 
     def key(fn: str) -> str:
         parent, _, name = fn.rpartition("/")

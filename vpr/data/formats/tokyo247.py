@@ -12,7 +12,7 @@ import numpy as np
 from vpr.data.formats.checks import (
     DiskView,
     check_distinct,
-    check_exist,
+    check_image_files,
     number_keys,
     resolve_split,
     utm_keys,
@@ -75,8 +75,7 @@ def read_tokyo247(mat: str | os.PathLike, root: str | os.PathLike, *, split: str
     q_path = [f"tokyo247/query/{fn}" for fn in q_fns]
     check_distinct(db_path, q_path, source, mat_row)
     if check_images:
-        check_exist(disk, db_path, "database", source)
-        check_exist(disk, q_path, "query", source)
+        check_image_files(disk, db_path, q_path, source, mat_row)
     q_place = number_keys(utm_keys(q_utm), start=int(db_place.max(initial=-1)) + 1)
     warn_mixed_utm(db_place, db_utm, "database", source)
     return SplitRecords(split, db_path, db_utm, db_place, q_path, q_utm, q_place,
