@@ -221,3 +221,25 @@ def test_errors_name_the_file_and_field(tmp_path):
         ds.attrs["MATLAB_class"] = np.bytes_("cell")
     with pytest.raises(VprError, match=r"broken73\.mat: corrupt MATLAB v7\.3 \(HDF5\) file"):
         load_dbstruct(tmp_path / "broken73.mat", PITTS_FIELDS)
+
+
+@pytest.mark.parametrize("case", ["a cell that refers to itself", "numbers where references belong"])
+def test_malformed_v73_cells_are_one_error_naming_the_file_and_object(tmp_path, case):
+    path = tmp_path / "damaged73.mat"
+    write_mat73(path, {"dbStruct": pitts_v73_fields()})
+    with h5py.File(path, "r+") as f:
+        cell = f["dbStruct/dbImageFns"]
+        if case == "a cell that refers to itself":
+            refs = cell[()]
+            refs.flat[1] = cell.ref
+            cell[...] = refs
+            message = f"{path}: /dbStruct/dbImageFns contains itself (a cell element refers back to it)"
+        else:
+            del f["dbStruct/dbImageFns"]
+            ds = f["dbStruct"].create_dataset("dbImageFns", data=np.ones((1, 3), dtype=np.uint32))
+            ds.attrs["MATLAB_class"] = np.bytes_("cell")
+            message = (f"{path}: /dbStruct/dbImageFns is a cell array holding uint32 numbers where object "
+                       "references belong")
+    with pytest.raises(VprError) as err:
+        load_dbstruct(path, PITTS_FIELDS)
+    assert str(err.value) == message

@@ -286,3 +286,79 @@ def test_struct_model_in_matlab_v73_format(tmp_path):
     with torch.no_grad():
         got = model(x).numpy()
     assert np.abs(got - original_forward(layers, pixels)).max() <= 1e-5
+
+
+V73_DAMAGE = ["layers refer to themselves", "numbers for the layer references",
+              "numbers for a layer's weights", "a struct that contains itself", "struct array of numbers",
+              "nested too deep"]
+
+
+@pytest.fixture(scope="module")
+def v73_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("v73") / "good.mat"
+    _write_v73(path, _struct_layers(seed=9), np.array(AVERAGE, np.float32).reshape(1, 1, 3))
+    return path
+
+
+def _damage_v73(path, case: str) -> None:
+    """Edit a well-formed v7.3 model file in place into one malformed in the way ``case`` names."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        layers = f["net/layers"]
+        first_layer = f[layers[()].flat[0]]
+        if case == "layers refer to themselves":
+            refs = layers[()]
+            refs.flat[0] = layers.ref
+            layers[...] = refs
+        elif case == "numbers for the layer references":
+            del f["net/layers"]
+            ds = f["net"].create_dataset("layers", data=np.arange(36, dtype=np.float64).reshape(36, 1))
+            ds.attrs["MATLAB_class"] = np.bytes_("cell")
+        elif case == "numbers for a layer's weights":
+            del first_layer["weights"]
+            weights = first_layer.create_dataset("weights", data=np.ones((2, 1)))
+            weights.attrs["MATLAB_class"] = np.bytes_("cell")
+        elif case == "a struct that contains itself":
+            first_layer["again"] = first_layer                # an HDF5 hard link to the group itself
+        elif case == "struct array of numbers":
+            del f["net/layers"]
+            g = f["net"].create_group("layers")
+            g.attrs["MATLAB_class"] = np.bytes_("struct")
+            g.create_dataset("name", data=np.ones((36, 1)))
+        else:   # a chain of 40 cells, each holding the next
+            refs = f["#refs#"]
+            inner = refs.create_dataset("deep40", data=np.ones((1, 1)))
+            for i in range(39, -1, -1):
+                ds = refs.create_dataset(f"deep{i}", data=np.array([[inner.ref]], dtype=h5py.ref_dtype),
+                                         dtype=h5py.ref_dtype)
+                ds.attrs["MATLAB_class"] = np.bytes_("cell")
+                inner = ds
+            del first_layer["weights"]
+            first_layer["weights"] = inner
+
+
+@pytest.mark.parametrize("case", V73_DAMAGE)
+def test_malformed_v73_struct_files_are_one_error_naming_the_file(tmp_path, v73_model, case, capsys):
+    from vpr.cli import main
+
+    path = tmp_path / "damaged model.mat"
+    path.write_bytes(v73_model.read_bytes())
+    _damage_v73(path, case)
+    expected = {"layers refer to themselves": "/net/layers contains itself",
+                "numbers for the layer references": "/net/layers is a cell array holding float64 numbers "
+                                                    "where object references belong",
+                "numbers for a layer's weights": "/weights is a cell array holding float64 numbers",
+                "a struct that contains itself": "contains itself",
+                "struct array of numbers": "/net/layers/name is a cell array holding float64 numbers",
+                "nested too deep": "cells and structs nested more than 32 deep"}[case]
+    with pytest.raises(VprError) as err:
+        load_model(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and expected in message and "\n" not in message
+    # what a user sees from a command given the file as a model: one line, exit 2
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    assert main(["describe", str(image), "--checkpoint", str(path)]) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == 1 and err_lines[0] == f"vpr describe: error: {message}", err_lines

@@ -33,6 +33,9 @@ import scipy.io
 from vpr.errors import VprError
 
 VARIABLE = "dbStruct"
+# Cells and structs nested deeper than this are refused: a real file nests a few levels (net.layers{i}.
+# weights{j}), and a reference that leads back to its own cell would otherwise be followed forever.
+MAX_NESTING = 32
 
 
 def load_dbstruct(path: str | os.PathLike, fields: Sequence[str], variable: str = VARIABLE) -> dict[str, Any]:
@@ -110,7 +113,27 @@ def _matlab_class(obj: h5py.HLObject) -> str:
     return cls.decode() if isinstance(cls, bytes) else str(cls)
 
 
-def _h5_value(f: h5py.File, obj: h5py.HLObject) -> Any:
+def h5_enter(f: h5py.File, obj: h5py.HLObject, trail: tuple) -> tuple:
+    """``trail`` (the ids of the objects being read, outermost first) extended by ``obj``'s; an object that
+    is its own container (a cell whose reference leads back to it) or nesting deeper than MAX_NESTING is a
+    VprError naming the file and the object."""
+    if obj.id in trail:
+        raise VprError(f"{f.filename}: {obj.name} contains itself (a cell element refers back to it)")
+    if len(trail) >= MAX_NESTING:
+        raise VprError(f"{f.filename}: {obj.name}: cells and structs nested more than {MAX_NESTING} deep")
+    return (*trail, obj.id)
+
+
+def h5_cell_refs(f: h5py.File, obj: h5py.Dataset, data: np.ndarray) -> np.ndarray:
+    """``data``, the content of the cell array ``obj``, checked to be object references (not numbers)."""
+    if h5py.check_dtype(ref=data.dtype) is not h5py.Reference:
+        raise VprError(f"{f.filename}: {obj.name} is a cell array holding {data.dtype} numbers where object "
+                       "references belong")
+    return data
+
+
+def _h5_value(f: h5py.File, obj: h5py.HLObject, trail: tuple = ()) -> Any:
+    trail = h5_enter(f, obj, trail)
     cls = _matlab_class(obj)
     if isinstance(obj, h5py.Group):  # struct (MATLAB_class 'struct'); field order from MATLAB_fields
         names = list(obj.keys())
@@ -118,13 +141,13 @@ def _h5_value(f: h5py.File, obj: h5py.HLObject) -> Any:
             ordered = [b"".join(np.asarray(n, dtype="S1").tolist()).decode()
                        for n in obj.attrs["MATLAB_fields"]]
             names = [n for n in ordered if n in obj] + [n for n in names if n not in ordered]
-        return {name: _h5_value(f, obj[name]) for name in names}
+        return {name: _h5_value(f, obj[name], trail) for name in names}
     empty = bool(obj.attrs.get("MATLAB_empty", 0))
     if empty:
         return "" if cls == "char" else [] if cls == "cell" else np.zeros((0, 0))
     data = obj[()]
     if cls == "cell" or data.dtype == h5py.ref_dtype or data.dtype == object:
-        return _h5_cell(f, np.asarray(data))
+        return _h5_cell(f, h5_cell_refs(f, obj, np.asarray(data)), trail)
     data = np.asarray(data).transpose()  # HDF5 stores the dimensions reversed
     if cls == "char":
         return _char(data)
@@ -133,7 +156,7 @@ def _h5_value(f: h5py.File, obj: h5py.HLObject) -> Any:
     return data
 
 
-def _h5_cell(f: h5py.File, refs: np.ndarray) -> list:
+def _h5_cell(f: h5py.File, refs: np.ndarray, trail: tuple) -> list:
     """The elements of a cell array. Non-empty char elements (file names: up to ~10^5 per file) are read
     through the low-level API, several times faster than opening each one as an h5py Dataset."""
     out = []
@@ -152,7 +175,7 @@ def _h5_cell(f: h5py.File, refs: np.ndarray) -> list:
                 oid.read(h5py.h5s.ALL, h5py.h5s.ALL, codes)
                 out.append(_char(codes.transpose()))
                 continue
-        out.append(_h5_value(f, f[ref]))
+        out.append(_h5_value(f, f[ref], trail))
     return out
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from vpr.data.images import VGG_MEAN_RGB
+from vpr.data.matfile import h5_cell_refs, h5_enter
 from vpr.errors import VprError
 
 #: the VGG16 trunk cut at conv5_3 before its ReLU, as MatConvNet layer types (torchvision features[:29])
@@ -108,19 +109,20 @@ def _v5_layers(path: Path) -> tuple[list[_Layer], object]:
 
 # --- reading the struct, MATLAB v7.3 (HDF5) ----------------------------------------------------------
 
-def _h5_value(f, obj):
+def _h5_value(f, obj, trail: tuple = ()):
     """A v7.3 object as numpy: arrays transposed back to MATLAB order, chars as str, cells as lists."""
     import h5py
 
+    trail = h5_enter(f, obj, trail)
     if isinstance(obj, h5py.Group):
-        return {k: _h5_value(f, obj[k]) for k in obj}
+        return {k: _h5_value(f, obj[k], trail) for k in obj}
     cls = obj.attrs.get("MATLAB_class", b"")
     cls = cls.decode() if isinstance(cls, bytes) else str(cls)
     if obj.attrs.get("MATLAB_empty", 0):
         return np.zeros((0,))
     data = obj[()]
     if cls == "cell":
-        return [_h5_value(f, f[ref]) for ref in np.asarray(data).T.ravel()]
+        return [_h5_value(f, f[ref], trail) for ref in h5_cell_refs(f, obj, np.asarray(data)).T.ravel()]
     if cls == "char":
         return "".join(chr(c) for c in np.asarray(data).T.ravel())
     return np.asarray(data).T  # MATLAB is column-major: h5py sees the axes reversed
@@ -134,23 +136,14 @@ def _v73_layers(path: Path) -> tuple[list[_Layer], object]:
     except Exception as e:
         raise VprError(f"{path}: not a readable MATLAB v7.3 file: {type(e).__name__}: {e}") from e
     with f:
-        if "net" not in f or "layers" not in f["net"]:
+        if not isinstance(f.get("net"), h5py.Group) or "layers" not in f["net"]:
             raise VprError(f"{path}: no struct 'net' with a field 'layers'")
-        raw = f["net"]["layers"]
-        entries: list[dict] = []
-        if isinstance(raw, h5py.Group):  # a struct array: each field holds one reference per layer
-            columns = {k: [f[r] for r in np.asarray(raw[k][()]).T.ravel()] for k in raw}
-            n = len(next(iter(columns.values()), []))
-            entries = [{k: _h5_value(f, v[i]) for k, v in columns.items()} for i in range(n)]
-        else:  # a cell of structs
-            for ref in np.asarray(raw[()]).T.ravel():
-                item = _h5_value(f, f[ref])
-                entries.append(item if isinstance(item, dict) else {})
-        average = None
         try:
-            average = _h5_value(f, f["net"]["meta"]["normalization"]["averageImage"])
-        except KeyError:
-            pass
+            entries, average = _v73_entries(f, f["net"]["layers"])
+        except (OSError, KeyError, ValueError, TypeError, AttributeError) as e:  # damaged HDF5 objects
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise VprError(f"{path}: malformed MATLAB v7.3 model file ({type(e).__name__}: {first})") \
+                from None
     layers = []
     for fields in entries:
         weights = fields.get("weights", [])
@@ -159,6 +152,29 @@ def _v73_layers(path: Path) -> tuple[list[_Layer], object]:
         weights = [np.squeeze(w) if w.ndim > 1 else w for w in weights]  # as scipy's squeeze_me gives
         layers.append(_Layer(_text(fields.get("type")), _text(fields.get("name")), weights, fields))
     return layers, average
+
+
+def _v73_entries(f, raw) -> tuple[list[dict], object]:
+    """The fields of every layer of ``net.layers`` (``raw``), and ``net.meta.normalization.averageImage``."""
+    import h5py
+
+    net = h5_enter(f, f["net"], ())
+    trail = h5_enter(f, raw, net)
+    entries: list[dict] = []
+    if isinstance(raw, h5py.Group):  # a struct array: each field holds one reference per layer
+        columns = {k: [f[r] for r in h5_cell_refs(f, raw[k], np.asarray(raw[k][()])).T.ravel()] for k in raw}
+        n = len(next(iter(columns.values()), []))
+        entries = [{k: _h5_value(f, v[i], trail) for k, v in columns.items()} for i in range(n)]
+    else:  # a cell of structs
+        for ref in h5_cell_refs(f, raw, np.asarray(raw[()])).T.ravel():
+            item = _h5_value(f, f[ref], trail)
+            entries.append(item if isinstance(item, dict) else {})
+    average = None
+    try:
+        average = _h5_value(f, f["net"]["meta"]["normalization"]["averageImage"], net)
+    except KeyError:
+        pass
+    return entries, average
 
 
 def _is_hdf5(path: Path) -> bool:
