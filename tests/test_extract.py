@@ -244,3 +244,27 @@ def test_cluster_sample_is_seeded_and_independent_of_file_order_and_workers(tmp_
     np.testing.assert_array_equal(da, db)
     np.testing.assert_array_equal(ca, cb)
     assert not np.array_equal(da, dc)   # another seed draws other images or locations
+
+
+def test_a_checkpoint_of_other_content_than_its_expected_sha256_is_refused_first(model_and_checkpoint,
+                                                                                  tmp_path, capsys):
+    import hashlib
+
+    checkpoint = model_and_checkpoint[1]
+    right = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    out = tmp_path / "f.h5"
+    args = ["extract", "--checkpoint", str(checkpoint), "--index", str(tmp_path / "no index.h5"),
+            "--out", str(out)]
+    wrong = right[:-1] + ("0" if right[-1] != "0" else "1")
+    assert main([*args, "--checkpoint-sha256", wrong]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"vpr extract: error: {checkpoint}: SHA-256 {right} differs from the {wrong} expected "
+                   "(--checkpoint-sha256): not the file it should be; replace it"]
+    # the right digest (in capitals too) passes the check: the next thing refused is the missing index
+    assert main([*args, "--checkpoint-sha256", right.upper()]) == 2
+    err = capsys.readouterr().err
+    assert "SHA-256" not in err and "no index.h5" in err
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--checkpoint-sha256", "abc"])
+    assert exit_.value.code == 2 and "expected 64 hexadecimal digits, got 'abc'" in capsys.readouterr().err
+    assert not out.exists()

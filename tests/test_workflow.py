@@ -485,6 +485,61 @@ def test_a_csv_data_set_and_an_external_reference_model_through_the_workflow(tmp
     assert (results / "plots" / "examples_mine.png").stat().st_size > 1000
 
 
+def write_external_only_config(path, data, model, sha256):
+    """A configuration that only evaluates one external model (no training) on a CSV test set."""
+    config = {"datasets": {"mine_test": {"format": "csv", "csv": str(data / "test.csv"), "root": str(data)}},
+              "test_sets": {"mine": "mine_test"}, "use_gpu": False,
+              "evaluate": {"recall_at": [1, 5, 10], "batch_size": 4, "workers": 0},
+              "external": {"released": {"checkpoint": str(model), "sha256": sha256, "own_pca": True}}}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_an_external_models_checksum_is_checked_by_every_run_that_uses_the_file(tmp_path):
+    """The file is there (put in place by hand, never downloaded): its configured sha256 still holds."""
+    from PIL import Image
+
+    from vpr.models import ModelConfig, build_model, save_model
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [("db0.png", 0, "db"), ("db1.png", 40, "db"), ("db2.png", 80, "db"), ("q0.png", 5, "query")]
+    rng = np.random.default_rng(0)
+    for name, _, _ in rows:
+        Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(data / name)
+    (data / "test.csv").write_text("path,easting,northing,role\n"
+                                   + "".join(f"{n},{585000 + e},4477000,{r}\n" for n, e, r in rows))
+    model = tmp_path / "released.pth"
+    torch.manual_seed(0)
+    save_model(model, build_model(ModelConfig(backbone="small", num_clusters=4, image_size=(32, 48))).eval())
+    right = hashlib.sha256(model.read_bytes()).hexdigest()
+    wrong = "0" * 64
+    recall = tmp_path / "results" / "released" / "mine_recall.csv"
+    log = tmp_path / "results" / "logs" / "extract" / "released_mine.log"
+
+    def run(sha256):
+        config = write_external_only_config(tmp_path / "ext.yaml", data, model, sha256)
+        return snakemake(tmp_path, "--configfile", config, "--cores", "1", recall.relative_to(tmp_path),
+                         check=False)
+
+    # The issue's case: a wrong checksum with the file present stops the run; no recall is computed.
+    proc = run(wrong)
+    assert proc.returncode != 0 and not recall.exists(), proc.stderr
+    assert (f"{model}: SHA-256 {right} differs from the {wrong} expected (--checkpoint-sha256)"
+            in log.read_text())
+    # The right one: evaluated.
+    proc = run(right)
+    assert proc.returncode == 0, proc.stderr
+    assert read_recall(recall)[10] == 100.0      # 3 database images: every query's top 10 holds them all
+    # Another file put in place by hand under the same name: the run that uses it refuses it.
+    save_model(model, build_model(ModelConfig(backbone="small", num_clusters=4, image_size=(32, 48),
+                                              pca_dim=None)).eval(), epoch=1)
+    proc = run(right)
+    assert proc.returncode != 0
+    assert f"{model}: SHA-256 " in log.read_text() and f"differs from the {right} expected" in log.read_text()
+
+
 # What the demo's table must show (issue: learning you can see and trust), checked here from the raw
 # rankings and the index files, not from vpr's own table: pooled over the three test sets, every trained
 # method's R@5 and SFRS's R@1 above the off-the-shelf model's, each significant by McNemar's exact test.

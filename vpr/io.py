@@ -250,6 +250,15 @@ def sha256sum(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def verify_sha256(path: str | os.PathLike, expected: str | None, option: str) -> str:
+    """The SHA-256 of ``path``; a VprError naming the file when ``expected`` (from ``option``) differs."""
+    actual = sha256sum(path)
+    if expected is not None and actual != expected.lower():
+        raise VprError(f"{path}: SHA-256 {actual} differs from the {expected.lower()} expected ({option}): "
+                       "not the file it should be; replace it")
+    return actual
+
+
 def open_h5(path: str | os.PathLike, what: str, made_by: str):
     """Open the HDF5 file ``path`` for reading (an ``h5py.File``, to use in a ``with`` block).
 

@@ -7,7 +7,8 @@ image size; queries too, except for Tokyo 24/7 indexes, whose queries keep their
 shorter side equal to the longer side of the model's image size (640 for 480x640; docs/method.md §5.5).
 A missing or unreadable image stops the command before any output is written. The features file records
 what it was made from (the index fingerprint and the SHA-256 of the checkpoint and of the PCA file); a PCA
-file fitted on another model's descriptors is refused.
+file fitted on another model's descriptors is refused. With --checkpoint-sha256, a checkpoint of other
+content than expected is refused before any work.
 
 --precision auto (the default) runs the backbone under bfloat16 autocast where the hardware does that fast
 (a CUDA GPU with bfloat16, a CPU with AMX-BF16 or AVX512-BF16) and in float32 elsewhere; the NetVLAD head
@@ -20,12 +21,22 @@ from __future__ import annotations
 import argparse
 import os
 
-from vpr.commands.options import add_input, add_output, add_pca_options, non_negative_int, positive_int
+from vpr.commands.options import (
+    add_input,
+    add_output,
+    add_pca_options,
+    non_negative_int,
+    positive_int,
+    sha256_hex,
+)
 from vpr.precision import PRECISION_HELP, PRECISIONS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_input(parser, "--checkpoint", required=True, help="model checkpoint (.pth)")
+    parser.add_argument("--checkpoint-sha256", type=sha256_hex, metavar="HEX",
+                        help="expected SHA-256 of the checkpoint (64 hex digits): a file of other content is "
+                             "refused before any work (the workflow passes an external model's `sha256`)")
     add_input(parser, "--index", required=True, help="index file of the split (from 'vpr index')")
     add_pca_options(parser)
     add_output(parser, "--out", required=True, help="features file to write (HDF5)")
@@ -47,14 +58,16 @@ def run(args: argparse.Namespace) -> int:
     from vpr.data.images import check_images_exist
     from vpr.data.index import Index
     from vpr.extract import extract_features, resolve_device, write_features
-    from vpr.io import sha256sum
+    from vpr.io import sha256sum, verify_sha256
     from vpr.models import load_model_with_pca
     from vpr.precision import resolve_precision
 
+    checkpoint_sha256 = None
+    if os.path.isfile(args.checkpoint):
+        checkpoint_sha256 = verify_sha256(args.checkpoint, args.checkpoint_sha256, "--checkpoint-sha256")
     index = Index(args.index, root=args.root)
     db_files, query_files = index.db_files(), index.query_files()
     check_images_exist(db_files + query_files)  # fail before hours of database extraction
-    checkpoint_sha256 = sha256sum(args.checkpoint) if os.path.isfile(args.checkpoint) else None
     model, whiten = load_model_with_pca(args.checkpoint, args.pca, whiten=args.whiten,
                                         checkpoint_sha256=checkpoint_sha256)
     size = tuple(int(s) for s in model.config.image_size)

@@ -70,6 +70,14 @@ def unit_float(text: str) -> float:
     return value
 
 
+def sha256_hex(text: str) -> str:
+    """argparse type: a SHA-256 digest, 64 hexadecimal digits (returned in lower case)."""
+    digest = text.strip().lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise argparse.ArgumentTypeError(f"expected 64 hexadecimal digits, got {text!r}")
+    return digest
+
+
 def parse_bool(text: str) -> bool:
     """argparse type: true/false, yes/no, on/off or 1/0."""
     if text.lower() in ("1", "true", "yes", "on"):

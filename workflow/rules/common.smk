@@ -73,6 +73,13 @@ def model_file(method):
     return f"{RESULTS}/models/{method}.pth"
 
 
+def checksum_flag(method):
+    """`vpr extract --checkpoint-sha256`: an external model's configured checksum, checked by every job that
+    uses the file (downloaded or put in place by hand)."""
+    digest = EXTERNAL[method].get("sha256") if method in EXTERNAL else None
+    return f"--checkpoint-sha256 {digest}" if digest else ""
+
+
 def recall_file(method, test_set):
     return f"{RESULTS}/{method}/{test_set}_recall.csv"
 

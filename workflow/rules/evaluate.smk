@@ -14,6 +14,7 @@ rule extract_train:
         batch=config["evaluate"]["batch_size"],
         workers=config["evaluate"]["workers"],
         precision=extract_precision(),
+        sha256=lambda wc: checksum_flag(wc.method),
     threads: 2
     resources:
         gpu=1 if config["use_gpu"] else 0,
@@ -22,7 +23,7 @@ rule extract_train:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr extract --checkpoint {input.model:q} --index {input.index} --out {output} "
+        "vpr extract --checkpoint {input.model:q} {params.sha256} --index {input.index} --out {output} "
         "--batch-size {params.batch} --workers {params.workers} {params.precision} > {log} 2>&1"
 
 
@@ -57,6 +58,7 @@ rule extract_test:
         batch=config["evaluate"]["batch_size"],
         workers=config["evaluate"]["workers"],
         precision=extract_precision(),
+        sha256=lambda wc: checksum_flag(wc.method),
     threads: 2
     resources:
         gpu=1 if config["use_gpu"] else 0,
@@ -65,7 +67,8 @@ rule extract_test:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr extract --checkpoint {input.model:q} {params.pca} --index {input.index} --out {output} "
+        "vpr extract --checkpoint {input.model:q} {params.sha256} {params.pca} --index {input.index} "
+        "--out {output} "
         "--batch-size {params.batch} --workers {params.workers} {params.precision} > {log} 2>&1"
 
 
