@@ -115,7 +115,7 @@ def check_same_files(disk: DiskView, db_path: Sequence[str], q_path: Sequence[st
 
 
 def check_image_files(disk: DiskView, db_path: Sequence[str], q_path: Sequence[str], source: str,
-                 where: Callable[[str, int], str]) -> None:
+                      where: Callable[[str, int], str]) -> None:
     """Every database and query image is a file under the root, and no query is a database image."""
     check_exist(disk, db_path, "database", source)
     check_exist(disk, q_path, "query", source)
