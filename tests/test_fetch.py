@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import resource
 import socket
+import subprocess
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from vprtest import run_vpr
+from vprtest import VPR, run_vpr
 
 BODY = bytes(range(256)) * 4096          # 1 MiB
 SHA = hashlib.sha256(BODY).hexdigest()   # independent of vpr: the digest of the bytes served
@@ -27,6 +30,18 @@ class Handler(BaseHTTPRequestHandler):
         Handler.hits[self.path] = Handler.hits.get(self.path, 0) + 1
         if self.path == "/missing":
             self.send_error(404)
+            return
+        if self.path == "/forbidden":
+            self.send_error(403)
+            return
+        if self.path == "/unavailable":
+            self.send_error(503)
+            return
+        if self.path == "/loop":                # a redirect to itself: urllib gives up after a few
+            self.send_response(302)
+            self.send_header("Location", "/loop")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
@@ -155,3 +170,57 @@ def test_a_file_for_a_person_is_one_instruction(tmp_path):
     assert proc.stderr.strip() == (f"vpr fetch: error: {out} is missing: put the MatConvNet VGG16 weights "
                                    "there (get it from https://example.org/page)")
     assert not out.parent.exists()
+
+
+def one_error_line(proc):
+    """The one line of a failed `vpr fetch`: nothing else on stderr (no retry warnings, no traceback)."""
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vpr fetch: error: "), proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("path, words", [("/forbidden", "HTTP 403"), ("/missing", "HTTP 404"),
+                                         ("/loop", "HTTP 302")])
+def test_a_client_error_or_a_redirect_loop_is_one_line_and_not_retried(server, tmp_path, path, words):
+    Handler.hits.pop(path, None)
+    line = one_error_line(fetch("--url", f"{server}{path}", "--out", tmp_path / "x.bin"))
+    assert words in line and f"{server}{path}" in line and str(tmp_path / "x.bin") in line
+    if path == "/loop":
+        assert "redirect" in line and Handler.hits[path] > 1   # urllib followed it, then gave up
+    else:
+        assert Handler.hits[path] == 1
+    assert leftovers(tmp_path) == []
+
+
+def test_a_server_error_is_retried(server, tmp_path):
+    Handler.hits.pop("/unavailable", None)
+    proc = fetch("--url", f"{server}/unavailable", "--out", tmp_path / "x.bin", "--attempts", "2")
+    assert proc.returncode == 2 and "after 2 attempts" in proc.stderr and "HTTP 503" in proc.stderr
+    assert Handler.hits["/unavailable"] == 2 and proc.stderr.count("retrying") == 1
+
+
+def test_a_full_disk_is_one_line_and_not_retried(server, tmp_path):
+    """The file-size limit (ulimit -f) makes the write fail with EFBIG, as a full disk fails with ENOSPC:
+    the local disk, which another attempt would meet again."""
+    out = tmp_path / "model.pth"
+    Handler.hits.pop("/good", None)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+
+    proc = subprocess.run([*VPR, "fetch", "--backoff", "0.05", "--url", f"{server}/good", "--out", str(out)],
+                          capture_output=True, text=True, preexec_fn=limit, env=os.environ)
+    line = one_error_line(proc)
+    assert "File too large" in line and str(out) in line and f"{server}/good" in line
+    assert Handler.hits["/good"] == 1 and leftovers(tmp_path) == []
+
+
+def test_a_local_url_that_is_a_directory_or_missing_is_one_line(tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    missing = (tmp_path / "nothing").as_uri()
+    for url, words in ((folder.as_uri(), "Is a directory"), (missing, "No such file")):
+        line = one_error_line(fetch("--url", url, "--out", tmp_path / "x.bin"))
+        assert words in line and url in line
+    assert leftovers(tmp_path) == ["folder"]

@@ -3,21 +3,27 @@ the one-line instruction for a file only a person can get.
 
 A download goes to a temporary file beside the target; the body must have the length the server announced
 (Content-Length) and, when one is given, the SHA-256; only then is it renamed onto the target. Connection
-errors, server errors (5xx) and truncated bodies are retried with a short backoff; a wrong checksum or a
-client error (4xx) is not (retrying would fetch the same bytes). On any failure nothing is left at the
-target, and the error names the URL and the path.
+errors, timeouts, server errors (5xx, and 429 "too many requests") and truncated bodies are retried with a
+short backoff: they can heal. What another attempt would meet again is one error at once: a wrong checksum,
+a client error (4xx), a redirect loop, a refused certificate, a ``file://`` URL that is missing or a
+directory, and a failure to write the local file (a full disk, a quota, the file-size limit). On any
+failure nothing is left at the target, and the error (one line) names the URL and the path.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import logging
 import os
 import shutil
+import socket
+import ssl
 import tarfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -45,41 +51,74 @@ def _check_sha256(text: str | None) -> str | None:
     return digest
 
 
+# errnos of a network failure that another attempt may not meet (an OSError that is none of these, e.g. a
+# certificate refused or a local file that is a directory, would fail the same way again)
+_HEALABLE_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
+                    errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.EAGAIN}
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _read_failure(err: BaseException, url: str, size: int) -> Exception:
+    """The error for a failure on the reading side: _Retryable when it can heal, VprError when not."""
+    local = urllib.parse.urlsplit(url).scheme == "file"
+    if isinstance(err, urllib.error.HTTPError):
+        if 300 <= err.code < 400:   # urllib follows redirects; one that reaches here loops or goes nowhere
+            return VprError(f"HTTP {err.code}: {_one_line(err.reason)}")
+        if err.code >= 500 or err.code == 429:
+            return _Retryable(f"HTTP {err.code} {_one_line(err.reason)}")
+        return VprError(f"HTTP {err.code} {_one_line(err.reason)}")
+    if isinstance(err, urllib.error.URLError):
+        err = err.reason if isinstance(err.reason, BaseException) else VprError(_one_line(err.reason))
+    if isinstance(err, http.client.IncompleteRead):
+        return _Retryable(f"connection closed after {size + len(err.partial)} bytes")
+    text = _one_line(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
+    if isinstance(err, OSError) and (local or isinstance(err, ssl.SSLCertVerificationError)):
+        return VprError(_one_line(err.strerror or err))
+    healable = (TimeoutError, ConnectionError, socket.gaierror, http.client.HTTPException, ssl.SSLError)
+    if isinstance(err, healable):
+        return _Retryable(text)
+    if isinstance(err, OSError) and err.errno in _HEALABLE_ERRNOS:
+        return _Retryable(text)
+    return VprError(text)
+
+
 def _download_once(url: str, tmp: Path, timeout: float) -> tuple[int, str]:
-    """Write the body of ``url`` into ``tmp``; returns (bytes, sha256). Raises _Retryable or VprError."""
+    """Write the body of ``url`` into ``tmp``; returns (bytes, sha256). Raises _Retryable or VprError.
+
+    A failure to write ``tmp`` (a full disk, a quota, the file-size limit) is a VprError: another attempt
+    would meet the same disk."""
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     digest = hashlib.sha256()
     size = 0
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
-            length = response.headers.get("Content-Length") if hasattr(response, "headers") else None
-            expected = int(length) if length and length.strip().isdigit() else None
-            next_report = PROGRESS_STEP
-            while chunk := response.read(CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-                if size >= next_report:
-                    total = f" of {expected >> 20}" if expected else ""
-                    log.info("%s: %d%s MiB", url, size >> 20, total)
-                    next_report += PROGRESS_STEP
-    except urllib.error.HTTPError as err:
-        if err.code >= 500 or err.code == 429:
-            raise _Retryable(f"HTTP {err.code} {err.reason}") from None
-        raise VprError(f"HTTP {err.code} {err.reason}") from None
-    except urllib.error.URLError as err:
-        reason = err.reason
-        if isinstance(reason, OSError) and not isinstance(reason, FileNotFoundError):
-            raise _Retryable(str(reason)) from None
-        raise VprError(str(reason)) from None
-    except http.client.IncompleteRead as err:
-        raise _Retryable(f"connection closed after {size + len(err.partial)} bytes") from None
-    except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
-        raise _Retryable(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__) from None
-    except OSError as err:
-        if err.filename and Path(err.filename) == tmp:
-            raise VprError(f"cannot write {tmp.parent}: {err.strerror}") from None
-        raise _Retryable(str(err)) from None
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except (OSError, http.client.HTTPException, ValueError) as err:
+        raise _read_failure(err, url, size) from None
+    with response:
+        length = response.headers.get("Content-Length") if hasattr(response, "headers") else None
+        expected = int(length) if length and length.strip().isdigit() else None
+        next_report = PROGRESS_STEP
+        try:
+            with open(tmp, "wb") as out:
+                while True:
+                    try:
+                        chunk = response.read(CHUNK)
+                    except (OSError, http.client.HTTPException) as err:
+                        raise _read_failure(err, url, size) from None
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if size >= next_report:
+                        total = f" of {expected >> 20}" if expected else ""
+                        log.info("%s: %d%s MiB", url, size >> 20, total)
+                        next_report += PROGRESS_STEP
+        except OSError as err:   # writing the temporary file: the local disk, not the network
+            raise VprError(f"cannot write ({err.strerror or err})") from None
     if expected is not None and size != expected:
         raise _Retryable(f"truncated: {size} of {expected} bytes received")
     return size, digest.hexdigest()
