@@ -8,9 +8,11 @@ import io
 import os
 import resource
 import socket
+import stat
 import subprocess
 import tarfile
 import threading
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -224,3 +226,50 @@ def test_a_local_url_that_is_a_directory_or_missing_is_one_line(tmp_path):
         line = one_error_line(fetch("--url", url, "--out", tmp_path / "x.bin"))
         assert words in line and url in line
     assert leftovers(tmp_path) == ["folder"]
+
+
+def _zip_with_link(path, member, target):
+    with zipfile.ZipFile(path, "w") as zf:
+        info = zipfile.ZipInfo(member)
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16   # how zip -y stores a symbolic link
+        zf.writestr(info, target)
+
+
+def _tar_with_link(path, member, target, kind):
+    with tarfile.open(path, "w") as tf:
+        data = b"the real file"
+        info = tarfile.TarInfo("datasets/real.mat")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo(member)
+        link.type, link.linkname = kind, target
+        tf.addfile(link)
+
+
+@pytest.mark.parametrize("kind", ["zip symlink", "tar symlink", "tar hardlink"])
+def test_a_member_that_is_a_link_is_refused(tmp_path, kind):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the data set")
+    archive = tmp_path / ("links.zip" if kind.startswith("zip") else "links.tar")
+    if kind == "zip symlink":
+        _zip_with_link(archive, "datasets/tokyo247.mat", str(secret))
+    elif kind == "tar symlink":
+        _tar_with_link(archive, "datasets/tokyo247.mat", str(secret), tarfile.SYMTYPE)
+    else:
+        _tar_with_link(archive, "datasets/tokyo247.mat", "datasets/real.mat", tarfile.LNKTYPE)
+    out = tmp_path / "raw" / "tokyo247.mat"
+    line = one_error_line(fetch("--archive", archive, "--out", out))
+    assert str(archive) in line and "datasets/tokyo247.mat" in line
+    assert "links in archives are refused" in line
+    assert ("hard link" if kind == "tar hardlink" else "symbolic link") in line
+    assert not out.exists() and not out.parent.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x8b\x1f garbage " * 300, b"PK\x03\x04 broken zip"])
+def test_a_garbage_or_empty_archive_is_one_line(tmp_path, content):
+    archive = tmp_path / "specs.tar.gz"
+    archive.write_bytes(content)
+    line = one_error_line(fetch("--archive", archive, "--out", tmp_path / "raw" / "x.mat"))
+    assert str(archive) in line and "delete it to download it again" in line
+    assert ("empty file" if not content else "not a readable tar or zip archive") in line
+    assert leftovers(tmp_path) == ["specs.tar.gz"]

@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import ssl
+import stat
 import tarfile
 import time
 import urllib.error
@@ -159,34 +160,51 @@ def extract_member(archive: str | os.PathLike, name: str, out: str | os.PathLike
     """Copy the member of ``archive`` (tar, tar.gz, zip) whose file name is ``name`` to ``out`` atomically.
 
     The member is found by its base name wherever it lies in the archive (``datasets/pitts30k_train.mat``
-    for ``pitts30k_train.mat``); none or several is an error. Returns the number of bytes.
+    for ``pitts30k_train.mat``); none or several is an error, and so is a member that is a link (symbolic
+    or hard, tar or zip): the file it stands for is not in the archive. Returns the number of bytes.
     """
     archive, out = Path(archive), Path(out)
     if not archive.is_file():
         raise VprError(f"{archive}: archive not found")
     if out.resolve() == archive.resolve():
         raise VprError(f"--out {out} is the archive itself: choose another path")
+    if archive.stat().st_size == 0:
+        raise VprError(f"{archive}: empty file, not a tar or zip archive; delete it to download it again")
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 found = [i for i in zf.infolist()
                          if not i.is_dir() and PurePosixPath(i.filename).name == name]
                 _one(found, name, archive)
+                if stat.S_ISLNK(found[0].external_attr >> 16):
+                    target = zf.read(found[0]).decode("utf-8", "replace")
+                    raise VprError(_link_refused(archive, found[0].filename, "a symbolic link", target))
                 with zf.open(found[0]) as src, atomic_output(out) as tmp, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst, CHUNK)
                     return dst.tell()
         with tarfile.open(archive) as tf:
-            found = [m for m in tf.getmembers() if m.isfile() and PurePosixPath(m.name).name == name]
+            found = [m for m in tf.getmembers()
+                     if (m.isfile() or m.issym() or m.islnk()) and PurePosixPath(m.name).name == name]
             _one(found, name, archive)
+            if not found[0].isfile():
+                kind = "a symbolic link" if found[0].issym() else "a hard link"
+                raise VprError(_link_refused(archive, found[0].name, kind, found[0].linkname))
             src = tf.extractfile(found[0])
             with src, atomic_output(out) as tmp, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, CHUNK)
                 return dst.tell()
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as err:
-        raise VprError(f"{archive}: not a readable tar or zip archive ({err}); delete it to download it "
+        # tarfile lists the error of every compression it tried, one per line: joined into one
+        reason = " ".join(str(err).split()).replace(": - ", ": ").replace(" - method", "; method")
+        raise VprError(f"{archive}: not a readable tar or zip archive ({reason}); delete it to download it "
                        "again") from None
     except OSError as err:
         raise VprError(f"extracting {name} from {archive} to {out}: {err.strerror or err}") from None
+
+
+def _link_refused(archive: Path, member: str, kind: str, target: str) -> str:
+    return (f"{archive}: member {member} is {kind} (to {' '.join(target.split())}), not a file: links in "
+            "archives are refused")
 
 
 def _one(found: list, name: str, archive: Path) -> None:
