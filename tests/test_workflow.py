@@ -301,6 +301,41 @@ def test_a_yaml_syntax_error_in_the_default_config_names_the_file_and_line(tmp_p
     assert at + 1 <= line <= at + 2                   # where the list runs into the next key
 
 
+
+@pytest.mark.slow
+def test_a_key_given_twice_in_a_configfile_is_one_line_with_both_lines(tmp_path):
+    config = write_config(tmp_path / "twice.yaml", "demo.yaml")
+    lines = config.read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("val:")) + 1
+    config.write_text("\n".join(lines) + "\nval: another_set\n")   # Snakemake alone would take this one
+    proc = snakemake(tmp_path, "-n", "--configfile", config, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    last = len(lines) + 1
+    assert proc.stderr.strip() == (f"vpr workflow: configuration error: {config}: line {last}, column 1: "
+                                   f"key 'val' is given twice (lines {first} and {last}); keep one")
+
+
+@pytest.mark.slow
+def test_a_yaml_syntax_error_in_a_configfile_is_located_by_vpr_check_config(tmp_path):
+    """Snakemake reads a --configfile before any workflow code runs and names neither file nor line (what
+    docs/workflow.md says); `vpr check-config FILE` names both."""
+    config = write_config(tmp_path / "broken.yaml", "demo.yaml")
+    lines = config.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("val:"))
+    lines[at] = "val: [demo_val"                       # an unclosed list
+    config.write_text("\n".join(lines) + "\n")
+    proc = snakemake(tmp_path, "-n", "--configfile", config, check=False)
+    assert proc.returncode != 0 and "not valid JSON or YAML" in proc.stdout + proc.stderr
+    check = subprocess.run([sys.executable, "-m", "vpr.cli", "check-config", str(config)],
+                           capture_output=True, text=True, env=ENV)
+    assert check.returncode == 2 and len(check.stderr.strip().splitlines()) == 1
+    line = int(re.search(r"line (\d+), column \d+: not valid YAML", check.stderr).group(1))
+    assert check.stderr.startswith(f"vpr check-config: error: {config}: ") and at + 1 <= line <= at + 2
+    demo = REPO / "config" / "demo.yaml"
+    good = subprocess.run([sys.executable, "-m", "vpr.cli", "check-config", str(demo)],
+                          capture_output=True, text=True, env=ENV)
+    assert good.returncode == 0 and "valid YAML, no key given twice" in good.stdout
+
 SCHEMA_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
 
 

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "describe": ("describe", "compute the descriptor of individual images"),
     "table": ("table", "collect recall CSVs into a Markdown/CSV results table with the published numbers"),
     "plot": ("plot", "draw Recall@N curves, training curves or example retrievals (PNG)"),
+    "check-config": ("check_config", "check YAML files: the line of a syntax error or of a key given twice"),
 }
 
 
