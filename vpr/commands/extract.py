@@ -20,7 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from vpr.commands.options import add_input, add_output, add_pca_options, non_negative_int, positive_int
+from vpr.commands.options import (
+    add_input,
+    add_max_image_pixels,
+    add_output,
+    add_pca_options,
+    non_negative_int,
+    positive_int,
+)
 from vpr.precision import PRECISION_HELP, PRECISIONS
 
 
@@ -28,6 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_input(parser, "--checkpoint", required=True, help="model checkpoint (.pth)")
     add_input(parser, "--index", required=True, help="index file of the split (from 'vpr index')")
     add_pca_options(parser)
+    add_max_image_pixels(parser)
     add_output(parser, "--out", required=True, help="features file to write (HDF5)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
     parser.add_argument("--workers", type=non_negative_int, default=2, help="image-loading worker processes")
