@@ -24,6 +24,7 @@ SHA = hashlib.sha256(BODY).hexdigest()   # independent of vpr: the digest of the
 
 class Handler(BaseHTTPRequestHandler):
     hits: dict[str, int] = {}
+    together = threading.Barrier(2)
 
     def log_message(self, *args):   # keep the test output clean
         pass
@@ -44,6 +45,16 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Location", "/loop")
             self.send_header("Content-Length", "0")
             self.end_headers()
+            return
+        if self.path in ("/together-a", "/together-b"):   # two bodies, each sent half before the other
+            body = BODY if self.path.endswith("a") else BODY[::-1]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            Handler.together.wait(timeout=30)   # both downloads are now half-written at once
+            self.wfile.write(body[len(body) // 2:])
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
@@ -273,3 +284,16 @@ def test_a_garbage_or_empty_archive_is_one_line(tmp_path, content):
     assert str(archive) in line and "delete it to download it again" in line
     assert ("empty file" if not content else "not a readable tar or zip archive") in line
     assert leftovers(tmp_path) == ["specs.tar.gz"]
+
+
+def test_two_writers_of_one_file_at_once_leave_one_whole_file(server, tmp_path):
+    """Two `vpr fetch` to the same path, each half-way through its download while the other is: both
+    finish, and the file is one of the two bodies whole (the later rename wins), no temporary left."""
+    out = tmp_path / "model.pth"
+    Handler.together.reset()
+    procs = [subprocess.Popen([*VPR, "fetch", "--url", f"{server}/together-{x}", "--out", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for x in "ab"]
+    results = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert out.read_bytes() in (BODY, BODY[::-1])
+    assert leftovers(tmp_path) == ["model.pth"]
