@@ -72,13 +72,17 @@ def _read_failure(err: BaseException, url: str, size: int) -> Exception:
             return _Retryable(f"HTTP {err.code} {_one_line(err.reason)}")
         return VprError(f"HTTP {err.code} {_one_line(err.reason)}")
     if isinstance(err, urllib.error.URLError):
-        err = err.reason if isinstance(err.reason, BaseException) else VprError(_one_line(err.reason))
+        if not isinstance(err.reason, BaseException):   # e.g. "unknown url type: ftp"
+            return VprError(_one_line(err.reason))
+        err = err.reason
     if isinstance(err, http.client.IncompleteRead):
         return _Retryable(f"connection closed after {size + len(err.partial)} bytes")
     text = _one_line(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
     if isinstance(err, OSError) and (local or isinstance(err, ssl.SSLCertVerificationError)):
         return VprError(_one_line(err.strerror or err))
-    healable = (TimeoutError, ConnectionError, socket.gaierror, http.client.HTTPException, ssl.SSLError)
+    if isinstance(err, socket.gaierror):   # a name that does not resolve stays so; a busy resolver heals
+        return (_Retryable if err.errno == socket.EAI_AGAIN else VprError)(text)
+    healable = (TimeoutError, ConnectionError, http.client.HTTPException, ssl.SSLError)
     if isinstance(err, healable):
         return _Retryable(text)
     if isinstance(err, OSError) and err.errno in _HEALABLE_ERRNOS:
