@@ -75,6 +75,6 @@ def load_yaml(path: str | os.PathLike):
     except OSError as err:
         raise YamlFileError(f"{path}: cannot read it ({err.strerror or err})") from None
     try:
-        return yaml.load(text, Loader=_StrictLoader)   # noqa: S506 (a SafeLoader)
+        return yaml.load(text, Loader=_StrictLoader)   # a SafeLoader: plain data only, no objects
     except yaml.YAMLError as err:
         raise YamlFileError(f"{path}: {yaml_error_line(err)}") from None
