@@ -519,6 +519,21 @@ def test_a_csv_data_set_and_an_external_reference_model_through_the_workflow(tmp
         assert all(c.endswith("]") for c in rows[key])
     assert (results / "plots" / "examples_mine.png").stat().st_size > 1000
 
+    # An edit of pca.dim reruns exactly what depends on it: the trained model's PCA (the reference model
+    # keeps its own), that model's PCA-projected test features, their evaluation, and what shows results
+    # (table, plots, the recorded configuration); and the training-set features the PCA is fitted on, a
+    # temporary file deleted after the first fit. No index, no clustering, no training, no reference job.
+    settings = yaml.safe_load(config.read_text())
+    edited = write_config(tmp_path / "csv dim 8.yaml", "csv.yaml",
+                          **{**settings, "pca": {**settings["pca"], "dim": 8}})
+    dry = snakemake(tmp_path, "-n", "--configfile", edited)
+    assert job_counts(dry.stdout) == {"extract_train": 1, "fit_pca": 1, "extract_test": 1, "evaluate": 1,
+                                      "table": 1, "plot_recall": 1, "plot_examples": 1, "resolved_config": 1,
+                                      "all": 1}
+    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    output: (.*)$", dry.stdout, re.M)
+    assert ("fit_pca", "results/pca/netvlad.h5") in jobs
+    assert all("reference" not in output for _, output in jobs), jobs
+
 
 # What the demo's table must show (issue: learning you can see and trust), checked here from the raw
 # rankings and the index files, not from vpr's own table: pooled over the three test sets, every trained
