@@ -3,6 +3,8 @@ and the image loading that `vpr cluster` shares with them."""
 
 from __future__ import annotations
 
+import zlib
+
 import h5py
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from vpr.cli import main
+from vpr.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from vpr.data.index import SplitRecords, build_index
 from vpr.extract import extract_features
 from vpr.models import ModelConfig, build_model, save_model
@@ -206,6 +209,64 @@ def test_describe_npy_and_h5(tmp_path, model_and_checkpoint, capsys):
     assert main(["describe", str(files[0]), "--checkpoint", str(ckpt), "--device", "nonsense"]) == 2
     assert "--device nonsense: not a torch device" in capsys.readouterr().err
 
+
+
+def _png_bomb(path, w, h):
+    """A complete, valid 1-bit grey PNG of w x h black pixels, written by hand (PNG spec: signature, IHDR,
+    IDAT of zlib-compressed rows each led by filter byte 0, IEND; each chunk length, type, data, CRC-32):
+    12,000 x 12,000 is 144 megapixels in a file of about 20 KB."""
+    def chunk(kind, data):
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    row = bytes(1 + (w + 7) // 8)
+    header = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([1, 0, 0, 0, 0])   # depth 1, grey
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(row * h, 9)) + chunk(b"IEND", b""))
+
+
+def test_an_image_above_the_pixel_limit_is_refused_before_decoding(tmp_path, model_and_checkpoint, capsys):
+    _, ckpt = model_and_checkpoint
+    bomb = tmp_path / "bomb.png"
+    _png_bomb(bomb, 12_000, 12_000)
+    assert bomb.stat().st_size < 100_000 and Image.open(bomb).size == (12_000, 12_000)
+    capsys.readouterr()
+    assert main(["describe", str(bomb), "--checkpoint", str(ckpt), "--out", str(tmp_path / "d.npy"),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "DecompressionBomb" not in err
+    assert (f"{bomb}: 12000 x 12000 pixels (144.0 megapixels) is above the limit of 100,000,000 pixels"
+            in err and "--max-image-pixels" in err)
+    assert _no_leftovers(tmp_path, "d.npy")
+    # the option moves the limit; an image of exactly the limit is accepted
+    small = tmp_path / "small.png"
+    _write_image(small, 30, 40, seed=3)
+    assert main(["describe", str(small), "--checkpoint", str(ckpt), "--device", "cpu",
+                 "--max-image-pixels", "1199"]) == 2
+    assert f"{small}: 40 x 30 pixels (0.0 megapixels) is above the limit of 1,199 pixels" in \
+        capsys.readouterr().err
+    assert main(["describe", str(small), "--checkpoint", str(ckpt), "--device", "cpu",
+                 "--max-image-pixels", "1200"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["describe", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"default: {DEFAULT_MAX_IMAGE_PIXELS} (100 megapixels)" in help_text
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_extract_refuses_an_image_above_the_pixel_limit(tmp_path, model_and_checkpoint, capsys, workers):
+    """The same limit where `vpr extract` reads images (also inside a DataLoader worker)."""
+    _, ckpt = model_and_checkpoint
+    index, db_files, _ = _make_dataset(tmp_path)
+    _write_image(db_files[1], 100, 120, seed=5)          # 12,000 pixels; the others have at most 9,600
+    out = tmp_path / "feat.h5"
+    args = ["extract", "--checkpoint", str(ckpt), "--index", str(index), "--out", str(out),
+            "--workers", str(workers), "--device", "cpu", "--max-image-pixels", "10000"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{db_files[1]}: 120 x 100 pixels" in err and "limit of 10,000 pixels" in err
+    assert err.count("\n") == 1
+    assert _no_leftovers(tmp_path, "feat.h5")
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_cluster_corrupt_image_fails_cleanly(tmp_path, capsys, workers):

@@ -132,3 +132,20 @@ def test_every_command_has_help(capsys):
 def test_no_command_prints_usage(capsys):
     assert cli.main([]) == 2
     assert "synth" in capsys.readouterr().out
+
+
+def test_check_config_names_the_line_of_each_problem(tmp_path, capsys):
+    good, twice, broken = tmp_path / "good.yaml", tmp_path / "twice.yaml", tmp_path / "broken.yaml"
+    good.write_text("pca:\n  dim: 8\n  whiten: true\nval: x\n")
+    twice.write_text("pca:\n  dim: 8\n  whiten: true\n  dim: 16\n")
+    broken.write_text("pca: {dim: 8\nval: x\n")
+    assert cli.main(["check-config", str(good)]) == 0
+    assert capsys.readouterr().out == f"{good}: valid YAML, no key given twice (2 top-level key(s))\n"
+    assert cli.main(["check-config", str(good), str(twice), str(broken)]) == 2
+    out, err = capsys.readouterr()
+    assert out == f"{good}: valid YAML, no key given twice (2 top-level key(s))\n"
+    assert err.splitlines() == [
+        f"vpr check-config: error: {twice}: line 4, column 3: key 'dim' is given twice (lines 2 and 4); "
+        "keep one",
+        f"vpr check-config: error: {broken}: line 2, column 4: not valid YAML (expected ',' or '}}', but got "
+        "':', while parsing a flow mapping)"]

@@ -169,6 +169,9 @@ def _bad_pitts(tmp_path: Path, case: str) -> tuple[Path, str]:
     good_q = [(E0 + 3.0, N0), (E0 + 20.0, N0 + 1.0)]
     if case == "missing file":
         return tmp_path / "absent.mat", "absent.mat: file not found"
+    if case == "directory":
+        (tmp_path / "folder.mat").mkdir()
+        return tmp_path / "folder.mat", "folder.mat: is a directory, expected a file"
     if case == "not a mat":
         (tmp_path / "text.mat").write_text("just some text, not MATLAB\n" * 5)
         return tmp_path / "text.mat", "text.mat: not a MATLAB .mat file, or corrupt"
@@ -210,8 +213,8 @@ def _bad_pitts(tmp_path: Path, case: str) -> tuple[Path, str]:
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["missing file", "not a mat", "no dbStruct", "missing field", "count",
-                                  "query count", "utm shape", "nan", "no positive", "missing images",
+@pytest.mark.parametrize("case", ["missing file", "directory", "not a mat", "no dbStruct", "missing field",
+                                  "count", "query count", "utm shape", "nan", "no positive", "missing images",
                                   "bad split"])
 def test_pitts_bad_input(tmp_path, capsys, case):
     mat, message = _bad_pitts(tmp_path, case)
@@ -462,7 +465,8 @@ def test_csv_format(tmp_path, capsys):
     assert "4 database images, 3 queries" in stdout
 
 
-@pytest.mark.parametrize("case", ["header", "role", "number", "nan", "columns", "missing", "missing file"])
+@pytest.mark.parametrize("case", ["header", "role", "number", "nan", "columns", "missing", "missing file",
+                                  "directory"])
 def test_csv_bad_input(tmp_path, capsys, case):
     rows = list(CSV_ROWS)
     header = "path,easting,northing,role"
@@ -490,6 +494,10 @@ def test_csv_bad_input(tmp_path, capsys, case):
     if case == "missing file":
         csv_file = tmp_path / "absent.csv"
         message = "absent.csv: file not found"
+    if case == "directory":   # an existing directory is named as one, not as a missing file
+        csv_file = tmp_path / "folder.csv"
+        csv_file.mkdir()
+        message = "folder.csv: is a directory, expected a file"
     out = tmp_path / "csv.h5"
     rc, _, err = run_cli(["--format", "csv", "--csv", str(csv_file), "--root", str(tmp_path),
                           "--out", str(out)], capsys)

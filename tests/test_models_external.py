@@ -207,6 +207,24 @@ def test_bad_struct_files_are_one_error_naming_the_file(tmp_path, struct_model, 
     assert str(path) in message and "\n" not in message
 
 
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_mean_image_with_nan_is_refused_naming_nan_not_the_shape(tmp_path, bad):
+    path = tmp_path / "nan mean.mat"
+    average = np.tile(np.array(AVERAGE, np.float32), (4, 4, 1))   # a whole mean image, of a right shape
+    average[2, 1, 0] = bad
+    layers = _struct_layers(seed=5)
+    cell = np.empty((1, len(layers)), dtype=object)
+    for i, layer in enumerate(layers):
+        cell[0, i] = layer
+    meta = {"normalization": {"averageImage": average}}
+    scipy.io.savemat(str(path), {"net": {"layers": cell, "meta": meta}})
+    with pytest.raises(VprError) as err:
+        load_model(path)
+    assert str(err.value) == (f"{path}: net.meta.normalization.averageImage holds 1 NaN or infinite value(s) "
+                              f"(first: {bad} at flat position {(2 * 4 + 1) * 3} of 48); the mean must be "
+                              "finite")
+
 def test_describe_with_a_struct_model(tmp_path, struct_model):
     path, layers = struct_model
     pixels = _pixels(1, 480, 640, seed=4)   # the model's image size: the resize is the identity

@@ -227,3 +227,39 @@ def test_fingerprint_does_not_depend_on_the_hdf5_layout(setup, tmp_path):
     with h5py.File(copy, "a") as f:
         f["db/utm"][0, 0] += 0.5
     assert Index(copy).fingerprint != original.fingerprint
+
+
+@pytest.mark.parametrize("value", [10**6, -1])
+def test_an_index_edited_after_it_was_built_is_refused(setup, tmp_path, capsys, value):
+    edited = tmp_path / "edited.h5"
+    edited.write_bytes(setup["index_a"].read_bytes())
+    with h5py.File(edited, "a") as f:
+        f["query/positives_indices"][0] = value   # a ground-truth index outside the database
+    assert _extract(setup["model_a"], edited, tmp_path / "f.h5") == 2
+    err = _one_line_error(capsys)
+    assert str(edited) in err and "does not match the fingerprint stored when it was built" in err
+    assert not (tmp_path / "f.h5").exists()
+    # the same edit with the fingerprint recomputed to match (or removed: a file from before fingerprints)
+    # still names the index that lies outside the database
+    for fingerprint in (_fingerprint_by_hand(edited), None):
+        with h5py.File(edited, "a") as f:
+            if fingerprint is None:
+                del f.attrs["fingerprint"]
+            else:
+                f.attrs["fingerprint"] = fingerprint
+        with pytest.raises(VprError) as e:
+            Index(edited)
+        assert str(e.value) == (f"{edited}: query/positives_indices holds {value}, outside the {N_DB} "
+                                f"database images (0..{N_DB - 1})")
+
+
+def test_an_index_with_a_broken_row_pointer_is_refused(setup, tmp_path):
+    edited = tmp_path / "edited.h5"
+    edited.write_bytes(setup["index_a"].read_bytes())
+    with h5py.File(edited, "a") as f:
+        ptr = f["query/positives_indptr"][()]
+        ptr[1] = ptr[-1] + 1         # a row pointer past the end of the indices
+        f["query/positives_indptr"][()] = ptr
+        del f.attrs["fingerprint"]
+    with pytest.raises(VprError, match="query/positives_indptr is not a valid row pointer for 3 queries"):
+        Index(edited)

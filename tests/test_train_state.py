@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from vprtest import VPR, run_vpr
 from vpr.errors import VprError
 from vpr.models import load_model
 from vpr.train.config import make_config
+from vpr.yamlfile import load_yaml
 
 SMALL = ["--backbone", "small", "--image-size", "96", "128"]
 TRAIN = [*SMALL, "--num-clusters", "8", "--trainable-from", "full", "--neg-num", "3", "--neg-pool", "30",
@@ -87,7 +89,7 @@ def test_a_senseless_training_value_is_one_error_naming_the_key(tmp_path, source
     if source == "yaml":
         path = tmp_path / "train.yaml"
         path.write_text(yaml.safe_dump({key: value}))    # NaN is written as YAML's .nan
-        with pytest.raises(VprError, match=rf"^training config: {key}: "):
+        with pytest.raises(VprError, match=rf"^{re.escape(str(path))}: training config: {key}: "):
             make_config(path)
     else:
         with pytest.raises(VprError, match=rf"^training config: {key}: "):
@@ -97,6 +99,41 @@ def test_a_senseless_training_value_is_one_error_naming_the_key(tmp_path, source
 @pytest.mark.parametrize("key, value", EDGE_VALUES, ids=[f"{k}={v}" for k, v in EDGE_VALUES])
 def test_the_edges_of_the_valid_ranges_are_accepted(key, value):
     assert getattr(make_config(None, {key: value}), key) == value
+
+
+@pytest.mark.parametrize("key, value", BAD_VALUES[:6], ids=[f"{k}={v}" for k, v in BAD_VALUES[:6]])
+def test_a_senseless_yaml_value_is_refused_even_when_a_flag_replaces_it(tmp_path, key, value):
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump({key: value}))
+    good = dict(EDGE_VALUES)[key] if key in dict(EDGE_VALUES) else 0.5
+    with pytest.raises(VprError, match=rf"^{re.escape(str(path))}: training config: {key}: "):
+        make_config(path, {key: good})
+
+
+def test_a_key_given_twice_in_the_yaml_file_is_refused(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("lr: 0.001\nmomentum: 0.9\n# a later edit\nlr: 0.01\n")
+    with pytest.raises(VprError) as e:
+        make_config(path)
+    assert str(e.value) == f"{path}: line 4, column 1: key 'lr' is given twice (lines 1 and 4); keep one"
+    # the same key in two different mappings, and a merge key overridden, are not repeats
+    path.write_text("a: {x: 1, y: 2}\nb: {x: 3}\nbase: &base {x: 4, y: 5}\nc:\n  <<: *base\n  x: 6\n")
+    assert load_yaml(path) == {"a": {"x": 1, "y": 2}, "b": {"x": 3}, "base": {"x": 4, "y": 5},
+                               "c": {"x": 6, "y": 5}}
+
+
+@pytest.mark.parametrize("text, line, column", [("lr: [0.1\nmomentum: 0.9\n", 2, 9),
+                                                ("lr: 0.1\n\tmomentum: 0.9\n", 2, 1),
+                                                ("lr: 0.1\nmomentum: 'open\n", 3, 1)])
+def test_a_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path, text, line, column):
+    config = tmp_path / "train.yaml"
+    config.write_text(text)
+    missing = tmp_path / "no such index.h5"
+    proc = run_vpr("train", "--train-index", missing, "--val-index", missing, "--centers", missing,
+                   "--out", tmp_path / "run", "--config", config, "--lr", "0.5", check=False)
+    assert one_line_error(proc).startswith(f"vpr train: error: {config}: line {line}, column {column}: "
+                                           "not valid YAML (")
+    assert not (tmp_path / "run").exists()
 
 
 def test_yaml_dot_nan_is_refused_before_any_input_is_opened(tmp_path):

@@ -301,6 +301,41 @@ def test_a_yaml_syntax_error_in_the_default_config_names_the_file_and_line(tmp_p
     assert at + 1 <= line <= at + 2                   # where the list runs into the next key
 
 
+
+@pytest.mark.slow
+def test_a_key_given_twice_in_a_configfile_is_one_line_with_both_lines(tmp_path):
+    config = write_config(tmp_path / "twice.yaml", "demo.yaml")
+    lines = config.read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("val:")) + 1
+    config.write_text("\n".join(lines) + "\nval: another_set\n")   # Snakemake alone would take this one
+    proc = snakemake(tmp_path, "-n", "--configfile", config, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    last = len(lines) + 1
+    assert proc.stderr.strip() == (f"vpr workflow: configuration error: {config}: line {last}, column 1: "
+                                   f"key 'val' is given twice (lines {first} and {last}); keep one")
+
+
+@pytest.mark.slow
+def test_a_yaml_syntax_error_in_a_configfile_is_located_by_vpr_check_config(tmp_path):
+    """Snakemake reads a --configfile before any workflow code runs and names neither file nor line (what
+    docs/workflow.md says); `vpr check-config FILE` names both."""
+    config = write_config(tmp_path / "broken.yaml", "demo.yaml")
+    lines = config.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("val:"))
+    lines[at] = "val: [demo_val"                       # an unclosed list
+    config.write_text("\n".join(lines) + "\n")
+    proc = snakemake(tmp_path, "-n", "--configfile", config, check=False)
+    assert proc.returncode != 0 and "not valid JSON or YAML" in proc.stdout + proc.stderr
+    check = subprocess.run([sys.executable, "-m", "vpr.cli", "check-config", str(config)],
+                           capture_output=True, text=True, env=ENV)
+    assert check.returncode == 2 and len(check.stderr.strip().splitlines()) == 1
+    line = int(re.search(r"line (\d+), column \d+: not valid YAML", check.stderr).group(1))
+    assert check.stderr.startswith(f"vpr check-config: error: {config}: ") and at + 1 <= line <= at + 2
+    demo = REPO / "config" / "demo.yaml"
+    good = subprocess.run([sys.executable, "-m", "vpr.cli", "check-config", str(demo)],
+                          capture_output=True, text=True, env=ENV)
+    assert good.returncode == 0 and "valid YAML, no key given twice" in good.stdout
+
 SCHEMA_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
 
 
@@ -483,6 +518,21 @@ def test_a_csv_data_set_and_an_external_reference_model_through_the_workflow(tmp
         assert [c.split(" [")[0] for c in rows[key]] == [f"{recall[n]:.1f}" for n in (1, 5, 10)]
         assert all(c.endswith("]") for c in rows[key])
     assert (results / "plots" / "examples_mine.png").stat().st_size > 1000
+
+    # An edit of pca.dim reruns exactly what depends on it: the trained model's PCA (the reference model
+    # keeps its own), that model's PCA-projected test features, their evaluation, and what shows results
+    # (table, plots, the recorded configuration); and the training-set features the PCA is fitted on, a
+    # temporary file deleted after the first fit. No index, no clustering, no training, no reference job.
+    settings = yaml.safe_load(config.read_text())
+    edited = write_config(tmp_path / "csv dim 8.yaml", "csv.yaml",
+                          **{**settings, "pca": {**settings["pca"], "dim": 8}})
+    dry = snakemake(tmp_path, "-n", "--configfile", edited)
+    assert job_counts(dry.stdout) == {"extract_train": 1, "fit_pca": 1, "extract_test": 1, "evaluate": 1,
+                                      "table": 1, "plot_recall": 1, "plot_examples": 1, "resolved_config": 1,
+                                      "all": 1}
+    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    output: (.*)$", dry.stdout, re.M)
+    assert ("fit_pca", "results/pca/netvlad.h5") in jobs
+    assert all("reference" not in output for _, output in jobs), jobs
 
 
 def write_external_only_config(path, data, model, sha256):

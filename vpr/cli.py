@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "describe": ("describe", "compute the descriptor of individual images"),
     "table": ("table", "collect recall CSVs into a Markdown/CSV results table with the published numbers"),
     "plot": ("plot", "draw Recall@N curves, training curves or example retrievals (PNG)"),
+    "check-config": ("check_config", "check YAML files: the line of a syntax error or of a key given twice"),
 }
 
 
@@ -123,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = install_signal_handlers()
     try:
         check_declared_paths(args)   # every command: no output overwrites an input, each can be written
+        if hasattr(args, "max_image_pixels"):   # the commands that read images
+            from vpr.data.images import set_max_image_pixels
+
+            set_max_image_pixels(args.max_image_pixels)
         result = args._run(args)
     except VprError as err:
         print(f"vpr {args.command}: error: {err}", file=sys.stderr)
@@ -136,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if hasattr(args, "max_image_pixels"):   # main() called in-process again: the default limit
+            from vpr.data.images import set_max_image_pixels
+
+            set_max_image_pixels(None)
     return int(result or 0)
 
 

@@ -310,6 +310,14 @@ def _check_writable_dir(target: Path, directory: Path) -> None:
         raise VprError(f"{target}: cannot write in {directory} ({_reason(err)})") from None
 
 
+def require_file(path: str | os.PathLike, what: str = "file") -> None:
+    """Refuse an input that is not a file with one line: a directory is named as such, not as missing."""
+    if os.path.isdir(path):
+        raise VprError(f"{path}: is a directory, expected a {what}")
+    if not os.path.isfile(path):
+        raise VprError(f"{path}: {what} not found")
+
+
 def check_paths(inputs: list[tuple[str, Path]], outputs: list[tuple[str, Path]],
                 output_dirs: list[tuple[str, Path, tuple[str, ...]]]) -> None:
     """Refuse, before any work, outputs that would overwrite an input or cannot be written.

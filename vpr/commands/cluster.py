@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 
-from vpr.commands.options import add_input, add_output, non_negative_int, positive_int
+from vpr.commands.options import add_input, add_max_image_pixels, add_output, non_negative_int, positive_int
 from vpr.precision import PRECISION_HELP, PRECISIONS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_input(parser, "--index", required=True, help="index file of the training split")
     add_output(parser, "--out", required=True, help="output HDF5 file (centroids, descriptors)")
+    add_max_image_pixels(parser)
     add_input(parser, "--trunk", help="pretrained trunk weights (<index>.weight/.bias); default: random "
               "initialisation seeded by --seed")
     parser.add_argument("--backbone", default="vgg16", help="backbone: vgg16, small or efficientnet_lite0")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 
-from vpr.commands.options import add_input, add_output, add_pca_options, positive_int
+from vpr.commands.options import add_input, add_max_image_pixels, add_output, add_pca_options, positive_int
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_input(parser, "images", nargs="+", metavar="IMAGE", help="image files")
     add_input(parser, "--checkpoint", required=True, help="model checkpoint (.pth)")
     add_pca_options(parser)
+    add_max_image_pixels(parser)
     parser.add_argument("--resize", choices=("fixed", "shorter-side"), default="fixed",
                         help="the model's fixed image size, or shorter side = the longer side of that size "
                              "keeping the aspect ratio")

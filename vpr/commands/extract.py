@@ -23,6 +23,7 @@ import os
 
 from vpr.commands.options import (
     add_input,
+    add_max_image_pixels,
     add_output,
     add_pca_options,
     non_negative_int,
@@ -39,6 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "refused before any work (the workflow passes an external model's `sha256`)")
     add_input(parser, "--index", required=True, help="index file of the split (from 'vpr index')")
     add_pca_options(parser)
+    add_max_image_pixels(parser)
     add_output(parser, "--out", required=True, help="features file to write (HDF5)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
     parser.add_argument("--workers", type=non_negative_int, default=2, help="image-loading worker processes")

@@ -1,7 +1,8 @@
 """Get one input file: download it, take it out of a downloaded archive, or say what a person must do.
 
   vpr fetch --url URL --out PATH [--sha256 HEX]          download (atomic, length and checksum checked,
-                                                         retried on connection errors)
+                                                         retried only on what can heal:
+                                                         connection errors, 5xx, short bodies)
   vpr fetch --archive FILE --member NAME --out PATH      copy the archive member with that file name
   vpr fetch --manual --out PATH --what TEXT [--page URL] fail with one line: what to put at PATH, and
                                                          the page to get it from (exit 2)
@@ -24,7 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="download this URL (http, https or file)")
     parser.add_argument("--sha256", help="with --url: expected SHA-256 of the file (64 hex digits)")
     parser.add_argument("--attempts", type=positive_int, default=4,
-                        help="with --url: tries in all on connection errors and truncated bodies")
+                        help="with --url: tries in all on connection errors, timeouts, server errors (5xx) "
+                             "and short bodies (a full disk, a 4xx, a wrong checksum: no retry)")
     parser.add_argument("--backoff", type=positive_float, default=2.0,
                         help="with --url: seconds before the second try, doubled before each further one")
     parser.add_argument("--timeout", type=positive_float, default=60.0,

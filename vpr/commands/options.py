@@ -152,6 +152,13 @@ def check_declared_paths(args: argparse.Namespace) -> None:
 
 # --- options shared by several commands -------------------------------------------------------------
 
+def add_max_image_pixels(parser: argparse.ArgumentParser) -> None:
+    """--max-image-pixels, for every command that reads images (vpr.cli applies it before the command)."""
+    parser.add_argument("--max-image-pixels", type=positive_int, default=None, metavar="N",
+                        help="refuse an image of more than N pixels, from its header before decoding it "
+                             "(a decompression bomb); default: 100000000 (100 megapixels)")
+
+
 def add_pca_options(parser: argparse.ArgumentParser) -> None:
     """--pca and --whiten, shared by `vpr extract` and `vpr describe` (see load_model_with_pca)."""
     add_input(parser, "--pca", default=None, help="PCA file to attach (from 'vpr fit-pca'); none by default")

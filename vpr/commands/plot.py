@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-from vpr.commands.options import add_input, add_output, non_negative_int, positive_int
+from vpr.commands.options import add_input, add_max_image_pixels, add_output, non_negative_int, positive_int
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the query choice (default: 0)")
     p.add_argument("--root", default=None, help="data-set root (default: the one recorded in the index)")
     p.add_argument("--title", default="", help="figure title (default: index name and colour legend)")
+    add_max_image_pixels(p)
 
 
 def _run_recall(args: argparse.Namespace) -> str:

@@ -19,7 +19,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from vpr.commands.options import add_input, add_output_dir, parse_bool
+from vpr.commands.options import add_input, add_max_image_pixels, add_output_dir, parse_bool
 from vpr.train.config import TrainConfig
 
 # What `vpr train` writes in its run directory: an input there matching these would be overwritten.
@@ -46,6 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help="when OUT holds a run of other options or other input files (by content), or a "
                          "finished run whose outputs cannot be recreated: refuse with an error naming what "
                          "differs (default), or restart: remove that run's files and train afresh")
+    add_max_image_pixels(io)
     opts = parser.add_argument_group("training options (default: the reference scripts)")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

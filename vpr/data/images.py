@@ -35,6 +35,30 @@ VGG_MEAN_RGB = (123.68, 116.779, 103.939)
 # Exceptions PIL raises for files that are not images or are corrupt/truncated.
 _PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
+# The most pixels an image may have: a larger one is refused from its header, before it is decoded (a
+# "decompression bomb": a PNG of a few kilobytes can declare 12,000 x 12,000 pixels, 430 MB decoded as RGB
+# and more on the way to a tensor). 100 megapixels is 4 times a 24-megapixel camera's photo, 300 times a
+# Pittsburgh image. The commands that read images set it from --max-image-pixels
+# (:func:`set_max_image_pixels`); DataLoader workers, forked, inherit it. Pillow's own check (a warning
+# above 89 megapixels, an error above twice that) is replaced by this one: it is off.
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+_max_pixels = DEFAULT_MAX_IMAGE_PIXELS
+Image.MAX_IMAGE_PIXELS = None
+
+
+def set_max_image_pixels(limit: int | None) -> None:
+    """Refuse images of more than ``limit`` pixels from now on (None: :data:`DEFAULT_MAX_IMAGE_PIXELS`)."""
+    global _max_pixels
+    _max_pixels = DEFAULT_MAX_IMAGE_PIXELS if limit is None else int(limit)
+
+
+def _check_pixels(path: str | os.PathLike, img: Image.Image) -> None:
+    w, h = img.size
+    if w * h > _max_pixels:
+        raise VprError(f"{path}: {w} x {h} pixels ({w * h / 1e6:.1f} megapixels) is above the limit of "
+                       f"{_max_pixels:,} pixels: not decoded (a decompression bomb?); raise the limit with "
+                       "--max-image-pixels if the image is genuine")
+
 
 def to_rgb8(img: Image.Image) -> Image.Image:
     """``img`` as an 8-bit RGB image that keeps its content, whatever its mode.
@@ -74,11 +98,13 @@ def to_rgb8(img: Image.Image) -> Image.Image:
 
 @contextlib.contextmanager
 def _open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
-    """``Image.open`` with a VprError naming ``path`` for a missing, unreadable or non-file path."""
+    """``Image.open`` with a VprError naming ``path`` for a missing, unreadable or non-file path, or an
+    image above the pixel limit (checked from the header, before any decoding)."""
     if os.path.isdir(path):
         raise VprError(f"{path}: is a directory, not an image")
     try:
         with Image.open(path) as img:
+            _check_pixels(path, img)
             yield img
     except FileNotFoundError as err:
         raise VprError(f"{path}: image not found") from err

@@ -18,7 +18,9 @@ Layout (schema version 1; documented in README.md, "The index file"):
 ``fingerprint`` identifies the content: the SHA-256 of every dataset above except ``dropped/*`` (paths,
 coordinates, places, ground truth), computed from the arrays themselves (:func:`index_fingerprint`), not
 from the HDF5 bytes, so it does not depend on chunking, compression or library version. Files derived from
-an index (features) record it, and their consumers compare it with the index they are given.
+an index (features) record it, and their consumers compare it with the index they are given. The reader
+(:class:`Index`) recomputes it and refuses a file whose content no longer matches (edited after it was
+built), and checks the ground truth's structure: one row per query, database indices in 0..Ndb-1.
 """
 
 from __future__ import annotations
@@ -237,26 +239,46 @@ class Index:
                 if self.attrs.get("schema_version") != SCHEMA_VERSION:
                     raise VprError(f"{self.path}: not a vpr index file of schema version {SCHEMA_VERSION} "
                                    f"(found {self.attrs.get('schema_version')!r})")
-                if "fingerprint" not in self.attrs:  # a file from before fingerprints: hash its content
-                    self.attrs["fingerprint"] = index_fingerprint(
-                        {name: (list(f[name].asstr()[()]) if name in _PATH_DATASETS else f[name][()])
-                         for name in FINGERPRINTED if name in f})
-                self.db_path = list(f["db/path"].asstr()[()])
-                self.db_utm = f["db/utm"][()]
-                self.db_place = f["db/place"][()]
-                self.query_path = list(f["query/path"].asstr()[()])
-                self.query_utm = f["query/utm"][()]
-                self.query_place = f["query/place"][()]
-                self.positives = csr_rows(f["query/positives_indptr"][()], f["query/positives_indices"][()])
-                self.train_positives = self.train_nonnegatives = None
-                if "query/train_positives_indptr" in f:
-                    self.train_positives = csr_rows(f["query/train_positives_indptr"][()],
-                                                    f["query/train_positives_indices"][()])
-                    self.train_nonnegatives = csr_rows(f["query/train_nonnegatives_indptr"][()],
-                                                       f["query/train_nonnegatives_indices"][()])
+                data = {name: (list(f[name].asstr()[()]) if name in _PATH_DATASETS else f[name][()])
+                        for name in FINGERPRINTED if name in f}
         except (OSError, KeyError) as err:
             raise VprError(f"{self.path}: unreadable or incomplete index file ({err})") from err
+        for name in FINGERPRINTED[:8]:   # all but the training ground truth
+            if name not in data:
+                raise VprError(f"{self.path}: unreadable or incomplete index file (no dataset {name})")
+        n_db, n_q = len(data["db/path"]), len(data["query/path"])
+        if (np.shape(data["db/utm"]) != (n_db, 2) or np.shape(data["db/place"]) != (n_db,)
+                or np.shape(data["query/utm"]) != (n_q, 2) or np.shape(data["query/place"]) != (n_q,)):
+            raise VprError(f"{self.path}: coordinates or place ids do not match the number of images")
+        content = index_fingerprint(data)
+        # a file from before fingerprints has none to check: its fingerprint is its content's
+        if self.attrs.setdefault("fingerprint", content) != content:
+            raise VprError(f"{self.path}: its content does not match the fingerprint stored when it was "
+                           "built (edited since?): rebuild it with 'vpr index'")
+        self.db_path, self.db_utm, self.db_place = data["db/path"], data["db/utm"], data["db/place"]
+        self.query_path, self.query_utm = data["query/path"], data["query/utm"]
+        self.query_place = data["query/place"]
+        self.positives = self._ground_truth(data, "positives")
+        self.train_positives = self.train_nonnegatives = None
+        if "query/train_positives_indptr" in data:
+            self.train_positives = self._ground_truth(data, "train_positives")
+            self.train_nonnegatives = self._ground_truth(data, "train_nonnegatives")
         self.root = Path(root) if root is not None else Path(self.attrs["root"])
+
+    def _ground_truth(self, data: dict, name: str) -> list[np.ndarray]:
+        """The rows of one CSR ground-truth list, checked: one row per query, database indices in range."""
+        n_db, n_q = len(data["db/path"]), len(data["query/path"])
+        indptr = np.asarray(data.get(f"query/{name}_indptr"), dtype=np.int64)
+        indices = np.asarray(data.get(f"query/{name}_indices"), dtype=np.int64)
+        if (indptr.shape != (n_q + 1,) or indptr[0] != 0 or indptr[-1] != len(indices)
+                or np.any(np.diff(indptr) < 0)):
+            raise VprError(f"{self.path}: query/{name}_indptr is not a valid row pointer for {n_q} queries "
+                           f"and {len(indices)} indices")
+        bad = np.flatnonzero((indices < 0) | (indices >= n_db))
+        if bad.size:
+            raise VprError(f"{self.path}: query/{name}_indices holds {indices[bad[0]]}, outside the "
+                           f"{n_db} database images (0..{n_db - 1})")
+        return csr_rows(indptr, indices)
 
     @property
     def fingerprint(self) -> str:

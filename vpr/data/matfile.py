@@ -31,6 +31,7 @@ import numpy as np
 import scipy.io
 
 from vpr.errors import VprError
+from vpr.io import require_file
 
 VARIABLE = "dbStruct"
 # Cells and structs nested deeper than this are refused: a real file nests a few levels (net.layers{i}.
@@ -47,8 +48,7 @@ def load_dbstruct(path: str | os.PathLike, fields: Sequence[str], variable: str 
     corrupt, lacks the variable, or lacks a field.
     """
     path = Path(path)
-    if not path.is_file():
-        raise VprError(f"{path}: file not found")
+    require_file(path)
     if h5py.is_hdf5(path):
         try:
             with h5py.File(path, "r") as f:

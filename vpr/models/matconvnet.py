@@ -237,9 +237,14 @@ def _average_rgb(path: Path, average) -> np.ndarray:
     if average is None:
         raise VprError(f"{path}: net.meta.normalization.averageImage is missing")
     a = np.asarray(average, dtype=np.float64)
-    if a.size < 3 or a.shape[-1] != 3 or not np.all(np.isfinite(a)):
+    if a.size < 3 or a.shape[-1] != 3:
         raise VprError(f"{path}: net.meta.normalization.averageImage has shape {a.shape}, expected RGB "
                        "values (…×3)")
+    bad = np.flatnonzero(~np.isfinite(a))
+    if bad.size:
+        raise VprError(f"{path}: net.meta.normalization.averageImage holds {bad.size} NaN or infinite "
+                       f"value(s) (first: {a.flat[bad[0]]} at flat position {bad[0]} of {a.size}); the mean "
+                       "must be finite")
     # a 1×1×3 mean, or a whole mean image: its value when constant, else its per-channel mean
     rows = a.reshape(-1, 3)
     return rows[0] if np.all(rows == rows[0]) else rows.mean(axis=0)

@@ -14,11 +14,10 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
 from vpr.errors import VprError
 from vpr.losses import SARE_FORMS, TUPLE_LOSSES
 from vpr.precision import PRECISIONS
+from vpr.yamlfile import YamlFileError, load_yaml
 
 TRAIN_METHODS = ("baseline", "sfrs")
 TRAIN_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp16")   # fp16 would need gradient scaling
@@ -182,25 +181,33 @@ def _coerce(key: str, value, default):
 
 
 def make_config(yaml_path: str | os.PathLike | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Defaults, then the YAML file, then the overrides (None values are ignored)."""
+    """Defaults, then the YAML file, then the overrides (None values are ignored).
+
+    The YAML file is read strictly (:func:`vpr.yamlfile.load_yaml`: a repeated key is an error) and checked
+    on its own, before the overrides: a wrong value in the file is an error naming the file even when a
+    flag replaces it.
+    """
     defaults = TrainConfig()
     known = {f.name: getattr(defaults, f.name) for f in fields(TrainConfig)}
     values: dict = {}
     if yaml_path is not None:
         path = Path(yaml_path)
-        if not path.is_file():
-            raise VprError(f"{path}: training config not found")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise VprError(f"{path}: not valid YAML ({err})") from err
+            loaded = load_yaml(path)
+        except YamlFileError as err:
+            raise VprError(str(err)) from None
+        if loaded is None:
+            loaded = {}
         if not isinstance(loaded, dict):
             raise VprError(f"{path}: expected a mapping of training options")
-        unknown = sorted(set(loaded) - set(known))
+        unknown = sorted(map(str, set(loaded) - set(known)))
         if unknown:
             raise VprError(f"{path}: unknown training option(s) {', '.join(unknown)}; "
                            f"valid options: {', '.join(known)}")
-        values.update(loaded)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    config = TrainConfig(**{k: _coerce(k, v, known[k]) for k, v in values.items()})
-    return config.validate()
+        try:
+            values = {k: _coerce(k, v, known[k]) for k, v in loaded.items()}
+            TrainConfig(**values).validate()
+        except VprError as err:
+            raise VprError(f"{path}: {err}") from None
+    values.update({k: _coerce(k, v, known[k]) for k, v in (overrides or {}).items() if v is not None})
+    return TrainConfig(**values).validate()

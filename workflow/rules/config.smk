@@ -35,19 +35,39 @@ def config_source():
     return ", ".join(files) if files else str(DEFAULT_CONFIG)
 
 
+def _strict_yaml():
+    """vpr's strict YAML reader (vpr/yamlfile.py: a repeated key is an error, errors are one line): the
+    installed vpr, else the checkout's file beside this workflow (Snakemake may run without vpr)."""
+    try:
+        import vpr.yamlfile as strict_yaml
+    except ImportError:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(
+            "vpr_yamlfile", Path(workflow.basedir).parent / "vpr" / "yamlfile.py")
+        strict_yaml = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(strict_yaml)
+    return strict_yaml
+
+
+def load_strictly(path):
+    """The content of a configuration file read strictly; one line and exit 1 for a syntax error or a key
+    given twice (Snakemake's own reading keeps the last of two equal keys). JSON stays JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        pass
+    yamlfile = _strict_yaml()
+    try:
+        return yamlfile.load_yaml(path)
+    except yamlfile.YamlFileError as err:
+        print(f"vpr workflow: configuration error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
 def load_default_config():
-    """config/config.yaml, with the file and line of a YAML syntax error."""
-    try:
-        text = DEFAULT_CONFIG.read_text(encoding="utf-8")
-    except OSError as err:
-        config_error(DEFAULT_CONFIG, f"cannot read it ({err.strerror})")
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        config_error(DEFAULT_CONFIG, f"{where}not valid YAML ({problem})")
+    """config/config.yaml, with the file and line of a YAML syntax error or of a key given twice."""
+    loaded = load_strictly(DEFAULT_CONFIG)
     if not isinstance(loaded, dict):
         config_error(DEFAULT_CONFIG, "expected a mapping of configuration keys")
     return loaded
@@ -146,6 +166,8 @@ def resolve_config(cfg):
         loaded = load_default_config()
         update_config(loaded, workflow.config_settings.overwrite_config or {})
     else:
+        for path in workflow.overwrite_configfiles:   # read by Snakemake already, but not strictly
+            load_strictly(path)
         loaded = dict(cfg)
     # Plain dicts and lists (a JSON config file arrives as OrderedDicts), as YAML would give them.
     plain = json.loads(json.dumps(loaded))

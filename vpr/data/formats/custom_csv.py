@@ -12,6 +12,7 @@ import numpy as np
 from vpr.data.formats.checks import DiskView, check_distinct, check_image_files, number_keys, resolve_split
 from vpr.data.index import SplitRecords
 from vpr.errors import VprError
+from vpr.io import require_file
 
 CSV_HEADER = ("path", "easting", "northing", "role")
 
@@ -22,8 +23,7 @@ def read_csv(csv_file: str | os.PathLike, root: str | os.PathLike, *, split: str
     csv_file = Path(csv_file)
     source = str(csv_file)
     split = resolve_split("test", split, source)
-    if not csv_file.is_file():
-        raise VprError(f"{source}: file not found")
+    require_file(csv_file)
     rows: dict[str, tuple[list[str], list[tuple[float, float]]]] = {"db": ([], []), "query": ([], [])}
     lines: dict[str, list[int]] = {"db": [], "query": []}  # file line of every row, for messages
     try:
