@@ -112,6 +112,7 @@ def test_yaml_dot_nan_is_refused_before_any_input_is_opened(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_one_error_and_saves_no_nan_weights(tiny_data, centers, tmp_path):
     out = tmp_path / "run"
     proc = run_vpr(*train_args(tiny_data, centers, out, "--epochs", "2", "--iters", "3", "--lr", "1e6"),
@@ -156,6 +157,7 @@ def test_a_crafted_resume_file_runs_nothing_and_is_one_error(tiny_data, centers,
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_a_model_checkpoint_as_resume_file_is_one_error(tiny_data, centers, tmp_path):
     first = tmp_path / "first"
     run_vpr(*train_args(tiny_data, centers, first, "--epochs", "1", "--iters", "1"))
@@ -184,6 +186,7 @@ def copy_run(finished, tmp_path):
     return copy, files
 
 
+@pytest.mark.slow
 def test_a_finished_run_recreates_its_deleted_outputs_bit_for_bit(tiny_data, centers, finished, tmp_path):
     out, before = copy_run(finished, tmp_path)
     for name in OUTPUTS:
@@ -196,6 +199,7 @@ def test_a_finished_run_recreates_its_deleted_outputs_bit_for_bit(tiny_data, cen
     assert "nothing to do" in proc.stdout and snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_a_finished_run_whose_epoch_files_are_gone_is_refused_or_retrained(tiny_data, centers, finished,
                                                                            tmp_path):
     out, before = copy_run(finished, tmp_path)
@@ -220,6 +224,7 @@ def perturbed_centers(centers, path):
     return path
 
 
+@pytest.mark.slow
 def test_other_centres_are_refused_and_restart_retrains_with_nothing_stale(tiny_data, centers, finished,
                                                                            tmp_path):
     out, before = copy_run(finished, tmp_path)
@@ -243,6 +248,7 @@ def test_other_centres_are_refused_and_restart_retrains_with_nothing_stale(tiny_
     assert (out / "last.pth").read_bytes() != before["last.pth"]
 
 
+@pytest.mark.slow
 def test_a_run_directory_is_used_by_one_process_at_a_time(tiny_data, centers, tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen([*VPR, *map(str, train_args(tiny_data, centers, out, "--epochs", "20"))],
