@@ -340,12 +340,16 @@ def test_parent_that_is_a_file_and_out_that_is_a_directory(arts, tmp_path, capsy
 # --- 3. permissions follow the umask -------------------------------------------------------------------
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])
-def test_artifacts_follow_the_umask(arts, tmp_path, umask):
+def test_artifacts_follow_the_umask(arts, tmp_path, capsys, umask):
+    """In process: the umask is this process's, read by the writer when it sets the file's mode."""
     args_index, index = _fs_commands(arts, tmp_path)["index"]
     args_select, best = _fs_commands(arts, tmp_path)["select"]
-    for args in (args_index, args_select):
-        subprocess.run([*VPR, *map(str, args)], check=True, capture_output=True, env=ENV,
-                       preexec_fn=lambda: os.umask(umask))
+    previous = os.umask(umask)
+    try:
+        procs = [run_in_process(args, capsys) for args in (args_index, args_select)]
+    finally:
+        os.umask(previous)
+    assert [proc.returncode for proc in procs] == [0, 0], [proc.stderr for proc in procs]
     for path in (index, best):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
 
