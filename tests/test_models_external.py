@@ -207,6 +207,7 @@ def test_bad_struct_files_are_one_error_naming_the_file(tmp_path, struct_model, 
     assert str(path) in message and "\n" not in message
 
 
+@pytest.mark.slow
 def test_describe_with_a_struct_model(tmp_path, struct_model):
     path, layers = struct_model
     pixels = _pixels(1, 480, 640, seed=4)   # the model's image size: the resize is the identity
