@@ -17,7 +17,7 @@ from vpr.cluster import cluster
 from vpr.train.config import TrainConfig
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-# `cluster` section key -> parameter of cluster() (and dest of the `vpr cluster` flag)
+# `cluster` section key (the `vpr cluster` option of that name) -> parameter of cluster()
 CLUSTER_KEYS = {"images": "num_images", "per_image": "per_image", "iterations": "iterations", "seed": "seed",
                 "batch_size": "batch_size", "workers": "workers"}
 MODEL_KEYS = ("backbone", "num_clusters", "trainable_from", "image_size")
@@ -54,9 +54,8 @@ def test_the_cluster_and_evaluate_defaults_of_the_schema_are_those_of_the_packag
 def test_vpr_cluster_takes_its_defaults_from_cluster_and_builds_the_model_vpr_train_builds():
     given = cli_defaults("cluster", "--index", "i.h5", "--out", "c.h5")
     library = library_defaults(cluster)
-    for parameter in (*CLUSTER_KEYS.values(), "precision"):
-        dest = "images" if parameter == "num_images" else parameter
-        assert given[dest] == library[parameter], parameter
+    for option, parameter in {**CLUSTER_KEYS, "precision": "precision"}.items():
+        assert given[option] == library[parameter], option
     # centres for `vpr train` with its defaults: same backbone, K and image size
     train = TrainConfig()
     assert (given["backbone"], given["num_clusters"], list(given["image_size"])) == \
