@@ -263,6 +263,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(arts, tmp_path, command):
     assert "No space left on device" in error_lines(proc.stderr)[0]
 
 
+@pytest.mark.slow
 def test_torch_save_on_a_full_disk_is_one_line(arts, tmp_path):
     """`vpr train --init-only` writes initial.pth with torch.save, whose failure is a RuntimeError."""
     run_dir = tmp_path / "run"
