@@ -1,11 +1,12 @@
-# Two entry points that work on a fresh machine: `make demo` and `make test`. Both create .venv first.
+# Entry points that work on a fresh machine: `make demo`, `make test` (the fast tier) and `make test-all`
+# (everything, as CI runs it). Each creates .venv first.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
-.PHONY: demo test lint venv clean-demo
+.PHONY: demo test test-all lint venv clean-demo
 
 venv: $(STAMP)
 
@@ -15,9 +16,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# pytest -q ends with its summary line (passed, failed, skipped, deselected). Exit status 5 means that it
+# collected no test: a mistake (a path, a marker), reported as such and failing the target.
+PYTEST = status=0; $(BIN)/pytest -q -rs $(1) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make: pytest collected no tests (exit status 5)" >&2; fi; exit $$status
+
+# The fast tier: unit tests, numerics against their oracles, CLI contracts and one tiny real Snakemake run.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	@$(call PYTEST,-m "not slow")
+
+# Everything: the fast tier plus the tests marked slow (Snakemake runs and the demo's DAG, training,
+# torchrun, the local Slurm cluster).
+test-all: $(STAMP)
+	$(BIN)/ruff check .
+	@$(call PYTEST,)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

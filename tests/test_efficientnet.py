@@ -173,6 +173,7 @@ def test_checkpoint_keeps_trained_weights_not_the_packaged_ones(tmp_path, model)
         assert not torch.equal(loaded(x), model(x))
 
 
+@pytest.mark.slow
 def test_cluster_train_init_only_and_extract_with_the_imagenet_trunk(tiny_data, tmp_path, package_state):
     size = ["--image-size", "64", "80"]
     centers = tmp_path / "centers.h5"

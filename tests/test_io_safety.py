@@ -263,6 +263,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(arts, tmp_path, command):
     assert "No space left on device" in error_lines(proc.stderr)[0]
 
 
+@pytest.mark.slow
 def test_torch_save_on_a_full_disk_is_one_line(arts, tmp_path):
     """`vpr train --init-only` writes initial.pth with torch.save, whose failure is a RuntimeError."""
     run_dir = tmp_path / "run"
@@ -306,12 +307,25 @@ def test_file_size_limit_is_one_line_and_leaves_nothing(arts, tmp_path, command)
     assert "File too large" in error_lines(proc.stderr)[0]
 
 
+def run_in_process(args, capsys) -> subprocess.CompletedProcess:
+    """`vpr ARGS` in this process (the path checks and the error line are the same code as in a
+    subprocess, without starting an interpreter); the result as a subprocess would give it."""
+    args = [str(a) for a in args]
+    capsys.readouterr()
+    try:
+        rc = main(args)
+    except SystemExit as stop:   # a usage error of argparse
+        rc = stop.code
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, captured.out, captured.err)
+
+
 @pytest.mark.parametrize("command", ["extract", "index", "evaluate", "select"])
-def test_parent_that_is_a_file_and_out_that_is_a_directory(arts, tmp_path, command):
+def test_parent_that_is_a_file_and_out_that_is_a_directory(arts, tmp_path, capsys, command):
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
     args, target = _fs_commands(arts, blocker)[command]
-    proc = run_vpr(*args, check=False)
+    proc = run_in_process(args, capsys)
     _assert_one_line_nothing_left(proc, blocker, [p.name for p in tmp_path.iterdir()], allowed=("blocker",))
     assert "not a directory" in proc.stderr and blocker.read_text() == "x"
 
@@ -319,7 +333,7 @@ def test_parent_that_is_a_file_and_out_that_is_a_directory(arts, tmp_path, comma
     args, target = _fs_commands(arts, out_dir)[command]
     target.mkdir(parents=True)
     (target / "keep").write_text("k")
-    proc = run_vpr(*args, check=False)
+    proc = run_in_process(args, capsys)
     assert proc.returncode == 2 and "is a directory" in proc.stderr and "Traceback" not in proc.stderr
     assert [p.name for p in target.iterdir()] == ["keep"]
 
@@ -327,12 +341,16 @@ def test_parent_that_is_a_file_and_out_that_is_a_directory(arts, tmp_path, comma
 # --- 3. permissions follow the umask -------------------------------------------------------------------
 
 @pytest.mark.parametrize("umask", [0o022, 0o002])
-def test_artifacts_follow_the_umask(arts, tmp_path, umask):
+def test_artifacts_follow_the_umask(arts, tmp_path, capsys, umask):
+    """In process: the umask is this process's, read by the writer when it sets the file's mode."""
     args_index, index = _fs_commands(arts, tmp_path)["index"]
     args_select, best = _fs_commands(arts, tmp_path)["select"]
-    for args in (args_index, args_select):
-        subprocess.run([*VPR, *map(str, args)], check=True, capture_output=True, env=ENV,
-                       preexec_fn=lambda: os.umask(umask))
+    previous = os.umask(umask)
+    try:
+        procs = [run_in_process(args, capsys) for args in (args_index, args_select)]
+    finally:
+        os.umask(previous)
+    assert [proc.returncode for proc in procs] == [0, 0], [proc.stderr for proc in procs]
     for path in (index, best):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
 
@@ -366,6 +384,7 @@ def _stop_mid_write(args, out_dir: Path, attempts: int = 8):
     pytest.skip(f"did not catch the write of `vpr {args[0]}` in {attempts} attempts")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_leaves_a_temporary_that_the_next_run_removes(arts, tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -387,6 +406,7 @@ def test_sigkill_mid_write_leaves_a_temporary_that_the_next_run_removes(arts, tm
     assert not temp.exists() and target.exists() and other.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["extract", "index"])
 def test_sigterm_mid_write_exits_143_and_leaves_nothing(arts, tmp_path, command):
     out_dir = tmp_path / "out"

@@ -225,6 +225,7 @@ def test_a_mean_image_with_nan_is_refused_naming_nan_not_the_shape(tmp_path, bad
                               f"(first: {bad} at flat position {(2 * 4 + 1) * 3} of 48); the mean must be "
                               "finite")
 
+@pytest.mark.slow
 def test_describe_with_a_struct_model(tmp_path, struct_model):
     path, layers = struct_model
     pixels = _pixels(1, 480, 640, seed=4)   # the model's image size: the resize is the identity

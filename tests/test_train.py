@@ -68,6 +68,7 @@ def test_cluster_output_initialises_the_model_with_alpha_from_its_formula(center
     assert np.allclose(model.net_vlad.centroids.detach().numpy(), centroids)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["baseline", "sfrs"])
 def test_two_processes_equal_one_process_with_the_same_global_tuples(tiny_data, centers, tmp_path, method):
     """Also SFRS generation 1: several tuples per process, each with the teacher's scores of its own."""
@@ -107,6 +108,7 @@ def run_until_stopped(args, stop_at: str):
     return "".join(lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["baseline", "sfrs"])
 def test_a_run_stopped_by_sigterm_resumes_to_the_same_weights(tiny_data, centers, tmp_path, method):
     extra = ["--epochs", "2", "--print-freq", "1"]
@@ -129,6 +131,7 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_same_weights(tiny_data, centers
     assert [r["recall@5"] for r in rows_a] == [r["recall@5"] for r in rows_b]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_configuration(tiny_data, centers, tmp_path):
     out = tmp_path / "run"
     run_vpr(*train_args(tiny_data, centers, out, "--epochs", "1", "--iters", "1"))
@@ -138,6 +141,7 @@ def test_resume_refuses_a_different_configuration(tiny_data, centers, tmp_path):
     assert "different configuration" in proc.stderr and "lr: saved 0.01, now 0.5" in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_validation_log_carries_the_95_percent_interval_of_each_recall(tiny_data, centers, tmp_path):
     from scipy.stats import binomtest
 

@@ -158,6 +158,7 @@ def test_an_out_of_range_seed_is_refused_before_the_run_directory_is_touched(tin
         assert not out.exists()      # no log.csv, no run.lock
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_one_error_and_saves_no_nan_weights(tiny_data, centers, tmp_path):
     out = tmp_path / "run"
     proc = run_vpr(*train_args(tiny_data, centers, out, "--epochs", "2", "--iters", "3", "--lr", "1e6"),
@@ -202,6 +203,7 @@ def test_a_crafted_resume_file_runs_nothing_and_is_one_error(tiny_data, centers,
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_a_model_checkpoint_as_resume_file_is_one_error(tiny_data, centers, tmp_path):
     first = tmp_path / "first"
     run_vpr(*train_args(tiny_data, centers, first, "--epochs", "1", "--iters", "1"))
@@ -230,6 +232,7 @@ def copy_run(finished, tmp_path):
     return copy, files
 
 
+@pytest.mark.slow
 def test_a_finished_run_recreates_its_deleted_outputs_bit_for_bit(tiny_data, centers, finished, tmp_path):
     out, before = copy_run(finished, tmp_path)
     for name in OUTPUTS:
@@ -242,6 +245,7 @@ def test_a_finished_run_recreates_its_deleted_outputs_bit_for_bit(tiny_data, cen
     assert "nothing to do" in proc.stdout and snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_a_finished_run_whose_epoch_files_are_gone_is_refused_or_retrained(tiny_data, centers, finished,
                                                                            tmp_path):
     out, before = copy_run(finished, tmp_path)
@@ -266,6 +270,7 @@ def perturbed_centers(centers, path):
     return path
 
 
+@pytest.mark.slow
 def test_other_centres_are_refused_and_restart_retrains_with_nothing_stale(tiny_data, centers, finished,
                                                                            tmp_path):
     out, before = copy_run(finished, tmp_path)
@@ -289,6 +294,7 @@ def test_other_centres_are_refused_and_restart_retrains_with_nothing_stale(tiny_
     assert (out / "last.pth").read_bytes() != before["last.pth"]
 
 
+@pytest.mark.slow
 def test_a_run_directory_is_used_by_one_process_at_a_time(tiny_data, centers, tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen([*VPR, *map(str, train_args(tiny_data, centers, out, "--epochs", "20"))],

@@ -23,6 +23,8 @@ from test_workflow import SNAKEMAKE, snakemake, write_config
 
 from vpr.models import load_model
 
+pytestmark = pytest.mark.slow   # real Snakemake runs that train
+
 RUN = Path("results") / "train" / "netvlad"
 TARGET = RUN / "last.pth"
 TRAIN_LOG = Path("results") / "logs" / "train" / "netvlad.log"

@@ -19,19 +19,22 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
-import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
-from vpr import artifacts, distributed
-from vpr.data.images import check_images_exist, image_batches
+from vpr import artifacts
 from vpr.errors import VprError
 from vpr.io import atomic_h5
-from vpr.models import EmbedNet
 from vpr.precision import Precision, channels_last, resolve_precision, to_channels_last
+
+# torch and faiss are imported where they are used: `vpr cluster` reads the defaults of cluster() to build
+# its options, without paying for them.
+if TYPE_CHECKING:
+    import torch
+
+    from vpr import distributed
+    from vpr.models import EmbedNet
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,6 @@ def sample_images(files: Sequence[str], num_images: int, seed: int) -> list[str]
     return [ordered[i] for i in rng.choice(len(ordered), size=take, replace=False)]
 
 
-@torch.inference_mode()
 def local_descriptors(model: EmbedNet, files: Sequence[str], positions: Sequence[int], size: tuple[int, int],
                       per_image: int, seed: int, batch_size: int, workers: int, device: torch.device,
                       progress: bool = True, precision: str | Precision = "fp32") -> np.ndarray:
@@ -52,12 +54,18 @@ def local_descriptors(model: EmbedNet, files: Sequence[str], positions: Sequence
 
     ``positions[i]`` is the sample position of ``files[i]``; it seeds that image's location choice.
     """
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from vpr.data.images import image_batches
+
     precision = resolve_precision(precision, device)
     device = torch.device(device)
     batches = image_batches(files, size, batch_size, workers, device)
     model.eval().to(device)
     out = []
-    with channels_last(model):
+    with channels_last(model), torch.inference_mode():
         for images, idx in tqdm(batches, total=math.ceil(len(files) / batch_size),
                                 desc="cluster: descriptors", unit="batch", disable=not progress or None):
             with precision.autocast():
@@ -76,17 +84,27 @@ def kmeans(descriptors: np.ndarray, k: int, iterations: int, seed: int) -> np.nd
     if len(descriptors) < k:
         raise VprError(f"k-means needs at least {k} descriptors for {k} clusters, got {len(descriptors)}; "
                        "sample more images or locations")
+    import faiss
+
     km = faiss.Kmeans(descriptors.shape[1], k, niter=iterations, seed=seed, verbose=False,
                       gpu=faiss.get_num_gpus() > 0, max_points_per_centroid=10**9)
     km.train(np.ascontiguousarray(descriptors, dtype=np.float32))
     return km.centroids.astype(np.float32)
 
 
-def cluster(model: EmbedNet, files: Sequence[str], out: str | os.PathLike, *, num_clusters: int = 64,
-            num_images: int = 500, per_image: int = 100, iterations: int = 100, seed: int = 43,
-            batch_size: int = 16, workers: int = 2, info: distributed.DistInfo | None = None,
-            precision: str | Precision = "fp32") -> dict:
-    """Sample, describe, cluster and write the centres file (rank 0); extraction is shared by all ranks."""
+def cluster(model: EmbedNet, files: Sequence[str], out: str | os.PathLike, *, num_images: int = 500,
+            per_image: int = 100, iterations: int = 100, seed: int = 43, batch_size: int = 16,
+            workers: int = 2, info: distributed.DistInfo | None = None,
+            precision: str | Precision = "auto") -> dict:
+    """Sample, describe, cluster and write the centres file (rank 0); extraction is shared by all ranks.
+
+    K is the model's (``model.config.num_clusters``). These defaults are those of `vpr cluster`.
+    """
+    import torch
+
+    from vpr import distributed
+    from vpr.data.images import check_images_exist
+
     info = info or distributed.DistInfo(0, 1, 0, torch.device("cpu"))
     chosen = sample_images(files, num_images, seed)
     check_images_exist(chosen)
@@ -98,7 +116,7 @@ def cluster(model: EmbedNet, files: Sequence[str], out: str | os.PathLike, *, nu
     descriptors = np.concatenate([p for p in parts if len(p)])
     summary = {"images": len(chosen), "descriptors": len(descriptors), "dim": descriptors.shape[1]}
     if info.is_main:
-        centroids = kmeans(descriptors, num_clusters, iterations, seed)
+        centroids = kmeans(descriptors, model.config.num_clusters, iterations, seed)
         with atomic_h5(out) as f:
             f.create_dataset("centroids", data=centroids)
             f.create_dataset("descriptors", data=descriptors)

@@ -14,7 +14,8 @@ the start script's output in the reason; VPR_SLURM_REQUIRED=1 turns that into an
 running in the state directory is used and left running; one the fixture started is stopped at the end of
 the session and its state directory removed (kept with VPR_SLURM_KEEP=1).
 
-Every test collected from this directory is marked `slurm` (`pytest -m "not slurm"` leaves them out).
+Every test collected from this directory is marked `slurm` and `slow` (`pytest -m "not slurm"` leaves them
+out; so does `make test`, the fast tier).
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ _stopping: list[subprocess.Popen] = []
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A conftest hook sees the whole session's items: mark only those collected from this directory.
+    # Slow too: bringing up the cluster (apt-get when root) and every job take minutes; `make test` skips.
     for item in items:
         if HERE in Path(item.path).resolve().parents:
             item.add_marker(pytest.mark.slurm)
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -11,9 +11,18 @@ autocast where the hardware does that fast; the descriptors are normalised and s
 from __future__ import annotations
 
 import argparse
+import inspect
 
+from vpr.cluster import cluster
 from vpr.commands.options import add_input, add_max_image_pixels, add_output, non_negative_int, positive_int
 from vpr.precision import PRECISION_HELP, PRECISIONS
+from vpr.train.config import TrainConfig
+
+# One home per default: the sampling and k-means options are those of the library function cluster(); the
+# model (backbone, image size, K) is the one `vpr train` builds by default, whose centres these must be.
+SAMPLING = {name: p.default for name, p in inspect.signature(cluster).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+MODEL = TrainConfig()
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -22,28 +31,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_max_image_pixels(parser)
     add_input(parser, "--trunk", help="pretrained trunk weights (<index>.weight/.bias); default: random "
               "initialisation seeded by --seed")
-    parser.add_argument("--backbone", default="vgg16", help="backbone: vgg16, small or efficientnet_lite0")
-    parser.add_argument("--image-size", type=positive_int, nargs=2, default=[480, 640], metavar=("H", "W"),
-                        help="image size the descriptors are computed at")
-    parser.add_argument("--num-clusters", type=positive_int, default=64, help="number of centres K")
-    parser.add_argument("--images", type=positive_int, default=500,
+    parser.add_argument("--backbone", default=MODEL.backbone,
+                        help="backbone: vgg16, small or efficientnet_lite0")
+    parser.add_argument("--image-size", type=positive_int, nargs=2, default=MODEL.image_size,
+                        metavar=("H", "W"), help="image size the descriptors are computed at")
+    parser.add_argument("--num-clusters", type=positive_int, default=MODEL.num_clusters,
+                        help="number of centres K")
+    parser.add_argument("--images", type=positive_int, default=SAMPLING["num_images"],
                         help="number of sampled training images")
-    parser.add_argument("--per-image", type=positive_int, default=100,
+    parser.add_argument("--per-image", type=positive_int, default=SAMPLING["per_image"],
                         help="random locations taken per image")
-    parser.add_argument("--iterations", type=positive_int, default=100, help="k-means iterations")
-    parser.add_argument("--seed", type=non_negative_int, default=43,
+    parser.add_argument("--iterations", type=positive_int, default=SAMPLING["iterations"],
+                        help="k-means iterations")
+    parser.add_argument("--seed", type=non_negative_int, default=SAMPLING["seed"],
                         help="seed of the image and location sampling, k-means and the random initialisation")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
-    parser.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--batch-size", type=positive_int, default=SAMPLING["batch_size"],
+                        help="images per forward pass")
+    parser.add_argument("--workers", type=non_negative_int, default=SAMPLING["workers"],
+                        help="DataLoader worker processes")
     parser.add_argument("--root", help="data-set root overriding the one recorded in the index file")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    parser.add_argument("--precision", choices=PRECISIONS, default=SAMPLING["precision"], help=PRECISION_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from vpr import distributed
-    from vpr.cluster import cluster
     from vpr.data.index import Index
     from vpr.models import ModelConfig, build_model, load_trunk
 
@@ -56,10 +69,9 @@ def run(args: argparse.Namespace) -> int:
         if args.trunk:
             load_trunk(model, args.trunk)
         files = [str(p) for p in index.query_files() + index.db_files()]
-        summary = cluster(model, files, args.out, num_clusters=args.num_clusters, num_images=args.images,
-                          per_image=args.per_image, iterations=args.iterations, seed=args.seed,
-                          batch_size=args.batch_size, workers=args.workers, info=info,
-                          precision=args.precision)
+        summary = cluster(model, files, args.out, num_images=args.images, per_image=args.per_image,
+                          iterations=args.iterations, seed=args.seed, batch_size=args.batch_size,
+                          workers=args.workers, info=info, precision=args.precision)
         if info.is_main:
             print(f"{args.out}: {args.num_clusters} centres from {summary['descriptors']} descriptors "
                   f"({summary['dim']}-d) of {summary['images']} images")

@@ -34,7 +34,7 @@ REGION_NAMES = ("global", "top", "bottom", "left", "right", "TL", "TR", "BL", "B
 class NetVLAD(nn.Module):
     """NetVLAD pooling: (B, D, h, w) map → (B, K, D) unnormalised VLAD."""
 
-    def __init__(self, num_clusters: int = 64, dim: int = 512) -> None:
+    def __init__(self, num_clusters: int, dim: int) -> None:
         super().__init__()
         self.num_clusters = num_clusters
         self.dim = dim

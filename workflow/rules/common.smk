@@ -234,7 +234,7 @@ def train_flags(method, generation=None):
 
 
 def sfrs_generations():
-    return int(config["methods"]["sfrs"].get("generations", 4))
+    return sfrs_generation_count(config)
 
 
 def model_inputs(wildcards=None):

@@ -13,11 +13,11 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from snakemake.utils import update_config
 
+from vpr.train.config import TrainConfig
+
 DEFAULT_CONFIG = Path(workflow.basedir).parent / "config" / "config.yaml"
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-# SFRS teacher temperatures of `vpr train` when the config names none (vpr/train/config.py).
-DEFAULT_TEMPERATURES = [0.07, 0.07, 0.06, 0.05]
 # The model training starts from (trunk + NetVLAD centres, no training): the "off-the-shelf" row and folder.
 OFF_THE_SHELF = "off-the-shelf"
 # Keys of earlier versions, with their new names (an old configuration gets told what to write instead).
@@ -98,6 +98,17 @@ def schema_message(error):
     return f"{path}: {error.message}"
 
 
+def sfrs_temperatures(cfg):
+    """The SFRS teacher temperatures: methods.sfrs', else training's, else those of `vpr train`."""
+    return cfg["methods"]["sfrs"].get("temperatures",
+                                      cfg["training"].get("temperatures", TrainConfig().temperatures))
+
+
+def sfrs_generation_count(cfg):
+    """methods.sfrs.generations, else one generation per teacher temperature."""
+    return int(cfg["methods"]["sfrs"].get("generations", len(sfrs_temperatures(cfg))))
+
+
 def check_schema(cfg, source):
     schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
     error = best_match(Draft202012Validator(schema).iter_errors(cfg))
@@ -146,9 +157,7 @@ def check_meaning(cfg, source):
         if name in taken:
             config_error(source, f"external.{name}: the name is taken by a trained model; choose another")
     if "sfrs" in methods:
-        sfrs = methods["sfrs"]
-        generations = int(sfrs.get("generations", 4))
-        temperatures = sfrs.get("temperatures", cfg["training"].get("temperatures", DEFAULT_TEMPERATURES))
+        generations, temperatures = sfrs_generation_count(cfg), sfrs_temperatures(cfg)
         if generations > len(temperatures):
             config_error(source, f"methods.sfrs.generations: {generations} generations need {generations} "
                                  f"temperatures, methods.sfrs.temperatures has {len(temperatures)}")
