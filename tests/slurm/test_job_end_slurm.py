@@ -70,13 +70,24 @@ def prepared(slurm_cluster, tmp_path_factory) -> Path:
     return workdir
 
 
-def copy_of(prepared: Path, tmp_path: Path, iters: int) -> tuple[Path, Path]:
-    """A work directory with the prepared inputs (modification times kept, so nothing is rerun) and a
-    configuration training `iters` steps of one epoch."""
+def start_training(cluster, prepared: Path, tmp_path: Path, iters: int):
+    """Snakemake with the shipped profile on the training target, in a copy of the prepared work directory
+    (modification times kept, so nothing is rerun), training `iters` steps of one epoch. Returns once the
+    training job trains (its first iteration logged): the work directory, the Snakemake process and its
+    output file, the run's job name and the training job's ID."""
     workdir = tmp_path / "w"
     shutil.copytree(prepared, workdir, symlinks=True, ignore=shutil.ignore_patterns("locks", "tiny.yaml"))
     config = tiny_config(tmp_path / "tiny.yaml", ("netvlad",), **{"methods.netvlad.iters": iters})
-    return workdir, config
+    proc, out = start_snakemake(cluster, workdir, "--profile", PROFILE, "--configfile", config,
+                                *FAST_STATUS, TARGET, *TRAIN_RESOURCES)
+    try:
+        wait_for_line(workdir / LOG, r"epoch 0 chunk 0 iteration 1/", proc, out, timeout=300)
+        name = run_id(out.read_text())
+        [job] = training_jobs(cluster, name)
+    except BaseException:
+        stop_snakemake(cluster, proc, out)
+        raise
+    return workdir, proc, out, name, job
 
 
 def training_jobs(cluster, name: str) -> list[str]:
@@ -110,15 +121,10 @@ def test_a_plain_scancel_of_a_training_job_is_retried_and_the_retry_resumes(slur
                                                                            tmp_path):
     cluster = slurm_cluster
     iters = 8
-    workdir, config = copy_of(prepared, tmp_path, iters)
-    log = workdir / LOG
     t_start = time.monotonic()
-    proc, out = start_snakemake(cluster, workdir, "--profile", PROFILE, "--configfile", config,
-                                *FAST_STATUS, TARGET, *TRAIN_RESOURCES)
+    workdir, proc, out, name, cancelled = start_training(cluster, prepared, tmp_path, iters)
+    log = workdir / LOG
     try:
-        wait_for_line(log, r"epoch 0 chunk 0 iteration 1/", proc, out, timeout=300)
-        name = run_id(out.read_text())
-        [cancelled] = training_jobs(cluster, name)
         cluster.run("scancel", cancelled)            # what a user types: SIGTERM, KillWait, SIGKILL
         t_cancel = time.monotonic()
         # Snakemake deletes a rule's log before the next attempt: read the stop before it starts.
@@ -149,15 +155,10 @@ def test_a_training_job_past_its_time_limit_is_retried_and_the_retry_resumes(slu
     cluster = slurm_cluster
     # Far more steps than the test waits for: the time limit ends the first attempt mid-epoch; once the
     # retry has resumed, the test has what it checks and stops the run.
-    workdir, config = copy_of(prepared, tmp_path, iters=3000)
-    log = workdir / LOG
     t_start = time.monotonic()
-    proc, out = start_snakemake(cluster, workdir, "--profile", PROFILE, "--configfile", config,
-                                *FAST_STATUS, TARGET, *TRAIN_RESOURCES)
+    workdir, proc, out, name, timed_out = start_training(cluster, prepared, tmp_path, iters=3000)
+    log = workdir / LOG
     try:
-        wait_for_line(log, r"epoch 0 chunk 0 iteration 1/", proc, out, timeout=300)
-        name = run_id(out.read_text())
-        [timed_out] = training_jobs(cluster, name)
         # Its time runs out while it trains: the limit lowered to 1 minute (Slurm's unit), as an
         # administrator can; a job submitted with --time=1 would not reach its training loop on a loaded
         # 2-core machine. Slurm ends it at its next time-limit check (every 30 s) with SIGTERM, SIGKILL
