@@ -184,8 +184,8 @@ def test_the_dag_runs_on_slurm_and_an_interrupted_training_job_resumes(slurm_clu
         # sbatch --signal) does: SIGTERM to the tasks of the job's steps, the batch script left alone.
         # slurmstepd signals every process of the step (Snakemake, torchrun, the workers); the workers
         # finish the iteration, save resume.pth and exit 143, torchrun fails, and Snakemake retries the
-        # rule (retries: 2) in the same allocation. A plain scancel (the whole job killed) is not used: the
-        # plugin (2.8.0) reads sacct's "CANCELLED by 0" as a running job and the workflow waits forever.
+        # rule (retries: 2) in the same allocation. A plain scancel (the whole job killed, the rule
+        # resubmitted as a new job) is tested in test_job_end_slurm.py.
         wait_for_line(log, r"epoch 0 chunk 0 iteration 1/", proc, out, timeout=240)
         name = run_id(out.read_text())
         queued = cluster.run("squeue", "-h", "--name", name, "-t", "RUNNING", "-o", "%i|%k")
