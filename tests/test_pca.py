@@ -229,7 +229,8 @@ def test_fit_pca_refuses_whitening_the_sample_cannot_support(tmp_path, capsys):
     assert cli.main(["fit-pca", "--features", str(feats), "--out", str(out), "--dim", "11"]) == 0
     assert load_pca(out).dim == 11
     out.unlink()
-    assert cli.main(["fit-pca", "--features", str(feats), "--out", str(out), "--dim", "256", "--no-whiten"]) == 0
+    assert cli.main(["fit-pca", "--features", str(feats), "--out", str(out), "--dim", "256",
+                     "--no-whiten"]) == 0
     assert load_pca(out).dim == 21
 
 

@@ -5,8 +5,9 @@ Reads the descriptors of a features file written by `vpr extract` (float32 datas
 reference fits on training queries and database together), fits --dim principal components (capped at
 min(D, N−1), with a warning) and writes the PCA file (HDF5: U, lams, mu, Utmu) that
 `vpr extract --pca` applies. Whitening that the sample cannot support is refused (vpr.whitening): more
-components than half the descriptors fitted on, or a kept eigenvalue below 1e-6 of the largest. The PCA file records the checkpoint the features came from
-(`checkpoint_sha256`), so that `vpr extract --pca` refuses it with another model.
+components than half the descriptors fitted on, or a kept eigenvalue below 1e-6 of the largest. The PCA
+file records the checkpoint the features came from (`checkpoint_sha256`), so that `vpr extract --pca`
+refuses it with another model.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
               help="features file with float32 datasets 'db' and 'query' (from 'vpr extract')")
     add_output(parser, "--out", required=True, type=Path, metavar="PCA.h5", help="PCA file to write")
     parser.add_argument("--dim", type=positive_int, default=4096,
-                        help="number of principal components to keep (capped at min(D, N-1); with whitening at most "
-                             "N/2 of the N descriptors sampled)")
+                        help="number of principal components to keep (capped at min(D, N-1); with whitening "
+                             "at most N/2 of the N descriptors sampled)")
     parser.add_argument("--samples", type=positive_int, default=10000,
                         help="number of descriptors sampled (without replacement) to fit on")
     parser.add_argument("--seed", type=non_negative_int, default=43, help="seed of the row sample")
