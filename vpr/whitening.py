@@ -41,7 +41,7 @@ def spectrum_problem(lams: list[float] | tuple[float, ...], whiten: bool) -> str
     if not whiten or not len(lams) or lams[-1] >= MIN_EIGENVALUE_RATIO * lams[0]:
         return None
     keep = sum(1 for lam in lams if lam >= MIN_EIGENVALUE_RATIO * lams[0])
-    return (f"the smallest of the {len(lams)} PCA eigenvalues is {lams[-1]:.3g}, below {MIN_EIGENVALUE_RATIO:g} "
-            f"times the largest ({lams[0]:.3g}): whitening would amplify rounding noise (near-duplicate "
-            f"training images?); set pca.dim (--dim) to at most {keep}, or whiten: false (--no-whiten), or use "
-            "more distinct training images")
+    return (f"the smallest of the {len(lams)} PCA eigenvalues is {lams[-1]:.3g}, below "
+            f"{MIN_EIGENVALUE_RATIO:g} times the largest ({lams[0]:.3g}): whitening would amplify rounding "
+            f"noise (near-duplicate training images?); set pca.dim (--dim) to at most {keep}, or "
+            "whiten: false (--no-whiten), or use more distinct training images")
