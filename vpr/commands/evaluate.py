@@ -104,4 +104,8 @@ def run(args: argparse.Namespace) -> int:
         low, high = table.interval[n]
         print(f"Recall@{n}: {100 * r:.2f}% (95% CI {100 * low:.2f}-{100 * high:.2f}%, "
               f"{table.queries} queries)")
+    unmatched = int(index.attrs.get("num_unmatched_dropped", 0))
+    if unmatched:
+        print(f"({unmatched} queries without a database image within {index.attrs['eval_radius']:g} m were "
+              f"dropped from {args.index} when indexing: not counted above)")
     return 0

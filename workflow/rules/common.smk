@@ -367,7 +367,8 @@ def step_logs(method, test_set):
     if fits_pca(method):
         logs += [f"{RESULTS}/logs/index/{TRAIN_SET}.log", f"{RESULTS}/logs/extract/{method}__train.log",
                  f"{RESULTS}/logs/pca/{method}.log"]
-    logs += [f"{RESULTS}/logs/extract/{method}_{test_set}.log", f"{RESULTS}/logs/evaluate/{method}_{test_set}.log"]
+    logs += [f"{RESULTS}/logs/extract/{method}_{test_set}.log",
+             f"{RESULTS}/logs/evaluate/{method}_{test_set}.log"]
     return list(dict.fromkeys(logs))
 
 
