@@ -24,7 +24,6 @@ import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from vpr import artifacts, distributed
 from vpr.data.images import check_images_exist, image_batches
@@ -32,6 +31,7 @@ from vpr.errors import VprError
 from vpr.io import atomic_h5
 from vpr.models import EmbedNet
 from vpr.precision import Precision, channels_last, resolve_precision, to_channels_last
+from vpr.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ def local_descriptors(model: EmbedNet, files: Sequence[str], positions: Sequence
     model.eval().to(device)
     out = []
     with channels_last(model):
-        for images, idx in tqdm(batches, total=math.ceil(len(files) / batch_size),
-                                desc="cluster: descriptors", unit="batch", disable=not progress or None):
+        for images, idx in progress_bar(batches, total=math.ceil(len(files) / batch_size),
+                                        desc="cluster: descriptors", unit="batch", disable=not progress):
             with precision.autocast():
                 fmap = model.feature_map(to_channels_last(images.to(device, non_blocking=True)))
             fmap = F.normalize(fmap.float(), p=2, dim=1)                            # (B, D, h, w)
