@@ -690,8 +690,8 @@ def test_drop_unmatched_queries(tmp_path, capsys, caplog):
 
     rc, stdout, err = run_cli([*argv, "--drop-unmatched-queries"], capsys)
     assert rc == 0, err
-    assert "3 queries, 1 queries dropped (no database image within 25 m)" in stdout
-    assert f"{out}: 1 queries dropped" in caplog.text and "over the other 3 queries" in caplog.text
+    assert "3 queries, 1 query image(s) dropped (no database image within 25 m)" in stdout
+    assert f"{out}: 1 query image(s) dropped" in caplog.text and "count the other 3 queries" in caplog.text
     idx = Index(out)
     assert idx.query_path == ["b/q0.jpg", "b/q1.jpg", "b/q2.jpg"]
     assert idx.attrs["num_unmatched_dropped"] == 1 and idx.attrs["num_dropped"] == 1

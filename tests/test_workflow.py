@@ -628,7 +628,8 @@ def test_warnings_reach_the_console_and_the_table_and_logs_show_progress(tmp_pat
     """A run whose fit-pca caps the components (a warning) and whose test set drops a query without a
     positive (a warning): both are repeated on the console and footnoted in the table; the extraction's log
     holds progress lines; the table's recall equals a brute-force one from the features and the index."""
-    config, _ = small_csv_config(tmp_path, tiny_data, **{"pca.dim": 256, "pca.whiten": False})
+    config, _ = small_csv_config(tmp_path, tiny_data, **{"pca.dim": 256, "pca.whiten": False,
+                                                         "evaluate.batch_size": 4})
     env = {**ENV, "VPR_PROGRESS_INTERVAL": "0"}
     proc = subprocess.run([*SNAKEMAKE, "-d", str(tmp_path), "--configfile", str(config), "--cores", "2"],
                           capture_output=True, text=True, env=env)
@@ -637,7 +638,7 @@ def test_warnings_reach_the_console_and_the_table_and_logs_show_progress(tmp_pat
     console = proc.stderr.split("job log(s) of this run hold warnings", 1)
     assert len(console) == 2, proc.stderr
     assert "vpr fit-pca: WARNING: PCA: requested 256 components" in console[1]
-    assert "vpr index: WARNING: results/index/mine_test.h5: 1 queries dropped" in console[1]
+    assert "vpr index: WARNING: results/index/mine_test.h5: 1 query image(s) dropped" in console[1]
 
     table = (results / "table.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| off-the-shelf"))
@@ -660,5 +661,8 @@ def test_warnings_reach_the_console_and_the_table_and_logs_show_progress(tmp_pat
         assert f"{recall[n]:.1f} [" in row
 
     log = (results / "logs" / "extract" / "off-the-shelf_mine.log").read_text()
-    assert re.search(r"^database: \d+/17 img \([\d.]+ %\), .* elapsed", log, re.M), log
+    # batches of 4: a line per batch (VPR_PROGRESS_INTERVAL=0), with the count, the rate and the time left
+    database = re.findall(r"^database: (\d+)/17 img \([\d.]+ %\), [\d.e+]+ img/s, .* elapsed", log, re.M)
+    assert database == ["4", "8", "12", "16", "17"], log
+    assert re.search(r"^database: 4/17 img .* about .* left$", log, re.M), log
     assert re.search(r"^queries: 5/5 img \(100.0 %\)", log, re.M), log

@@ -106,6 +106,6 @@ def run(args: argparse.Namespace) -> int:
               f"{table.queries} queries)")
     unmatched = int(index.attrs.get("num_unmatched_dropped", 0))
     if unmatched:
-        print(f"({unmatched} queries without a database image within {index.attrs['eval_radius']:g} m were "
-              f"dropped from {args.index} when indexing: not counted above)")
+        print(f"({unmatched} query image(s) without a database image within {index.attrs['eval_radius']:g} m "
+              f"were dropped from {args.index} when indexing: not counted above)")
     return 0

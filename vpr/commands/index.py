@@ -100,11 +100,11 @@ def run(args: argparse.Namespace) -> int:
     dropped = (f", {summary['dropped']} training queries dropped (no database image within "
                f"{args.train_pos_radius:g} m)" if summary["split"] == "train" else "")
     if summary["unmatched_dropped"]:
-        unmatched = (f"{summary['unmatched_dropped']} queries dropped (no database image within "
+        unmatched = (f"{summary['unmatched_dropped']} query image(s) dropped (no database image within "
                      f"{args.eval_radius:g} m)")
         dropped += f", {unmatched}"
-        logging.getLogger(__name__).warning("%s: %s (--drop-unmatched-queries); recalls on this index are "
-                                            "over the other %d queries", args.out, unmatched,
+        logging.getLogger(__name__).warning("%s: %s (--drop-unmatched-queries); recalls on this index "
+                                            "count the other %d queries", args.out, unmatched,
                                             summary["queries"])
     if records.extra_attrs.get("coords") == "latlon":
         dropped += f"; latitude/longitude projected to UTM zone {records.extra_attrs['utm_zone']}"
