@@ -17,8 +17,6 @@ from __future__ import annotations
 SAMPLES_PER_COMPONENT = 2
 MIN_EIGENVALUE_RATIO = 1e-6
 
-FIXES = "pca.dim / --dim, whiten: false / --no-whiten, or more training images"
-
 
 def max_whitened_components(n_samples: int) -> int:
     """The most components the count rule allows to whiten from ``n_samples`` descriptors."""
