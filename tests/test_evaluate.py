@@ -17,6 +17,7 @@ from vpr.evaluate import (
     search,
     spatial_nms,
     squared_distances,
+    tied_rankings,
     top_k_dense,
 )
 
@@ -267,3 +268,25 @@ def test_evaluate_output_feeds_the_table_comparison(tmp_path, capsys):
         "33.33", "100.00", "33.33", "66.67")
     assert (good["baseline"], good["p R@1"], good["vs baseline R@1"], good["p R@3"]) == (
         "base", "1", "no", "1")
+
+
+def test_tied_rankings_by_hand():
+    inf = np.inf
+    d = np.array([[2.095238, 2.095238, 2.0952385, 2.095238],   # equal within rounding: tied
+                  [2.095238, 2.095238, 2.0953, 2.1],           # differs by 1e-4 relative: not tied
+                  [0.5, 0.5, inf, inf],                          # the finite entries tie (NMS padding)
+                  [0.5, inf, inf, inf]], dtype=np.float32)      # a single result: nothing to tie
+    assert tied_rankings(d).tolist() == [True, False, True, False]
+
+
+def test_evaluate_refuses_rankings_that_are_ties_throughout(tmp_path, capsys):
+    # Every query equidistant from the 6 (orthonormal) database descriptors: each ranking is a tie-break.
+    index, feats = _write_case(tmp_path)
+    with h5py.File(feats, "a") as f:
+        f["query"][...] = np.full((3, 6), 1 / np.sqrt(6), dtype=np.float32)
+    out = tmp_path / "recall.csv"
+    assert main(["evaluate", "--index", str(index), "--features", str(feats), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "feat.h5: 3 of 3 queries have retrieved distances all equal" in err[0], err
+    assert f"distance {2 - 2 / np.sqrt(6):.6f}" in err[0] and "no recall written" in err[0]
+    assert not out.exists() and not (tmp_path / "recall_rankings.h5").exists()

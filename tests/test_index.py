@@ -472,7 +472,8 @@ def test_csv_bad_input(tmp_path, capsys, case):
     header = "path,easting,northing,role"
     if case == "header":
         header = "path,x,y,role"
-        message = "set.csv line 1: header must be 'path,easting,northing,role', found 'path,x,y,role'"
+        message = ("set.csv line 1: header must be 'path,easting,northing,role' (UTM metres) or "
+                   "'path,lat,lon,role' (degrees), found 'path,x,y,role'")
     elif case == "role":
         rows[2] = ("a/db2.jpg", E0, N0, "database")
         message = "set.csv line 4: role 'database' is neither 'db' nor 'query'"
@@ -634,3 +635,129 @@ def test_equal_training_radii_are_consistent(tmp_path, capsys):
     idx = Index(out)
     for pos, nonneg in zip(idx.train_positives, idx.train_nonnegatives, strict=True):
         assert set(pos.tolist()) <= set(nonneg.tolist())
+
+
+# --------------------------------------------------------------------------- csv in degrees
+
+EARTH_RADIUS = 6371008.8  # metres, the mean radius (IUGG)
+
+
+def haversine(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Great-circle distance in metres between two (lat, lon) points in degrees."""
+    (la1, lo1), (la2, lo2) = np.radians(a), np.radians(b)
+    h = np.sin((la2 - la1) / 2) ** 2 + np.cos(la1) * np.cos(la2) * np.sin((lo2 - lo1) / 2) ** 2
+    return float(2 * EARTH_RADIUS * np.arcsin(np.sqrt(h)))
+
+
+def _latlon_rows(lat0=40.4406, lon0=-79.9959):
+    """Database and query points around (lat0, lon0) at 5 to 70 m from each other; none within 1.5 m of the
+    25 m radius, so that the positives depend neither on the projection's scale error nor on the sphere of
+    the haversine formula standing in for the ellipsoid (together below 0.3 %)."""
+    m = 1 / 111320  # degrees of latitude per metre
+    mlon = m / np.cos(np.radians(lat0))
+    db = [(lat0, lon0), (lat0 + 10 * m, lon0), (lat0, lon0 + 40 * mlon), (lat0 + 60 * m, lon0 + 30 * mlon)]
+    qs = [(lat0 + 5 * m, lon0 + 3 * mlon), (lat0 + 2 * m, lon0 + 20 * mlon),
+          (lat0 + 55 * m, lon0 + 28 * mlon)]
+    rows = [(f"db/{i}.jpg", float(la), float(lo), "db") for i, (la, lo) in enumerate(db)]
+    rows += [(f"q/{i}.jpg", float(la), float(lo), "query") for i, (la, lo) in enumerate(qs)]
+    return rows, db, qs
+
+
+def test_csv_in_degrees_is_refused_or_projected(tmp_path, capsys):
+    rows, db, qs = _latlon_rows()
+    # Ground truth by great-circle distances, independent of any projection.
+    dist = [[haversine(q, d) for d in db] for q in qs]
+    assert all(abs(x - 25) > 1.5 for row in dist for x in row)
+    expected = [[j for j, x in enumerate(row) if x <= 25] for row in dist]
+    assert expected == [[0, 1], [0, 1, 2], [3]]
+
+    # Degrees under the easting,northing header (longitude as easting): refused, naming line 2 and the fix.
+    csv_file = _write_csv(tmp_path, [(p, lo, la, r) for p, la, lo, r in rows])
+    out = tmp_path / "deg.h5"
+    rc, _, err = run_cli(["--format", "csv", "--csv", str(csv_file), "--root", str(tmp_path),
+                          "--out", str(out)], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{csv_file} line 2: every easting and northing lies within ±180 and ±90" in err
+    assert "path,lat,lon,role" in err
+    assert_nothing_written(out)
+    # --coords latlon with that header is refused too: which column is the latitude is not written down.
+    rc, _, err = run_cli(["--format", "csv", "--csv", str(csv_file), "--root", str(tmp_path),
+                          "--out", str(out), "--coords", "latlon"], capsys)
+    assert rc == 2 and "line 1: --coords latlon but the header is 'path,easting,northing,role'" in err
+
+    # The same points as path,lat,lon,role: projected to UTM zone 17N, the positives of the great circle.
+    csv_file = _write_csv(tmp_path, rows, header="path,lat,lon,role")
+    for extra in ([], ["--coords", "latlon"]):
+        rc, stdout, err = run_cli(["--format", "csv", "--csv", str(csv_file), "--root", str(tmp_path),
+                                   "--out", str(out), *extra], capsys)
+        assert rc == 0, err
+        idx = Index(out)
+        assert [p.tolist() for p in idx.positives] == expected
+        assert idx.attrs["coords"] == "latlon" and idx.attrs["utm_zone"] == "17N"
+        assert "projected to UTM zone 17N" in stdout
+        # metres now: the first two database images lie 10 m apart (as the great circle says)
+        assert np.linalg.norm(idx.db_utm[1] - idx.db_utm[0]) == pytest.approx(haversine(db[0], db[1]),
+                                                                              rel=3e-3)
+        out.unlink()
+    rc, _, err = run_cli(["--format", "csv", "--csv", str(csv_file), "--root", str(tmp_path),
+                          "--out", str(out), "--coords", "utm"], capsys)
+    assert rc == 2 and "drop --coords utm" in err
+
+
+def test_csv_in_degrees_across_a_zone_boundary(tmp_path, capsys):
+    # Longitude -78 separates UTM zones 17 and 18: one projection (zone 17, most points) keeps the
+    # distances across the boundary; a point 1.5 degrees beyond the zone is refused.
+    rows, db, qs = _latlon_rows(lat0=40.0, lon0=-78.0003)
+    assert 0 < sum(lo > -78 for _, _, lo, _ in rows) < len(rows) / 2   # some points in zone 18
+    expected = [[j for j, d in enumerate(db) if haversine(q, d) <= 25] for q in qs]
+    csv_file = _write_csv(tmp_path, rows, header="path,lat,lon,role")
+    out = tmp_path / "zone.h5"
+    rc, _, err = run_cli(["--format", "csv", "--csv", str(csv_file), "--root", str(tmp_path),
+                          "--out", str(out)], capsys)
+    assert rc == 0, err
+    idx = Index(out)
+    assert idx.attrs["utm_zone"] == "17N" and [p.tolist() for p in idx.positives] == expected
+    out.unlink()
+    far = rows + [("db/far.jpg", 40.0, -76.5, "db")]
+    csv_file = _write_csv(tmp_path, far, header="path,lat,lon,role")
+    rc, _, err = run_cli(["--format", "csv", "--csv", str(csv_file), "--root", str(tmp_path),
+                          "--out", str(out)], capsys)
+    assert rc == 2 and "most are in zone 17; longitude -76.5 lies 1.5 degrees outside it" in err
+    assert_nothing_written(out)
+
+
+# --------------------------------------------------------------------------- queries without a positive
+
+def test_drop_unmatched_queries(tmp_path, capsys, caplog):
+    lonely = ("b/q3.jpg", E0 + 200.0, N0, "query")   # 150 m from the nearest database image
+    csv_file = _write_csv(tmp_path, [*CSV_ROWS[:5], lonely, *CSV_ROWS[5:]])
+    out = tmp_path / "drop.h5"
+    argv = ["--format", "csv", "--csv", str(csv_file), "--root", str(tmp_path), "--out", str(out)]
+    rc, _, err = run_cli(argv, capsys)
+    assert rc == 2 and "1 query image(s) have no database image within 25.0 m (first: b/q3.jpg)" in err
+    assert "--drop-unmatched-queries" in err
+    assert_nothing_written(out)
+
+    rc, stdout, err = run_cli([*argv, "--drop-unmatched-queries"], capsys)
+    assert rc == 0, err
+    assert "3 queries, 1 query image(s) dropped (no database image within 25 m)" in stdout
+    assert f"{out}: 1 query image(s) dropped" in caplog.text and "count the other 3 queries" in caplog.text
+    idx = Index(out)
+    assert idx.query_path == ["b/q0.jpg", "b/q1.jpg", "b/q2.jpg"]
+    assert idx.attrs["num_unmatched_dropped"] == 1 and idx.attrs["num_dropped"] == 1
+    with h5py.File(out) as f:
+        assert list(f["dropped/path"].asstr()[()]) == ["b/q3.jpg"]
+        assert f["dropped/utm"][()].tolist() == [[E0 + 200.0, N0]]
+    # The dropped list is outside the fingerprint: the index is the one of the CSV without that query.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    rc, _, err = run_cli(["--format", "csv", "--csv", str(_write_csv(plain)), "--root", str(tmp_path),
+                          "--out", str(tmp_path / "plain.h5")], capsys)
+    assert rc == 0, err
+    assert idx.fingerprint == Index(tmp_path / "plain.h5").fingerprint
+    assert [p.tolist() for p in idx.positives] == [p.tolist() for p in Index(tmp_path / "plain.h5").positives]
+
+    # Every query without a positive: nothing to evaluate, refused even with the flag.
+    csv_file = _write_csv(tmp_path, [r for r in CSV_ROWS if r[3] == "db"] + [lonely])
+    rc, _, err = run_cli([*argv, "--drop-unmatched-queries"], capsys)
+    assert rc == 2 and "none of the 1 queries has a database image within 25.0 m" in err

@@ -205,3 +205,43 @@ def test_fit_pca_command_errors(tmp_path, capsys):
     assert cli.main(["fit-pca", "--features", str(tmp_path / "one.h5"), "--out", str(out)]) == 2
     assert "PCA needs at least 2" in capsys.readouterr().err and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dbonly.h5", "one.h5"]
+
+
+def test_fit_pca_refuses_whitening_the_sample_cannot_support(tmp_path, capsys):
+    """The issue's case: 22 descriptors, 256 components asked for. Whitened with k = N - 1 = 21 they would
+    be a regular simplex: all squared distances 2 + 2/21 after normalisation (checked here by hand)."""
+    X = data(22, 64, seed=5)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    lams, U = numpy_pca(X, 21)
+    Y = (X - X.mean(axis=0)) @ (U / np.sqrt(lams))
+    Y /= np.linalg.norm(Y, axis=1, keepdims=True)
+    d = ((Y[:, None] - Y[None]) ** 2).sum(-1)[np.triu_indices(22, 1)]
+    np.testing.assert_allclose(d, 2 + 2 / 21, rtol=1e-6)
+
+    feats, out = tmp_path / "feats.h5", tmp_path / "pca.h5"
+    write_features(feats, X[:17], X[17:])
+    assert cli.main(["fit-pca", "--features", str(feats), "--out", str(out), "--dim", "256"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "feats.h5" in err[0] and "needs at least 42 training descriptors, there are 22" \
+        in err[0] and "pca.dim (--dim) to at most 11" in err[0] and "--no-whiten" in err[0], err
+    assert not out.exists()
+    # Half the sample (11 = 22 // 2) is allowed, and without whitening the cap at N - 1 stays.
+    assert cli.main(["fit-pca", "--features", str(feats), "--out", str(out), "--dim", "11"]) == 0
+    assert load_pca(out).dim == 11
+    out.unlink()
+    assert cli.main(["fit-pca", "--features", str(feats), "--out", str(out), "--dim", "256",
+                     "--no-whiten"]) == 0
+    assert load_pca(out).dim == 21
+
+
+def test_fit_pca_refuses_whitening_rounding_noise(tmp_path, capsys):
+    # 40 descriptors that are 8 distinct ones repeated (near-duplicate images): beyond 7 components the
+    # eigenvalues are rounding noise, which whitening would blow up to unit variance.
+    base = data(8, 32, seed=6)
+    X = np.repeat(base, 5, axis=0)
+    feats, out = tmp_path / "feats.h5", tmp_path / "pca.h5"
+    write_features(feats, X[:30], X[30:])
+    assert cli.main(["fit-pca", "--features", str(feats), "--out", str(out), "--dim", "12"]) == 2
+    err = capsys.readouterr().err
+    assert "below 1e-06 times the largest" in err and "at most 7" in err and not out.exists()
+    assert cli.main(["fit-pca", "--features", str(feats), "--out", str(out), "--dim", "7"]) == 0

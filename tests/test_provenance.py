@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from vprtest import without_progress
 
 from vpr.cli import main
 from vpr.cluster import read_centers
@@ -70,7 +71,7 @@ def _extract(checkpoint, index, out, *extra) -> int:
 
 
 def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
+    err = without_progress(capsys.readouterr().err)
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     return err
 

@@ -101,6 +101,37 @@ def test_table_cells(tmp_path, capsys):
     assert (rows[3]["queries"], rows[3]["R@10"]) == ("250", "96.40")
 
 
+def test_a_number_from_a_step_that_warned_carries_a_footnote(tmp_path):
+    a = write_recall_ci(tmp_path / "netvlad_p250.csv", {1: 160, 5: 181, 10: 190}, 200)
+    b = write_recall_ci(tmp_path / "sfrs_p250.csv", {1: 180, 5: 192, 10: 195}, 200)
+    c = write_recall_ci(tmp_path / "sfrs_tokyo.csv", {1: 40, 5: 45, 10: 46}, 50)
+    pca_log = tmp_path / "logs" / "pca" / "sfrs.log"
+    pca_log.parent.mkdir(parents=True)
+    pca_log.write_text("vpr fit-pca: INFO: fitting\nvpr fit-pca: WARNING: PCA: requested 256 components, but "
+                       "22 descriptors support at most 21; using k = 21\nwrote pca.h5\n")
+    clean = tmp_path / "logs" / "evaluate.log"
+    clean.write_text("Recall@1: 80.00%\n")
+    md, out_csv = tmp_path / "table.md", tmp_path / "table.csv"
+    assert main(["table", "--recall", "netvlad", "pitts250k", str(a), "--recall", "sfrs", "pitts250k", str(b),
+                 "--recall", "sfrs", "tokyo", str(c), "--step-log", "sfrs", "tokyo", str(pca_log),
+                 "--step-log", "netvlad", "pitts250k", str(clean),
+                 "--step-log", "netvlad", "pitts250k", str(tmp_path / "never-ran.log"),
+                 "--out-md", str(md), "--out-csv", str(out_csv)]) == 0
+    lines = md.read_text().splitlines()
+    # NetVLAD's logs hold no warning; SFRS on Tokyo (and so SFRS pooled) came from a step that warned.
+    assert lines[2].startswith(f"| NetVLAD | {cell(160, 200)} | ") and "†" not in lines[2]
+    assert lines[3] == (f"| SFRS | {cell(180, 200)} | {cell(192, 200)} | {cell(195, 200)} | {cell(40, 50)} † "
+                        f"| {cell(45, 50)} † | {cell(46, 50)} † | {cell(220, 250)} † | {cell(237, 250)} † "
+                        f"| {cell(241, 250)} † |")
+    notes = md.read_text().split("\n\n")
+    [note] = [n for n in notes if n.startswith("†")]
+    assert f"`{pca_log}`: vpr fit-pca: WARNING: PCA: requested 256 components" in note
+    with open(out_csv, newline="") as f:
+        assert [r["warnings"] for r in csv.DictReader(f)] == ["0", "0", "1", "1"]
+    # A log named for a row that is not in the table is a mistake of the caller.
+    assert main(["table", "--recall", "sfrs", "tokyo", str(c), "--step-log", "sfrs", "pitts250k", str(clean),
+                 "--out-md", str(md), "--out-csv", str(out_csv)]) == 2
+
 def test_table_reads_old_two_column_csvs(tmp_path):
     a = write_recall(tmp_path / "a.csv", [(1, 0.5), (20, 0.75)])
     md, out_csv = tmp_path / "t.md", tmp_path / "t.csv"

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from vprtest import VPR, run_vpr
+from vprtest import VPR, run_vpr, without_progress
 
 from vpr.errors import VprError
 from vpr.models import load_model
@@ -49,9 +49,9 @@ def train_args(tiny_data, centers, out, *extra):
 
 def one_line_error(proc) -> str:
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    lines = without_progress(proc.stderr).strip().splitlines()
     errors = [line for line in lines if line.startswith("vpr train: error: ")]
-    # Besides the error, only the log's INFO lines (e.g. the precision chosen) may appear.
+    # Besides the error, only the log's INFO lines (e.g. the precision chosen) and progress lines may appear.
     assert len(errors) == 1 and all(": INFO: " in line for line in lines if line not in errors), proc.stderr
     return errors[0]
 

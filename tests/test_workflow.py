@@ -504,6 +504,7 @@ def test_a_csv_data_set_and_an_external_reference_model_through_the_workflow(tmp
         "datasets.mine_test": {"format": "csv", "csv": str(sets / "test.csv"), "root": root},
         "off_the_shelf": False, "methods": {"netvlad": {"loss": "triplet"}}, "examples": "netvlad",
         "external": {"reference": {"checkpoint": str(reference), "own_pca": True}},
+        "model.backbone": "small", "model.trainable_from": "full",
         "model.image_size": [96, 128], "model.num_clusters": 8, "cluster.images": 40, "cluster.per_image": 20,
         "cluster.iterations": 10, "training.epochs": 1, "training.cache_size": 20, "training.neg_num": 3,
         "training.neg_pool": 20, "training.workers": 0, "pca.dim": 16, "evaluate.workers": 0})
@@ -687,3 +688,104 @@ def test_the_demo_dag_runs_end_to_end_and_every_method_beats_the_off_the_shelf_m
     # A second run has nothing to do.
     again = snakemake(tmp_path, *demo, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+# --------------------------------------------------------------------------- numbers the table can stand by
+
+def write_small_csv_set(root, index, n_queries=5, n_db=17):
+    """The issue's data set as CSV files under ``root`` with their images copied there: 17 database images
+    and 5 queries (the first queries of ``index`` and the database images nearest to them) in train.csv;
+    the same and one more query, 500 m away from every database image, in test.csv."""
+    with h5py.File(index) as f:
+        source = Path(f.attrs["root"])
+        db_path, db_utm = [p.decode() for p in f["db/path"][:]], f["db/utm"][:]
+        q_path, q_utm = [p.decode() for p in f["query/path"][:n_queries]], f["query/utm"][:n_queries]
+    nearest = np.linalg.norm(db_utm[:, None] - q_utm[None], axis=2).min(axis=1)
+    keep = np.sort(np.argsort(nearest, kind="stable")[:n_db])
+    rows = [(db_path[i], *db_utm[i], "db") for i in keep]
+    rows += [(p, *u, "query") for p, u in zip(q_path, q_utm, strict=True)]
+    lonely = ("lonely/far.jpg", *(db_utm.max(axis=0) + 500.0), "query")
+    for rel, *_ in rows:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / rel, root / rel)
+    (root / "lonely").mkdir()
+    shutil.copy(source / q_path[-1], root / lonely[0])
+    for name, listed in (("train.csv", rows), ("test.csv", [*rows, lonely])):
+        with open(root / name, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "easting", "northing", "role"])
+            writer.writerows((p, f"{e:.2f}", f"{n:.2f}", r) for p, e, n, r in listed)
+    return root / "train.csv", root / "test.csv", len(rows)
+
+
+def small_csv_config(tmp_path, tiny_data, **changes):
+    root = tmp_path / "mine"
+    train, test, n = write_small_csv_set(root, tiny_data["test"])
+    return write_config(tmp_path / "csv.yaml", "csv.yaml", **{
+        "datasets.mine_train": {"format": "csv", "csv": str(train), "root": str(root)},
+        "datasets.mine_val": {"format": "csv", "csv": str(train), "root": str(root)},
+        "datasets.mine_test": {"format": "csv", "csv": str(test), "root": str(root),
+                               "drop_unmatched_queries": True},
+        "methods": {}, "examples": "off-the-shelf", "model.backbone": "small", "model.trainable_from": "full",
+        "model.image_size": [96, 128], "model.num_clusters": 8, "cluster.images": 22, "cluster.per_image": 20,
+        "cluster.iterations": 10, "cluster.workers": 0, "training.workers": 0, "evaluate.workers": 0,
+        **changes}), n
+
+
+@pytest.mark.slow
+def test_whitening_22_images_is_refused_at_start_up_naming_the_fix(tmp_path, tiny_data):
+    """The issue's case: PCA-whitening of 256 components on a training CSV of 22 images would put them on a
+    regular simplex (all distances equal, every ranking a tie-break); the run stops before any job."""
+    config, n = small_csv_config(tmp_path, tiny_data, **{"pca.dim": 256, "pca.whiten": True})
+    assert n == 22
+    proc = snakemake(tmp_path, "-n", "--configfile", config, check=False)
+    message = proc.stderr.strip()
+    assert proc.returncode != 0 and len(message.splitlines()) == 1, proc.stdout + proc.stderr
+    assert "configuration error" in message and "pca.dim: whitening 21 PCA components" in message
+    assert "there are 22" in message and "at most 11" in message and "whiten: false" in message
+    assert "training split mine_train" in message and not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_warnings_reach_the_console_and_the_table_and_logs_show_progress(tmp_path, tiny_data):
+    """A run whose fit-pca caps the components (a warning) and whose test set drops a query without a
+    positive (a warning): both are repeated on the console and footnoted in the table; the extraction's log
+    holds progress lines; the table's recall equals a brute-force one from the features and the index."""
+    config, _ = small_csv_config(tmp_path, tiny_data, **{"pca.dim": 256, "pca.whiten": False,
+                                                         "evaluate.batch_size": 4})
+    env = {**ENV, "VPR_PROGRESS_INTERVAL": "0"}
+    proc = subprocess.run([*SNAKEMAKE, "-d", str(tmp_path), "--configfile", str(config), "--cores", "2"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = tmp_path / "results"
+    console = proc.stderr.split("job log(s) of this run hold warnings", 1)
+    assert len(console) == 2, proc.stderr
+    assert "vpr fit-pca: WARNING: PCA: requested 256 components" in console[1]
+    assert "vpr index: WARNING: results/index/mine_test.h5: 1 query image(s) dropped" in console[1]
+
+    table = (results / "table.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| off-the-shelf"))
+    assert row.count("†") == 3, table
+    assert "†: a step that computed this number logged a warning" in table
+    assert "results/logs/pca/off-the-shelf.log`: vpr fit-pca: WARNING" in table
+
+    with h5py.File(results / "index" / "mine_test.h5") as f:
+        assert f.attrs["num_unmatched_dropped"] == 1 and len(f["query/path"]) == 5
+        ptr, idx = f["query/positives_indptr"][()], f["query/positives_indices"][()]
+    with h5py.File(results / "features" / "off-the-shelf" / "mine.h5") as f:
+        db, q = f["db"][()].astype(np.float64), f["query"][()].astype(np.float64)
+    d = ((q[:, None] - db[None]) ** 2).sum(-1)
+    assert np.ptp(np.sort(d, axis=1)[:, :10], axis=1).min() > 1e-4   # no tied rankings
+    first = [int(np.flatnonzero(np.isin(np.argsort(d[i], kind="stable"), idx[ptr[i]:ptr[i + 1]]))[0])
+             for i in range(len(q))]
+    recall = read_recall(results / "off-the-shelf" / "mine_recall.csv")
+    for n in (1, 5, 10):
+        assert recall[n] == pytest.approx(100 * np.mean(np.array(first) < n))
+        assert f"{recall[n]:.1f} [" in row
+
+    log = (results / "logs" / "extract" / "off-the-shelf_mine.log").read_text()
+    # batches of 4: a line per batch (VPR_PROGRESS_INTERVAL=0), with the count, the rate and the time left
+    database = re.findall(r"^database: (\d+)/17 img \([\d.]+ %\), [\d.e+]+ img/s, .* elapsed", log, re.M)
+    assert database == ["4", "8", "12", "16", "17"], log
+    assert re.search(r"^database: 4/17 img .* about .* left$", log, re.M), log
+    assert re.search(r"^queries: 5/5 img \(100.0 %\)", log, re.M), log

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -16,3 +17,12 @@ def run_vpr(*args, check: bool = True, env: dict | None = None, **kwargs) -> sub
         raise AssertionError(f"vpr {' '.join(map(str, args))} failed ({proc.returncode}):\n"
                              f"{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+# A progress line of vpr.progress (written to stderr when it is not a terminal, as under pytest).
+PROGRESS_LINE = re.compile(r"^.+: \d+(/\d+)? \w+( \([\d.]+ %\))?, [\d.e+-]+ \w+/s, .+ elapsed")
+
+
+def without_progress(err: str) -> str:
+    """``err`` without its progress lines: what is left of a failing command's stderr is its error."""
+    return "".join(line for line in err.splitlines(keepends=True) if not PROGRESS_LINE.match(line))

@@ -27,6 +27,7 @@ from vpr import artifacts
 from vpr.errors import VprError
 from vpr.io import atomic_h5
 from vpr.precision import Precision, channels_last, resolve_precision, to_channels_last
+from vpr.progress import progress as progress_bar
 
 # torch and faiss are imported where they are used: `vpr cluster` reads the defaults of cluster() to build
 # its options, without paying for them.
@@ -56,7 +57,6 @@ def local_descriptors(model: EmbedNet, files: Sequence[str], positions: Sequence
     """
     import torch
     import torch.nn.functional as F
-    from tqdm import tqdm
 
     from vpr.data.images import image_batches
 
@@ -66,8 +66,8 @@ def local_descriptors(model: EmbedNet, files: Sequence[str], positions: Sequence
     model.eval().to(device)
     out = []
     with channels_last(model), torch.inference_mode():
-        for images, idx in tqdm(batches, total=math.ceil(len(files) / batch_size),
-                                desc="cluster: descriptors", unit="batch", disable=not progress or None):
+        for images, idx in progress_bar(batches, total=math.ceil(len(files) / batch_size),
+                                        desc="cluster: descriptors", unit="batch", disable=not progress):
             with precision.autocast():
                 fmap = model.feature_map(to_channels_last(images.to(device, non_blocking=True)))
             fmap = F.normalize(fmap.float(), p=2, dim=1)                            # (B, D, h, w)

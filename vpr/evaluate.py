@@ -23,6 +23,8 @@ import numpy as np
 from vpr.errors import VprError
 
 NMS_FACTOR = 12  # a Tokyo 24/7 panorama has 12 database cut-outs
+TIE_TOLERANCE = 1e-5  # relative spread of a query's retrieved distances below which they count as equal
+TIED_SHARE_LIMIT = 0.01  # `vpr evaluate` refuses to write a recall when more queries than this are tied
 RERANK_MAX_ITEMS = None  # no limit: re-ranking memory grows with (Nq + Ndb) x k1
 _FAISS_GPU_MAX_K = 2048  # faiss GPU k-selection limit
 
@@ -163,6 +165,19 @@ def rerank_search(db: np.ndarray, queries: np.ndarray, k: int, k1: int, k2: int,
         return rerank_top_k(queries, db, k, k1, k2, lambda_value, square_input=True)
     except ValueError as err:
         raise VprError(f"--rerank: {err}") from err
+
+
+def tied_rankings(distances: np.ndarray, tolerance: float = TIE_TOLERANCE) -> np.ndarray:
+    """Per query (row of ``distances``, nearest first, inf where padded): whether its ranking is a tie
+    throughout, i.e. it holds at least two finite distances and the largest exceeds the smallest by at most
+    ``tolerance`` · max(1, smallest). Squared L2 distances of unit vectors lie in [0, 4] and float32
+    rounding moves them by about 1e-6, so such a ranking is an arbitrary order of equal distances (the
+    regular simplex of over-whitened descriptors, docs/method.md §5.3)."""
+    d = np.asarray(distances, dtype=np.float64)
+    finite = np.isfinite(d)
+    low = np.where(finite, d, np.inf).min(axis=1)
+    high = np.where(finite, d, -np.inf).max(axis=1)
+    return (finite.sum(axis=1) >= 2) & (high - low <= tolerance * np.maximum(1.0, np.abs(low)))
 
 
 @dataclass

@@ -24,7 +24,6 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from vpr import artifacts
 from vpr.data.images import check_images_exist, image_batches
@@ -32,6 +31,7 @@ from vpr.errors import VprError
 from vpr.io import atomic_h5
 from vpr.precision import Precision, resolve_precision, to_channels_last
 from vpr.precision import channels_last as model_channels_last
+from vpr.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ def extract_features(
         with contextlib.ExitStack() as stack:
             stack.enter_context(model_channels_last(model, channels_last))
             stack.enter_context(torch.inference_mode())
-            bar = stack.enter_context(tqdm(total=len(files), desc=desc, unit="img", disable=None))
+            bar = stack.enter_context(progress(total=len(files), desc=desc or "", unit="img",
+                                               disable=desc is None))
             for images, idx in image_batches(files, size, batch_size, workers, device, shorter_side):
                 images = to_channels_last(images.to(device, non_blocking=True), channels_last)
                 with precision.autocast():

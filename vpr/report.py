@@ -16,6 +16,10 @@ Output: a CSV (one row per method and data set, and per method "pooled"; Recall@
 percent, published numbers, the p-value and verdict against the baseline) and a Markdown table (one row
 per method, one R@N column group per data set, ``85.4 [83.2, 87.5]`` cells, a row of published numbers
 under each method that has them, footnotes saying what the interval, the marks and the pooled columns are).
+
+A number computed by a step whose log holds a warning (the logs named per method and data set, e.g. by the
+workflow) is marked † in the Markdown table, with the warnings in a footnote, and counted in the CSV's
+``warnings`` column.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ import csv
 import io
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from vpr.errors import VprError
+from vpr.logged_warnings import warning_lines
 from vpr.published import (
     MODEL_ZOO_SOURCE,
     QUERY_COUNT_SOURCE,
@@ -44,6 +49,7 @@ from vpr.stats import SIGNIFICANCE, PairedTest, hits_of, mcnemar_exact, recall_i
 MISSING = "-"  # Markdown cell of a method that was not evaluated on a data set
 POOLED = "pooled"  # data-set key of the pooled rows
 MARKS = {"above": "▲", "below": "▼", "no": ""}
+WARNED = "†"  # a number computed by a step that logged a warning
 
 
 @dataclass
@@ -61,12 +67,17 @@ class TableRow:
     source: str = ""
     hits: dict[int, np.ndarray] | None = None
     tests: dict[int, PairedTest] | None = None
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (log file, warning line)
 
 
 def collect(entries: Sequence[tuple[str, str, str | os.PathLike]], ns: Sequence[int],
             compare_to: str | None = None,
-            rankings: Mapping[tuple[str, str], str | os.PathLike] | None = None) -> list[TableRow]:
+            rankings: Mapping[tuple[str, str], str | os.PathLike] | None = None,
+            step_logs: Mapping[tuple[str, str], Sequence[str | os.PathLike]] | None = None) -> list[TableRow]:
     """Read every ``(method, dataset, recall CSV)``; each file must hold Recall@N for every N of ``ns``.
+
+    ``step_logs[(method, dataset)]`` lists the logs of the steps that computed a row's numbers: their
+    warning lines (:mod:`vpr.logged_warnings`; a missing log holds none) become the row's ``warnings``.
 
     With ``compare_to`` (a method among the entries), every row on a data set where that method was
     evaluated is tested against it; the rankings file of a row is ``rankings[(method, dataset)]`` or, by
@@ -94,6 +105,13 @@ def collect(entries: Sequence[tuple[str, str, str | os.PathLike]], ns: Sequence[
     unknown = [k for k in rankings if k not in seen]
     if unknown:
         raise VprError(f"--rankings {' '.join(unknown[0])}: no --recall of that method and data set")
+    step_logs = dict(step_logs or {})
+    unknown = [k for k in step_logs if k not in seen]
+    if unknown:
+        raise VprError(f"--step-log {' '.join(unknown[0])}: no --recall of that method and data set")
+    for row in rows:
+        row.warnings = [(str(log), line) for log in step_logs.get((row.method, row.dataset), ())
+                        for line in warning_lines(log)]
     if compare_to is not None:
         _compare(rows, ns, compare_to, rankings)
     return rows
@@ -157,6 +175,7 @@ def pooled_rows(rows: Sequence[TableRow], ns: Sequence[int], compare_to: str | N
         hits = {n: sum(hits_of(p.recall[n], p.queries) for p in parts) for n in ns}
         row = TableRow(method, POOLED, {n: hits[n] / total for n in ns},
                        {n: wilson_interval(hits[n], total) for n in ns}, total, None)
+        row.warnings = list(dict.fromkeys(w for p in parts for w in p.warnings))
         if all(p.hits is not None for p in parts):
             row.hits = {n: np.concatenate([p.hits[n] for p in parts]) for n in ns}
         pooled[method] = row
@@ -192,7 +211,7 @@ def table_csv(rows: Sequence[TableRow], ns: Sequence[int], compare_to: str | Non
                      *(f"R@{n}{s}" for n in ns for s in ("", " ci_low", " ci_high")),
                      *(f"published R@{n}{s}" for n in ns for s in ("", " ci_low", " ci_high")),
                      "published queries", "baseline",
-                     *(f"{s} R@{n}" for n in ns for s in ("p", "vs baseline"))])
+                     *(f"{s} R@{n}" for n in ns for s in ("p", "vs baseline")), "warnings"])
     for row in rows:
         ours = []
         for n in ns:
@@ -208,7 +227,8 @@ def table_csv(rows: Sequence[TableRow], ns: Sequence[int], compare_to: str | Non
             test = row.tests[n] if row.tests else None
             tests += [f"{test.p_value:.4g}", test.verdict()] if test else ["", ""]
         writer.writerow([row.method, row.dataset, row.queries if row.queries is not None else "", *ours,
-                         *pub_cells, pub_queries or "", compare_to if row.tests else "", *tests])
+                         *pub_cells, pub_queries or "", compare_to if row.tests else "", *tests,
+                         len(row.warnings)])
     return buf.getvalue()
 
 
@@ -225,6 +245,8 @@ def _cell(row: TableRow, n: int) -> str:
     if row.tests:
         mark = MARKS[row.tests[n].verdict()]
         cell += f" {mark}" if mark else ""
+    if row.warnings:
+        cell += f" {WARNED}"
     return cell
 
 
@@ -287,6 +309,14 @@ def table_markdown(rows: Sequence[TableRow], ns: Sequence[int], compare_to: str 
                      "Each cell is tested on its own, without a correction for the number of cells.")
     if len(by_key) < len(methods) * len(datasets):
         notes.append(f"{MISSING}: not evaluated.")
+    warned = {}
+    for r in rows:
+        for log, line in r.warnings:
+            warned.setdefault((log, line), []).append(f"{method_name(r.method)} on {r.dataset}")
+    if warned:
+        listed = "; ".join(f"`{log}`: {line}" for log, line in dict.fromkeys(k for k in warned))
+        notes.append(f"{WARNED}: a step that computed this number logged a warning; check it before trusting "
+                     f"the number. {listed}.")
     if any_published:
         shown = [d for d in real if any(published(m, d) for m in methods)]
         sizes = ", ".join(f"{dataset_name(d)} {query_count(d):,}" for d in shown if query_count(d))

@@ -6,6 +6,11 @@ Tokyo 24/7 indexes use the spatial non-maximum suppression by default (top max(N
 image of each panorama kept). Each Recall@N comes with its 95 % Wilson score interval over the queries
 (vpr.stats). Writes the recall CSV (`n,recall,ci_low,ci_high,queries`, fractions) and the per-query
 rankings (HDF5: `topk`, `distances`, `first_positive`), both in the formats of vpr.results.
+
+Rankings that are ties throughout (a query whose retrieved distances are all equal within a relative 1e-5,
+as for over-whitened descriptors) rank by an arbitrary order: a warning names their number, and when they
+are more than 1 % of the queries nothing is written and the command fails. Not checked with --rerank,
+whose Jaccard distances tie by construction.
 """
 
 from __future__ import annotations
@@ -20,6 +25,25 @@ def _default_rankings(args: argparse.Namespace) -> Path:
     from vpr.results import default_rankings_path
 
     return default_rankings_path(args.out)
+
+
+def _check_ties(distances, features) -> None:
+    """Warn about queries whose ranking is a tie throughout; VprError when they are too many to trust."""
+    import logging
+
+    from vpr.errors import VprError
+    from vpr.evaluate import TIE_TOLERANCE, TIED_SHARE_LIMIT, tied_rankings
+
+    tied = tied_rankings(distances)
+    if not tied.any():
+        return
+    what = (f"{features}: {int(tied.sum())} of {tied.size} queries have retrieved distances all equal within "
+            f"a relative {TIE_TOLERANCE:g} (first: query {int(tied.argmax())}, distance "
+            f"{float(distances[tied.argmax(), 0]):.6f}); their ranking is a tie-break")
+    if tied.mean() > TIED_SHARE_LIMIT:
+        raise VprError(f"{what}: no recall written. Degenerate descriptors, e.g. PCA-whitening fitted on too "
+                       "few training images (lower pca.dim or set whiten: false)")
+    logging.getLogger(__name__).warning("%s", what)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if args.rerank:
         rerank = dict(k1=args.rr_k1, k2=args.rr_k2, lambda_value=args.rr_lambda, max_items=args.rr_max_items)
     result = evaluate(db, query, index.positives, ns, place=index.db_place if nms else None, rerank=rerank)
+    if not args.rerank:
+        _check_ties(result.distances, args.features)
 
     table = recall_table(result.recall, index.num_queries)
     attrs = {"index": str(args.index), "features": str(args.features), "nms": bool(nms),
@@ -78,4 +104,8 @@ def run(args: argparse.Namespace) -> int:
         low, high = table.interval[n]
         print(f"Recall@{n}: {100 * r:.2f}% (95% CI {100 * low:.2f}-{100 * high:.2f}%, "
               f"{table.queries} queries)")
+    unmatched = int(index.attrs.get("num_unmatched_dropped", 0))
+    if unmatched:
+        print(f"({unmatched} query image(s) without a database image within {index.attrs['eval_radius']:g} m "
+              f"were dropped from {args.index} when indexing: not counted above)")
     return 0

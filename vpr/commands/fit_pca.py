@@ -4,8 +4,10 @@ Reads the descriptors of a features file written by `vpr extract` (float32 datas
 `query` (Nq×D)), draws a seeded sample of --samples rows from the chosen subset (default: all rows, the
 reference fits on training queries and database together), fits --dim principal components (capped at
 min(D, N−1), with a warning) and writes the PCA file (HDF5: U, lams, mu, Utmu) that
-`vpr extract --pca` applies. The PCA file records the checkpoint the features came from
-(`checkpoint_sha256`), so that `vpr extract --pca` refuses it with another model.
+`vpr extract --pca` applies. Whitening that the sample cannot support is refused (vpr.whitening): more
+components than half the descriptors fitted on, or a kept eigenvalue below 1e-6 of the largest. The PCA
+file records the checkpoint the features came from (`checkpoint_sha256`), so that `vpr extract --pca`
+refuses it with another model.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
               help="features file with float32 datasets 'db' and 'query' (from 'vpr extract')")
     add_output(parser, "--out", required=True, type=Path, metavar="PCA.h5", help="PCA file to write")
     parser.add_argument("--dim", type=positive_int, default=4096,
-                        help="number of principal components to keep (capped at min(D, N-1))")
+                        help="number of principal components to keep (capped at min(D, N-1); with whitening "
+                             "at most N/2 of the N descriptors sampled)")
     parser.add_argument("--samples", type=positive_int, default=10000,
                         help="number of descriptors sampled (without replacement) to fit on")
     parser.add_argument("--seed", type=non_negative_int, default=43, help="seed of the row sample")
@@ -38,16 +41,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vpr.extract import FeaturesFile
     from vpr.pca import fit_pca, sample_rows, save_pca
+    from vpr.whitening import count_problem, spectrum_problem
 
     features = FeaturesFile(args.features)
     total = features.count(args.subset)
     if total < 2:
         raise VprError(f"features file {args.features}: subset '{args.subset}' has {total} descriptor(s); "
                        "PCA needs at least 2")
-    X = features.read_rows(args.subset, sample_rows(total, args.samples, args.seed))
+    rows = sample_rows(total, args.samples, args.seed)
+    k = min(args.dim, features.dim, len(rows) - 1)
+    problem = count_problem(len(rows), k, args.whiten)
+    if problem:
+        raise VprError(f"{args.features} ({len(rows)} '{args.subset}' rows sampled): {problem}")
+    X = features.read_rows(args.subset, rows)
     source = f"{args.features}:{args.subset} (samples={args.samples}, seed={args.seed})"
     params = fit_pca(X, args.dim, source=source, whiten=args.whiten,
                      checkpoint_sha256=str(features.attrs.get("checkpoint_sha256", "")))
+    problem = spectrum_problem(params.lams.tolist(), args.whiten)
+    if problem:
+        raise VprError(f"{args.features}: {problem}")
     save_pca(args.out, params)
     print(f"wrote {args.out}: {params.dim} components of {params.input_dim}-d descriptors, fitted on "
           f"{params.n_samples} '{args.subset}' rows of {args.features} "

@@ -9,7 +9,12 @@ atomically: on any error nothing is written.
 Formats: pitts (Pitts30k/Pitts250k .mat; images under ROOT/Pittsburgh/images and ROOT/Pittsburgh/queries),
 tokyo247 (tokyo247.mat; ROOT/tokyo247/images, .jpg names resolved to the .png on disk, and
 ROOT/tokyo247/query), tokyotm (tokyoTM_train.mat / tokyoTM_val.mat; ROOT/tokyoTM/images; identity = exact
-UTM + time stamp), csv (header path,easting,northing,role with role db or query; paths relative to ROOT).
+UTM + time stamp), csv (header path,easting,northing,role with role db or query, UTM metres, or
+path,lat,lon,role in WGS84 degrees, projected to the UTM zone of most of the points; paths relative to ROOT).
+Eastings and northings that all lie within ±180 and ±90 look like degrees and are refused.
+
+A query without a database image within --eval-radius is refused, or with --drop-unmatched-queries left out
+of the index, listed under dropped/ and counted (attribute num_unmatched_dropped, and a warning).
 
 Examples:
   vpr index --format pitts --mat RAW/pitts30k_test.mat --root RAW --out index/pitts30k_test.h5
@@ -19,6 +24,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
@@ -46,6 +52,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="training non-negatives: database images within this many metres")
     parser.add_argument("--seed", type=non_negative_int, default=43,
                         help="seed of the TokyoTM val query/database draw")
+    parser.add_argument("--coords", choices=("auto", "utm", "latlon"), default="auto",
+                        help="csv only: the coordinate columns hold UTM metres (header easting,northing) or "
+                             "latitude/longitude in degrees (header lat,lon), converted to UTM; auto: as the "
+                             "header says")
+    parser.add_argument("--drop-unmatched-queries", action="store_true",
+                        help="drop the queries that have no database image within --eval-radius (listed "
+                             "under dropped/ in the index and counted) instead of refusing the split")
     parser.add_argument("--skip-image-check", action="store_true",
                         help="do not check that every listed image exists under --root (for huge trees)")
 
@@ -73,14 +86,28 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {"split": args.split, "check_images": not args.skip_image_check}
     if args.format == "tokyotm":
         kwargs["seed"] = args.seed
+    if args.coords != "auto":
+        if args.format != "csv":
+            raise VprError(f"--coords is for --format csv; {args.format} files hold UTM metres")
+        kwargs["coords"] = args.coords
     records = READERS[args.format](source, args.root, **kwargs)
     digest = sha256sum(source)
     summary = build_index(records, args.out, root=args.root, fmt=args.format, source=str(source),
                           source_sha256=digest, eval_radius=args.eval_radius,
-                          train_pos_radius=args.train_pos_radius, train_neg_radius=args.train_neg_radius)
+                          train_pos_radius=args.train_pos_radius, train_neg_radius=args.train_neg_radius,
+                          drop_unmatched=args.drop_unmatched_queries)
     elapsed = time.perf_counter() - start
     dropped = (f", {summary['dropped']} training queries dropped (no database image within "
                f"{args.train_pos_radius:g} m)" if summary["split"] == "train" else "")
+    if summary["unmatched_dropped"]:
+        unmatched = (f"{summary['unmatched_dropped']} query image(s) dropped (no database image within "
+                     f"{args.eval_radius:g} m)")
+        dropped += f", {unmatched}"
+        logging.getLogger(__name__).warning("%s: %s (--drop-unmatched-queries); recalls on this index "
+                                            "count the other %d queries", args.out, unmatched,
+                                            summary["queries"])
+    if records.extra_attrs.get("coords") == "latlon":
+        dropped += f"; latitude/longitude projected to UTM zone {records.extra_attrs['utm_zone']}"
     print(f"{args.out}: {args.format} {summary['split']} split, {summary['db']} database images, "
           f"{summary['queries']} queries{dropped}; {summary['mean_positives']:.2f} positives per query "
           f"within {args.eval_radius:g} m on average; {elapsed:.1f} s")

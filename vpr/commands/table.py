@@ -11,6 +11,10 @@ other method against METHOD on the same queries (McNemar's exact test on the per
 rankings file beside each recall CSV, X_recall.csv -> X_rankings.h5, or from --rankings) and marks the
 cells significantly above or below it at the 5 % level with ▲ or ▼.
 
+--step-log METHOD DATASET LOG names a log of a step that computed that row's numbers (the workflow passes
+every one): a row whose logs hold a warning is marked † with the warnings in a footnote (a missing log is
+skipped).
+
 Writes a CSV (one row per method and data set, pooled rows included: R@N and its interval in percent,
 published R@N and its interval, p-value and verdict against the baseline) and a Markdown table (one row per
 method in order of first appearance, a row of published numbers under each method that has them,
@@ -40,6 +44,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
               metavar=("METHOD", "DATASET", "H5"),
               help="rankings file of one --recall entry for --compare-to (repeat; default: the "
                    "file beside its recall CSV, X_recall.csv -> X_rankings.h5)")
+    parser.add_argument("--step-log", nargs=3, action="append", default=[],
+                        metavar=("METHOD", "DATASET", "LOG"),
+                        help="a log of a step that computed METHOD on DATASET (repeat): its warnings mark "
+                             "the cells with a footnote; a log that does not exist is skipped")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +61,11 @@ def run(args: argparse.Namespace) -> int:
     if args.rankings and args.compare_to is None:
         raise VprError("--rankings is only read for a comparison: add --compare-to METHOD")
     rankings = {(m, d): path for m, d, path in args.rankings}
-    rows = collect([tuple(r) for r in args.recall], ns, compare_to=args.compare_to, rankings=rankings)
+    step_logs = {}
+    for m, d, log in args.step_log:
+        step_logs.setdefault((m, d), []).append(log)
+    rows = collect([tuple(r) for r in args.recall], ns, compare_to=args.compare_to, rankings=rankings,
+                   step_logs=step_logs)
     rows += pooled_rows(rows, ns, args.compare_to)
     markdown = table_markdown(rows, ns, args.compare_to)
     csv_text = table_csv(rows, ns, args.compare_to)

@@ -34,3 +34,12 @@ def radius_neighbours(
 def csr_rows(indptr: np.ndarray, indices: np.ndarray) -> list[np.ndarray]:
     """Split CSR arrays into one array per row."""
     return [indices[indptr[i]:indptr[i + 1]] for i in range(len(indptr) - 1)]
+
+
+def csr_select(indptr: np.ndarray, indices: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The CSR arrays of the rows ``keep`` only (in that order)."""
+    rows = csr_rows(indptr, indices)
+    new_ptr = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum([len(rows[i]) for i in keep], out=new_ptr[1:])
+    kept = [rows[i] for i in keep]
+    return new_ptr, (np.concatenate(kept) if kept else np.zeros(0)).astype(np.int64)

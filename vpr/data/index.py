@@ -11,9 +11,13 @@ Layout (schema version 1; documented in README.md, "The index file"):
   training splits only:
     query/train_positives_indptr/_indices             within train_pos_radius (10 m), same place excluded
     query/train_nonnegatives_indptr/_indices          within train_neg_radius (25 m), same place included
-    dropped/path, dropped/utm                         training queries dropped for having no positive
+    dropped/path, dropped/utm                         queries dropped: training queries without a training
+                                                      positive, then (--drop-unmatched-queries) queries
+                                                      without an evaluation positive
   attributes: kind ("vpr-index"), schema_version, fingerprint, format, split, eval_radius,
-    train_pos_radius, train_neg_radius, source, source_sha256, root, num_dropped
+    train_pos_radius, train_neg_radius, source, source_sha256, root, num_dropped (all dropped queries),
+    num_unmatched_dropped (those without an evaluation positive), and a reader's own (csv in degrees:
+    coords, utm_zone)
 
 ``fingerprint`` identifies the content: the SHA-256 of every dataset above except ``dropped/*`` (paths,
 coordinates, places, ground truth), computed from the arrays themselves (:func:`index_fingerprint`), not
@@ -36,7 +40,7 @@ import h5py
 import numpy as np
 
 from vpr import artifacts
-from vpr.data.geometry import csr_rows, radius_neighbours
+from vpr.data.geometry import csr_rows, csr_select, radius_neighbours
 from vpr.errors import VprError
 from vpr.io import atomic_h5
 
@@ -128,13 +132,16 @@ def build_index(
     eval_radius: float = 25.0,
     train_pos_radius: float = 10.0,
     train_neg_radius: float = 25.0,
+    drop_unmatched: bool = False,
 ) -> dict:
     """Compute the ground truth of one split and write its index file atomically.
 
     Raises VprError (and writes nothing) on inconsistent input. Returns a summary for logging.
+    ``drop_unmatched``: drop (and list) the queries without an evaluation positive instead of refusing.
     """
-    datasets = ground_truth(records, source, eval_radius, train_pos_radius, train_neg_radius)
+    datasets = ground_truth(records, source, eval_radius, train_pos_radius, train_neg_radius, drop_unmatched)
     num_dropped = len(datasets.get("dropped/path", []))
+    num_unmatched = int(datasets.pop("num_unmatched_dropped", 0))
     with atomic_h5(out) as f:
         for name, value in datasets.items():
             f.create_dataset(name, data=value, dtype=_STR if name.endswith("/path") else None)
@@ -151,19 +158,24 @@ def build_index(
             "source_sha256": source_sha256,
             "root": str(Path(root).resolve()),
             "num_dropped": num_dropped,
+            "num_unmatched_dropped": num_unmatched,
             **records.extra_attrs,
         })
     mean_positives = float(np.diff(datasets["query/positives_indptr"]).mean())
     return {"split": records.split, "db": len(records.db_path), "queries": len(datasets["query/path"]),
-            "dropped": num_dropped, "mean_positives": mean_positives}
+            "dropped": num_dropped - num_unmatched, "unmatched_dropped": num_unmatched,
+            "mean_positives": mean_positives}
 
 
 def ground_truth(records: SplitRecords, source: str, eval_radius: float = 25.0,
-                 train_pos_radius: float = 10.0, train_neg_radius: float = 25.0
+                 train_pos_radius: float = 10.0, train_neg_radius: float = 25.0, drop_unmatched: bool = False
                  ) -> dict[str, np.ndarray | list[str]]:
     """The datasets of one split's index file (HDF5 name -> value): the images, each query's positives
     within ``eval_radius`` and, for a training split, the training positives and non-negatives and the
-    queries dropped for having no training positive. Raises VprError on inconsistent input."""
+    queries dropped for having no training positive. A query without an evaluation positive is refused
+    (VprError), or with ``drop_unmatched`` dropped, listed under ``dropped/`` and counted in the extra key
+    ``num_unmatched_dropped`` (not a dataset: the caller takes it out). Raises VprError on inconsistent
+    input."""
     check_radii(eval_radius, train_pos_radius, train_neg_radius)
     if records.split not in SPLITS:
         raise VprError(f"{source}: unknown split {records.split!r}, expected one of {', '.join(SPLITS)}")
@@ -188,10 +200,22 @@ def ground_truth(records: SplitRecords, source: str, eval_radius: float = 25.0,
 
     eval_ptr, eval_idx = radius_neighbours(db_utm, q_utm, eval_radius, exclude_same_place=(q_place, db_place))
     no_gt = np.flatnonzero(np.diff(eval_ptr) == 0)
-    if no_gt.size:
+    unmatched: dict[str, np.ndarray | list[str]] = {}
+    if no_gt.size and not drop_unmatched:
         first = ", ".join(query_path[i] for i in no_gt[:3])
         raise VprError(f"{source}: {no_gt.size} query image(s) have no database image within "
-                       f"{eval_radius} m (first: {first}); every evaluation query needs a positive")
+                       f"{eval_radius} m (first: {first}); every evaluation query needs a positive "
+                       "(--drop-unmatched-queries drops and counts them)")
+    if no_gt.size:
+        if no_gt.size == len(query_path):
+            raise VprError(f"{source}: none of the {len(query_path)} queries has a database image within "
+                           f"{eval_radius} m; nothing to evaluate (are the coordinates in metres?)")
+        keep = np.setdiff1d(np.arange(len(query_path)), no_gt)
+        unmatched = {"dropped/path": [query_path[i] for i in no_gt],
+                     "dropped/utm": q_utm[no_gt].reshape(-1, 2)}
+        eval_ptr, eval_idx = csr_select(eval_ptr, eval_idx, keep)
+        query_path, q_utm, q_place = [query_path[i] for i in keep], q_utm[keep], q_place[keep]
+        train = _keep_query_rows(train, keep)
 
     datasets: dict[str, np.ndarray | list[str]] = {
         "db/path": list(records.db_path), "db/utm": db_utm, "db/place": db_place,
@@ -199,7 +223,22 @@ def ground_truth(records: SplitRecords, source: str, eval_radius: float = 25.0,
         "query/positives_indptr": eval_ptr, "query/positives_indices": eval_idx,
     }
     datasets.update(train)
+    if unmatched:   # after the training queries dropped, if any
+        datasets["dropped/path"] = list(datasets.get("dropped/path", [])) + unmatched["dropped/path"]
+        datasets["dropped/utm"] = np.concatenate([datasets.get("dropped/utm", np.zeros((0, 2))),
+                                                  unmatched["dropped/utm"]])
+        datasets["num_unmatched_dropped"] = len(unmatched["dropped/path"])
     return datasets
+
+
+def _keep_query_rows(train: dict, keep: np.ndarray) -> dict:
+    """The training datasets (CSR rows per query) restricted to the queries ``keep``."""
+    out = dict(train)
+    for name in ("query/train_positives", "query/train_nonnegatives"):
+        if f"{name}_indptr" in train:
+            out[f"{name}_indptr"], out[f"{name}_indices"] = csr_select(train[f"{name}_indptr"],
+                                                                       train[f"{name}_indices"], keep)
+    return out
 
 
 def _training_ground_truth(db_utm: np.ndarray, db_place: np.ndarray, query_path: list[str], q_utm: np.ndarray,
@@ -213,10 +252,7 @@ def _training_ground_truth(db_utm: np.ndarray, db_place: np.ndarray, query_path:
     dropped = np.setdiff1d(np.arange(len(query_path)), keep)
     if keep.size == 0:
         raise VprError(f"{source}: no training query has a database image within {train_pos_radius} m")
-    kept_rows = csr_rows(pos_ptr, pos_idx)
-    pos_ptr = np.zeros(keep.size + 1, dtype=np.int64)
-    np.cumsum([len(kept_rows[i]) for i in keep], out=pos_ptr[1:])
-    pos_idx = np.concatenate([kept_rows[i] for i in keep]).astype(np.int64)
+    pos_ptr, pos_idx = csr_select(pos_ptr, pos_idx, keep)
     nonneg_ptr, nonneg_idx = radius_neighbours(db_utm, q_utm[keep], train_neg_radius)
     return keep, {
         "query/train_positives_indptr": pos_ptr, "query/train_positives_indices": pos_idx,

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from vpr.errors import VprError
 from vpr.io import make_temporary_dir
+from vpr.progress import progress as progress_bar
 from vpr.synth.layouts import Job, Output, mat_bytes, pittsburgh, tokyo
 from vpr.synth.presets import PRESETS, Preset, get_preset
 from vpr.synth.renderer import render
@@ -49,7 +49,7 @@ def _write_tree(root: Path, preset: Preset, seed: int, outputs: list[Output], pr
     truth: dict = {"format": "vpr-synth-truth", "version": TRUTH_VERSION, "preset": preset.name, "seed": seed,
                    "db_image_size": list(preset.db_size), "splits": {}}
     jobs = [job for o in outputs for job in o.jobs]
-    for job in tqdm(jobs, desc=f"vpr synth {preset.name}", unit="img", disable=None if progress else True):
+    for job in progress_bar(jobs, desc=f"vpr synth {preset.name}", unit="img", disable=not progress):
         _save_image(job, root, preset)
     for o in outputs:
         for rel, fields in o.mats.items():

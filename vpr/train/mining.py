@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vpr.errors import VprError
+from vpr.progress import progress
 
 
 @dataclass(frozen=True)
@@ -194,20 +195,29 @@ class Miner:
         rng: np.random.Generator,
         jaccard_rows: dict[int, np.ndarray] | None = None,
         sfrs: bool = False,
+        desc: str | None = None,
     ) -> list[Tuple]:
         """Tuples for ``anchors`` (in that order), updating the negative cache.
+
+        ``desc``: the label of the progress display (``vpr.progress``); None: silent.
 
         ``jaccard_rows[a]`` holds anchor a's re-ranked distances to its 10 m positives, in the order of
         ``train_positives[a]`` (SFRS generation ≥ 1); without it the Euclidean distances stand in
         (generation 0). Features may be float32 or float16.
         """
-        import torch
-
         from vpr.distributed import compute_device
 
         device = compute_device(self.device)
-        if device.type == "cpu" and len(db_feats) > self.cpu_products_max_db:
-            return self._mine_per_anchor(anchors, q_feats, db_feats, rng, jaccard_rows, sfrs)
+        with progress(total=len(anchors), desc=desc or "", unit="query", disable=desc is None) as bar:
+            if device.type == "cpu" and len(db_feats) > self.cpu_products_max_db:
+                return self._mine_per_anchor(anchors, q_feats, db_feats, rng, jaccard_rows, sfrs, bar)
+            return self._mine_in_blocks(anchors, q_feats, db_feats, rng, jaccard_rows, sfrs, bar, device)
+
+    def _mine_in_blocks(self, anchors, q_feats, db_feats, rng, jaccard_rows, sfrs, bar,
+                        device) -> list[Tuple]:
+        """The same tuples, a block of anchors at a time (one product with the whole database each)."""
+        import torch
+
         # database rows converted to float64 at a time: 64 MiB (512 rows of 32,768-d)
         col_block = self.col_block or max(64, (1 << 26) // (8 * max(1, db_feats.shape[1])))
         norms = np.empty(len(db_feats))
@@ -230,9 +240,10 @@ class Miner:
                 self.cache[a] = negatives
                 hard_pos = self._sfrs_positives(a, positives, euclid, jaccard_rows) if sfrs else ()
                 tuples.append(Tuple(int(a), positive, tuple(int(i) for i in negatives), hard_pos))
+            bar.update(len(block))
         return tuples
 
-    def _mine_per_anchor(self, anchors, q_feats, db_feats, rng, jaccard_rows, sfrs) -> list[Tuple]:
+    def _mine_per_anchor(self, anchors, q_feats, db_feats, rng, jaccard_rows, sfrs, bar) -> list[Tuple]:
         """The same tuples, one anchor at a time (difference form on the anchor's pool only)."""
         tuples = []
         for a in anchors:
@@ -245,6 +256,7 @@ class Miner:
             self.cache[a] = negatives
             tuples.append(Tuple(int(a), positive, tuple(int(i) for i in negatives),
                                 self._sfrs_positives(a, positives, euclid, jaccard_rows) if sfrs else ()))
+            bar.update(1)
         return tuples
 
     def _sfrs_positives(self, a, positives, euclid, jaccard_rows) -> tuple[int, ...]:

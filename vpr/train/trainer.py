@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from vpr import distributed
 from vpr.cluster import read_centers
@@ -29,6 +28,7 @@ from vpr.evaluate import recall_at, search
 from vpr.extract import extract_features
 from vpr.models import EmbedNet, ModelConfig, build_model, load_model, load_trunk, save_model
 from vpr.precision import resolve_precision
+from vpr.progress import progress
 from vpr.stats import interval_columns
 from vpr.train.checkpointing import (
     RunState,
@@ -269,7 +269,8 @@ class Trainer:
                     if self.sfrs and cfg.generation >= 1:
                         jac = self.jaccard_rows(chunk, q_feats, db_feats)
                     rng = np.random.default_rng([cfg.seed, cfg.generation, epoch, c])
-                    mined = self.miner.mine(chunk, q_feats, db_feats, rng, jac, sfrs=self.sfrs)
+                    mined = self.miner.mine(chunk, q_feats, db_feats, rng, jac, sfrs=self.sfrs,
+                                            desc=f"epoch {epoch} chunk {c}: mining" if info.is_main else None)
                     st.tuples = [mined[i % len(mined)] for i in range(steps * g)]   # wrap-pad
                     st.mining_s += time.time() - t0
                 if self._train_chunk(epoch, c, steps, stop):
@@ -295,8 +296,8 @@ class Trainer:
                             collate_fn=collate_tuples, pin_memory=info.device.type == "cuda")
         self.model.train()
         t0 = time.time()
-        bar = tqdm(loader, total=len(sampler), desc=f"epoch {epoch} chunk {c}", unit="step",
-                   disable=not info.is_main or None, initial=0)
+        bar = progress(loader, total=len(sampler), desc=f"epoch {epoch} chunk {c}", unit="step",
+                       disable=not info.is_main)
         for images, layout in bar:
             loss, hard, soft = tuple_loss(cfg, self.forward, images, layout, precision=self.precision,
                                           device=info.device, teacher=self.teacher)

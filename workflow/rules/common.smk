@@ -1,6 +1,12 @@
 # Helpers shared by all rules: data sets, models, inputs and how to get them, training flags, torchrun.
+import csv
 import re
 import shlex
+
+import h5py
+
+from vpr.logged_warnings import logs_written_since, warnings_summary
+from vpr.whitening import count_problem
 
 RESULTS = "results"
 BASELINES = ("netvlad", "sare_ind", "sare_joint")
@@ -99,6 +105,41 @@ def used_datasets():
         names.append(TRAIN_SET)
     names += list(TEST_SETS.values())
     return list(dict.fromkeys(n for n in names if n))
+
+
+def training_descriptor_count():
+    """How many descriptors `vpr fit-pca` would sample from the training split, or None when that cannot be
+    known yet: from its index file when written, else at most the rows of its CSV (queries without a training
+    positive are dropped when indexing)."""
+    index = Path(index_file(TRAIN_SET))
+    if index.is_file():
+        try:
+            with h5py.File(index, "r") as f:
+                count = len(f["db/path"]) + len(f["query/path"])
+        except (OSError, KeyError):
+            return None
+    elif DATASETS[TRAIN_SET]["format"] == "csv" and Path(split_file(TRAIN_SET)).is_file():
+        with open(split_file(TRAIN_SET), newline="", encoding="utf-8-sig") as f:
+            count = max(sum(1 for row in csv.reader(f) if any(c.strip() for c in row)) - 1, 0)
+    else:
+        return None
+    return min(count, int(config["pca"]["samples"]))
+
+
+def check_pca_support():
+    """Refuse at start-up a PCA-whitening that the training split cannot support (the rule of `vpr fit-pca`,
+    vpr.whitening), when the number of training images is known already."""
+    if not TRAIN_SET or not any(fits_pca(m) for m in METHODS) or not config["pca"]["whiten"]:
+        return
+    n = training_descriptor_count()
+    if n is None or n < 2:
+        return
+    problem = count_problem(n, min(int(config["pca"]["dim"]), n - 1), True)
+    if problem:
+        config_error(config_source(), f"pca.dim: {problem} (training split {TRAIN_SET})")
+
+
+check_pca_support()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -311,6 +352,31 @@ def training_logs(method):
     if method == "sfrs":
         return {f"sfrs g{g}": f"{RESULTS}/train/sfrs/gen{g}/log.csv" for g in range(sfrs_generations())}
     return {method: f"{RESULTS}/train/{method}/log.csv"}
+
+
+def step_logs(method, test_set):
+    """The logs of every job whose output went into the numbers of `method` on `test_set` (for the table's
+    footnotes): data, centres, training, selection, PCA, extraction and evaluation."""
+    logs = [f"{RESULTS}/logs/synth.log"] if SYNTH else []
+    logs.append(f"{RESULTS}/logs/index/{TEST_SETS[test_set]}.log")
+    if method == OFF_THE_SHELF or method in TRAINED:
+        logs += [f"{RESULTS}/logs/index/{d}.log" for d in (TRAIN_SET, VAL_SET)]
+        if not config["model"].get("centers"):
+            logs.append(f"{RESULTS}/logs/cluster.log")
+    if method == OFF_THE_SHELF:
+        logs.append(f"{RESULTS}/logs/train/{OFF_THE_SHELF}.log")
+    elif method == "sfrs":
+        logs += [f"{RESULTS}/logs/train/sfrs_gen{g}.log" for g in range(sfrs_generations())]
+    elif method in TRAINED:
+        logs.append(f"{RESULTS}/logs/train/{method}.log")
+    if method in TRAINED:
+        logs.append(f"{RESULTS}/logs/select/{method}.log")
+    if fits_pca(method):
+        logs += [f"{RESULTS}/logs/index/{TRAIN_SET}.log", f"{RESULTS}/logs/extract/{method}__train.log",
+                 f"{RESULTS}/logs/pca/{method}.log"]
+    logs += [f"{RESULTS}/logs/extract/{method}_{test_set}.log",
+             f"{RESULTS}/logs/evaluate/{method}_{test_set}.log"]
+    return list(dict.fromkeys(logs))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -95,6 +95,8 @@ rule index:
                            f"{shlex.quote(split_file(wc.dataset))}"),
         root=lambda wc: DATASETS[wc.dataset]["root"],
         split=lambda wc: f"--split {index_split(wc.dataset)}" if index_split(wc.dataset) else "",
+        drop=lambda wc: ("--drop-unmatched-queries" if DATASETS[wc.dataset].get("drop_unmatched_queries")
+                         else ""),
     wildcard_constraints:
         dataset=alternatives(DATASETS),
     log:
@@ -103,7 +105,7 @@ rule index:
         "../envs/vpr.yaml"
     shell:
         "vpr index --format {params.format} {params.source} --root {params.root:q} {params.split} "
-        "--out {output} > {log} 2>&1"
+        "{params.drop} --out {output} > {log} 2>&1"
 
 
 rule cluster:

@@ -28,12 +28,16 @@ rule table:
     params:
         recall=" ".join(f"--recall {m} {t} {recall_file(m, t)}" for m in METHODS for t in TEST_SETS),
         compare=table_baseline(),
+        # the jobs' logs: a number computed by a step that logged a warning gets a footnote
+        step_logs=" ".join(f"--step-log {m} {t} {shlex.quote(log)}" for m in METHODS for t in TEST_SETS
+                           for log in step_logs(m, t)),
     log:
         f"{RESULTS}/logs/table.log",
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr table {params.recall} {params.compare} --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
+        "vpr table {params.recall} {params.compare} {params.step_logs} --out-md {output.md} "
+        "--out-csv {output.csv} > {log} 2>&1"
 
 
 rule plot_recall:
