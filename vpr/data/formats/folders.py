@@ -65,11 +65,13 @@ def _read_list(list_file: Path) -> list[str]:
         path = line.strip()
         if not path:
             continue
-        pure = PurePosixPath(path)
-        if pure.is_absolute() or ".." in pure.parts:
-            raise VprError(f"{list_file} line {line_no}: path {path!r} must be relative to the folder "
-                           f"{list_file.name[:-len(LIST_SUFFIX)]}/")
-        paths.append(str(pure))
+        if path.startswith("/") or ".." in path or "./" in path or "//" in path:   # rare: check, normalise
+            pure = PurePosixPath(path)
+            if pure.is_absolute() or ".." in pure.parts:
+                raise VprError(f"{list_file} line {line_no}: path {path!r} must be relative to the folder "
+                               f"{list_file.name[:-len(LIST_SUFFIX)]}/")
+            path = str(pure)
+        paths.append(path)
     return paths
 
 
@@ -117,7 +119,7 @@ def _role(folder: Path, root: Path, option: str, check_images: bool) -> tuple[li
     prefix = _relative_to(folder, root, option)
     coords = []
     for rel in names:
-        xy = parse_utm(PurePosixPath(rel).name)
+        xy = parse_utm(rel.rpartition("/")[2])
         if xy is None:
             where = "" if how == "walk" else f" (listed in {how})"
             raise VprError(f"{folder / rel}: file name is not @<utm_east>@<utm_north>@...@.jpg{where}; "
