@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from benchcommon import machine
+
 from vpr.data.formats.folders import read_folders
 
 

@@ -268,7 +268,8 @@ def plot_examples(index, topk: np.ndarray, queries: Sequence[int], out: str | os
 
 def _wrapped(label: str, width: int = 28) -> str:
     """``label`` with every line cut into pieces of at most ``width`` characters (long file names)."""
-    return "\n".join(line[i:i + width] for line in label.split("\n") for i in range(0, max(len(line), 1), width))
+    return "\n".join(line[i:i + width] for line in label.split("\n")
+                     for i in range(0, max(len(line), 1), width))
 
 
 def plot_query_matches(query_file: str | os.PathLike, match_files: Sequence[str | os.PathLike],
