@@ -16,7 +16,7 @@ default ROOT/database and ROOT/queries; without --root, ROOT is the folder holdi
 
 EXIF orientation: images of the csv and folders formats are read as a photo viewer shows them (their EXIF
 Orientation tag applied, recorded in the index); the paper formats as stored, as the reference reads them.
-The printout says how many images carry a rotation tag.
+For csv and folders the printout says how many images carry a rotation tag (read from the image headers).
 
 Examples:
   vpr index --format pitts --mat RAW/pitts30k_test.mat --root RAW --out index/pitts30k_test.h5
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         digest = sha256sum(source)
     records.extra_attrs["exif_orientation"] = args.format in EXIF_FORMATS
     rotated = None
-    if not args.skip_image_check:
+    if args.format in EXIF_FORMATS and not args.skip_image_check:   # opens every image: own photos only
         rotated = count_orientation_tags([args.root / p for p in records.db_path + records.query_path])
     summary = build_index(records, args.out, root=args.root, fmt=args.format, source=str(source),
                           source_sha256=digest, eval_radius=args.eval_radius,
@@ -117,10 +117,8 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['queries']} queries{dropped}; {summary['mean_positives']:.2f} positives per query "
           f"within {args.eval_radius:g} m on average; {elapsed:.1f} s")
     if rotated is not None:
-        how = ("applied" if args.format in EXIF_FORMATS
-               else "ignored: the paper formats read the pixels as stored, as the reference")
         print(f"{args.out}: {rotated} of {summary['db'] + len(records.query_path)} images carry an EXIF "
-              f"rotation tag ({how})")
+              "rotation tag (applied: images are read as a photo viewer shows them)")
     return 0
 
 
