@@ -116,8 +116,15 @@ def exif_orientation(path: str | os.PathLike) -> int:
 
 def count_orientation_tags(files: Sequence[str | os.PathLike]) -> int:
     """How many of ``files`` carry an EXIF Orientation tag that turns or mirrors the image (value 2..8);
-    reads only the headers."""
-    return sum(exif_orientation(f) != 1 for f in files)
+    reads only the headers. A file that is not a readable image counts as untagged (reading it fails
+    later, in the step that decodes it, with its own message)."""
+    count = 0
+    for f in files:
+        try:
+            count += exif_orientation(f) != 1
+        except VprError:
+            pass
+    return count
 
 
 def load_rgb(path: str | os.PathLike, exif_orientation: bool = False) -> Image.Image:
