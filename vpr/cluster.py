@@ -50,7 +50,8 @@ def sample_images(files: Sequence[str], num_images: int, seed: int) -> list[str]
 
 def local_descriptors(model: EmbedNet, files: Sequence[str], positions: Sequence[int], size: tuple[int, int],
                       per_image: int, seed: int, batch_size: int, workers: int, device: torch.device,
-                      progress: bool = True, precision: str | Precision = "fp32") -> np.ndarray:
+                      progress: bool = True, precision: str | Precision = "fp32",
+                      exif_orientation: bool = False) -> np.ndarray:
     """L2-normalised conv-map vectors: ``per_image`` distinct random locations from every image.
 
     ``positions[i]`` is the sample position of ``files[i]``; it seeds that image's location choice.
@@ -62,7 +63,7 @@ def local_descriptors(model: EmbedNet, files: Sequence[str], positions: Sequence
 
     precision = resolve_precision(precision, device)
     device = torch.device(device)
-    batches = image_batches(files, size, batch_size, workers, device)
+    batches = image_batches(files, size, batch_size, workers, device, exif_orientation=exif_orientation)
     model.eval().to(device)
     out = []
     with channels_last(model), torch.inference_mode():
@@ -95,10 +96,11 @@ def kmeans(descriptors: np.ndarray, k: int, iterations: int, seed: int) -> np.nd
 def cluster(model: EmbedNet, files: Sequence[str], out: str | os.PathLike, *, num_images: int = 500,
             per_image: int = 100, iterations: int = 100, seed: int = 43, batch_size: int = 16,
             workers: int = 2, info: distributed.DistInfo | None = None,
-            precision: str | Precision = "auto") -> dict:
+            precision: str | Precision = "auto", exif_orientation: bool = False) -> dict:
     """Sample, describe, cluster and write the centres file (rank 0); extraction is shared by all ranks.
 
     K is the model's (``model.config.num_clusters``). These defaults are those of `vpr cluster`.
+    ``exif_orientation``: turn images per their EXIF Orientation tag (as the index says).
     """
     import torch
 
@@ -111,7 +113,7 @@ def cluster(model: EmbedNet, files: Sequence[str], out: str | os.PathLike, *, nu
     shard = [i for i in distributed.shard(len(chosen), info.rank, info.world_size) if i < len(chosen)]
     local = local_descriptors(model, [chosen[i] for i in shard], shard, tuple(model.config.image_size),
                               per_image, seed, batch_size, workers, info.device, progress=info.is_main,
-                              precision=precision)
+                              precision=precision, exif_orientation=exif_orientation)
     parts = distributed.gather_objects(local)
     descriptors = np.concatenate([p for p in parts if len(p)])
     summary = {"images": len(chosen), "descriptors": len(descriptors), "dim": descriptors.shape[1]}

@@ -65,6 +65,7 @@ def extract_features(
     precision: str | Precision = "fp32",
     channels_last: bool = True,
     compile: bool = False,
+    exif_orientation: bool = False,
 ) -> np.ndarray:
     """Descriptors (N, D) float32, L2-normalised, row i for ``files[i]``.
 
@@ -77,7 +78,8 @@ def extract_features(
     ``precision`` (fp32, bf16, fp16, auto; see :mod:`vpr.precision`) is the autocast precision of the
     backbone; the NetVLAD head and the descriptors are float32 in every case. ``channels_last``
     runs the convolutions in channels-last layout; ``compile`` wraps the model in ``torch.compile``
-    (compiles once per image size; worth it for long runs on a GPU).
+    (compiles once per image size; worth it for long runs on a GPU). ``exif_orientation`` turns images
+    per their EXIF Orientation tag (an index's ``exif_orientation``, see :mod:`vpr.data.images`).
     """
     files = list(files)
     device = resolve_device(device)
@@ -96,7 +98,8 @@ def extract_features(
             stack.enter_context(torch.inference_mode())
             bar = stack.enter_context(progress(total=len(files), desc=desc or "", unit="img",
                                                disable=desc is None))
-            for images, idx in image_batches(files, size, batch_size, workers, device, shorter_side):
+            for images, idx in image_batches(files, size, batch_size, workers, device, shorter_side,
+                                             exif_orientation):
                 images = to_channels_last(images.to(device, non_blocking=True), channels_last)
                 with precision.autocast():
                     # float32 whatever the precision: the model's head runs with autocast off

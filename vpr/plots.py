@@ -214,10 +214,10 @@ def select_queries(success: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(chosen).astype(np.int64)
 
 
-def _thumbnail(path: Path) -> np.ndarray:
+def _thumbnail(path: Path, exif_orientation: bool = False) -> np.ndarray:
     from vpr.data.images import load_rgb
 
-    img = load_rgb(path)
+    img = load_rgb(path, exif_orientation)
     img.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     return np.asarray(img)
 
@@ -241,7 +241,7 @@ def plot_examples(index, topk: np.ndarray, queries: Sequence[int], out: str | os
     for row, q in enumerate(queries):
         positives = set(np.asarray(index.positives[q]).tolist())
         ax = axes[row, 0]
-        ax.imshow(_thumbnail(query_files[q]))
+        ax.imshow(_thumbnail(query_files[q], index.exif_orientation))
         _frame(ax, QUERY_COLOUR, 1.0)
         hit = [r for r in range(min(top, topk.shape[1])) if topk[q, r] in positives]
         status = f"first match: #{hit[0] + 1}" if hit else f"no match in top {top}"
@@ -252,7 +252,7 @@ def plot_examples(index, topk: np.ndarray, queries: Sequence[int], out: str | os
             if db < 0:
                 ax.axis("off")
                 continue
-            ax.imshow(_thumbnail(db_files[db]))
+            ax.imshow(_thumbnail(db_files[db], index.exif_orientation))
             ok = db in positives
             _frame(ax, MATCH_COLOUR if ok else WRONG_COLOUR, 5.0)
             label = f"#{r + 1}  db {db}"
@@ -263,4 +263,32 @@ def plot_examples(index, topk: np.ndarray, queries: Sequence[int], out: str | os
     where = f"within {radius:g} m of the query" if radius is not None else "a ground-truth positive"
     fig.suptitle(title or f"{index.path.name}: top-{top} retrievals (green frame: {where}; red: not)",
                  fontsize=10)
+    save_png(fig, out, dpi=100)
+
+
+def _wrapped(label: str, width: int = 28) -> str:
+    """``label`` with every line cut into pieces of at most ``width`` characters (long file names)."""
+    return "\n".join(line[i:i + width] for line in label.split("\n")
+                     for i in range(0, max(len(line), 1), width))
+
+
+def plot_query_matches(query_file: str | os.PathLike, match_files: Sequence[str | os.PathLike],
+                       out: str | os.PathLike, labels: Sequence[str], query_label: str,
+                       correct: Sequence[bool] | None = None, exif_orientation: bool = False) -> None:
+    """One query and its ranked matches in a row, each image titled with its label (file name, rank,
+    distance). With ``correct`` (ground truth known), matches are framed green (a positive) or red."""
+    n = len(match_files)
+    fig = _new_figure(2.3 * (n + 1), 2.8)
+    axes = np.asarray(fig.subplots(1, n + 1, squeeze=False))[0]
+    axes[0].imshow(_thumbnail(Path(query_file), exif_orientation))
+    _frame(axes[0], QUERY_COLOUR, 1.0)
+    axes[0].set_title(_wrapped(query_label), fontsize=7)
+    for r, (path, label) in enumerate(zip(match_files, labels, strict=True)):
+        ax = axes[r + 1]
+        ax.imshow(_thumbnail(Path(path), exif_orientation))
+        if correct is None:
+            _frame(ax, QUERY_COLOUR, 1.0)
+        else:
+            _frame(ax, MATCH_COLOUR if correct[r] else WRONG_COLOUR, 5.0)
+        ax.set_title(_wrapped(label), fontsize=7)
     save_png(fig, out, dpi=100)

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         files = [str(p) for p in index.query_files() + index.db_files()]
         summary = cluster(model, files, args.out, num_images=args.images, per_image=args.per_image,
                           iterations=args.iterations, seed=args.seed, batch_size=args.batch_size,
-                          workers=args.workers, info=info, precision=args.precision)
+                          workers=args.workers, info=info, precision=args.precision,
+                          exif_orientation=index.exif_orientation)
         if info.is_main:
             print(f"{args.out}: {args.num_clusters} centres from {summary['descriptors']} descriptors "
                   f"({summary['dim']}-d) of {summary['images']} images")

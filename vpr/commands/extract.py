@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     common = dict(batch_size=args.batch_size, workers=args.workers, device=device, precision=precision,
-                  compile=args.compile)
+                  compile=args.compile, exif_orientation=index.exif_orientation)
     db = extract_features(model, db_files, size, desc="database", **common)
     query = extract_features(model, query_files, size, shorter_side=shorter_side, desc="queries", **common)
     write_features(args.out, db, query, {

@@ -20,6 +20,7 @@ import dataclasses
 from pathlib import Path
 
 from vpr.commands.options import add_input, add_max_image_pixels, add_output_dir, parse_bool
+from vpr.errors import VprError
 from vpr.train.config import TrainConfig
 
 # What `vpr train` writes in its run directory: an input there matching these would be overwritten.
@@ -28,8 +29,9 @@ RUN_DIR_WRITES = ("*.pth", "log.csv")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("inputs and outputs")
-    add_input(io, "--train-index", required=True, help="index file of the training split (vpr index)")
-    add_input(io, "--val-index", required=True, help="index file of the validation split")
+    add_input(io, "--train-index", help="index file of the training split (vpr index); not needed with "
+              "--init-only")
+    add_input(io, "--val-index", help="index file of the validation split; not needed with --init-only")
     add_input(io, "--centers", required=True, help="NetVLAD centres file (vpr cluster, or the "
               "reference's *_desc_cen.hdf5)")
     add_input(io, "--trunk", help="pretrained trunk weights (<index>.weight/.bias, e.g. the "
@@ -41,7 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--root", help="data-set root overriding the one recorded in the index files")
     io.add_argument("--init-only", action="store_true",
                     help="write the initial model (trunk + NetVLAD from the centres, no training) to "
-                         "OUT/initial.pth and stop: the 'off-the-shelf' row of the results table")
+                         "OUT/initial.pth and stop: the 'off-the-shelf' row of the results table; needs no "
+                         "index, and a --trainable-from that does not fit the backbone is ignored")
     io.add_argument("--on-mismatch", choices=("refuse", "restart"), default="refuse",
                     help="when OUT holds a run of other options or other input files (by content), or a "
                          "finished run whose outputs cannot be recreated: refuse with an error naming what "
@@ -65,30 +68,49 @@ def configure(parser: argparse.ArgumentParser) -> None:
         opts.add_argument(flag, **kwargs)
 
 
+def _save_initial(cfg: TrainConfig, args: argparse.Namespace) -> int:
+    """--init-only: the starting point of training (the 'off-the-shelf' model), written by one process."""
+    from vpr import distributed
+    from vpr.train.trainer import save_initial_model
+
+    info = distributed.init()
+    try:
+        if info.is_main:
+            out = Path(args.out) / "initial.pth"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            save_initial_model(cfg, args.centers, args.trunk, out)
+            print(f"{out}: initial model (no training)")
+    finally:
+        distributed.cleanup()
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from vpr import distributed
     from vpr.data.index import Index
-    from vpr.errors import VprError
     from vpr.train.checkpointing import RunLock
     from vpr.train.config import make_config
     from vpr.train.trainer import Trainer
 
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     cfg = make_config(args.config, {k: getattr(args, k) for k in names if hasattr(args, k)})
+    if args.init_only:
+        return _save_initial(cfg, args)
+    if args.train_index is None or args.val_index is None:
+        raise VprError("training needs --train-index and --val-index (only --init-only does without)")
     info = distributed.init()
     lock = RunLock(Path(args.out))
     try:
         train_index = Index(args.train_index, root=args.root)
         val_index = Index(args.val_index, root=args.root)
-        if not args.init_only:
-            # Rank 0 holds the run directory for the whole run; its refusal stops every rank.
-            refusal = lock.acquire() if info.is_main else None
-            refusal = distributed.broadcast_object(refusal)
-            if refusal is not None:
-                raise VprError(refusal)
+        # Rank 0 holds the run directory for the whole run; its refusal stops every rank.
+        refusal = lock.acquire() if info.is_main else None
+        refusal = distributed.broadcast_object(refusal)
+        if refusal is not None:
+            raise VprError(refusal)
         trainer = Trainer(cfg, train_index, val_index, args.centers, args.out, trunk=args.trunk,
                           teacher=args.teacher, info=info, root=args.root)
-        return trainer.save_initial() if args.init_only else trainer.run(args.on_mismatch)
+        return trainer.run(args.on_mismatch)
     finally:
         lock.release()
         distributed.cleanup()

@@ -14,6 +14,12 @@ clustering): those batches from worker processes, a bad image reported as one cl
 Every image mode Pillow opens becomes 8-bit RGB with its content (:func:`to_rgb8`): 16-bit samples (modes
 ``I;16*`` and ``I``) are scaled to the nearest 8-bit level, floats (``F``) on the unit scale are multiplied by
 255, alpha is dropped, and the other modes use Pillow's own conversion.
+
+EXIF orientation: with ``exif_orientation=True`` an image carrying an EXIF Orientation tag (a phone photo
+stored sideways) is turned the way a photo viewer shows it (``PIL.ImageOps.exif_transpose``) before
+anything else, and its size is the turned size. The index records which behaviour applies (its attribute
+``exif_orientation``: on for the csv and folders formats, off for the paper formats, whose reference reads
+the stored pixels as they are); every step that loads an index's images follows it.
 """
 
 from __future__ import annotations
@@ -25,12 +31,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vpr.errors import VprError
 
 VGG_MEAN_RGB = (123.68, 116.779, 103.939)
+
+# EXIF tag number of Orientation; values 2..8 turn or mirror the image (1: as stored)
+EXIF_ORIENTATION = 0x0112
+# orientations that swap width and height (a quarter turn, possibly mirrored)
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
 
 # Exceptions PIL raises for files that are not images or are corrupt/truncated.
 _PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -112,11 +123,44 @@ def _open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
         raise VprError(f"{path}: unreadable or corrupt image ({err})") from err
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file into an 8-bit RGB PIL image (:func:`to_rgb8`); a missing, unreadable or
-    non-file path is a VprError naming it."""
+def _orientation(img: Image.Image) -> int:
+    """The EXIF Orientation value of an opened image (1 when absent or not a valid value); reads only
+    the header."""
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except _PIL_ERRORS:   # a damaged EXIF block: the pixels as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def exif_orientation(path: str | os.PathLike) -> int:
+    """The EXIF Orientation value of an image file (1..8; 1 = as stored, also when there is no tag),
+    read from its header without decoding the pixels."""
+    with _open_image(path) as img:
+        return _orientation(img)
+
+
+def count_orientation_tags(files: Sequence[str | os.PathLike]) -> int:
+    """How many of ``files`` carry an EXIF Orientation tag that turns or mirrors the image (value 2..8);
+    reads only the headers. A file that is not a readable image counts as untagged (reading it fails
+    later, in the step that decodes it, with its own message)."""
+    count = 0
+    for f in files:
+        try:
+            count += exif_orientation(f) != 1
+        except VprError:
+            pass
+    return count
+
+
+def load_rgb(path: str | os.PathLike, exif_orientation: bool = False) -> Image.Image:
+    """Decode an image file into an 8-bit RGB PIL image (:func:`to_rgb8`), turned per its EXIF
+    Orientation tag when ``exif_orientation``; a missing, unreadable or non-file path is a VprError
+    naming it."""
     with _open_image(path) as img:
         img.load()  # decodes the whole image, so truncation shows up here
+        if exif_orientation and _orientation(img) != 1:
+            img = ImageOps.exif_transpose(img)
         return to_rgb8(img)
 
 
@@ -131,10 +175,13 @@ def check_images_exist(files: Sequence[str | os.PathLike]) -> None:
         raise VprError(f"{missing[0]}: image not found ({len(missing)} of {len(files)} image(s) missing)")
 
 
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(H, W) of an image file, read from its header without decoding the pixels."""
+def image_size(path: str | os.PathLike, exif_orientation: bool = False) -> tuple[int, int]:
+    """(H, W) of an image file, read from its header without decoding the pixels; with
+    ``exif_orientation``, the size as shown (width and height swapped by a quarter-turn tag)."""
     with _open_image(path) as img:
         w, h = img.size
+        if exif_orientation and _orientation(img) in _TRANSPOSED_ORIENTATIONS:
+            w, h = h, w
     return h, w
 
 
@@ -175,16 +222,18 @@ class ImageListDataset(Dataset):
     """Images of a file list as network inputs; item ``i`` is ``(tensor (3, H, W), i)``.
 
     ``size=(H, W)`` resizes every image to that size; ``shorter_side=s`` resizes keeping the aspect
-    ratio; with neither, images keep their own size. Giving both is an error.
+    ratio; with neither, images keep their own size. Giving both is an error. ``exif_orientation``: turn
+    images per their EXIF Orientation tag (see the module docstring).
     """
 
     def __init__(self, files: Sequence[str | os.PathLike], size: tuple[int, int] | None = None,
-                 shorter_side: int | None = None):
+                 shorter_side: int | None = None, exif_orientation: bool = False):
         if size is not None and shorter_side is not None:
             raise ValueError("give either size or shorter_side, not both")
         self.files = [Path(f) for f in files]
         self.size = tuple(size) if size is not None else None
         self.shorter_side = shorter_side
+        self.exif_orientation = bool(exif_orientation)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -193,7 +242,7 @@ class ImageListDataset(Dataset):
         """(H, W) of item ``i``'s tensor; reads only the image header when it depends on the image."""
         if self.size is not None:
             return self.size
-        hw = image_size(self.files[i])
+        hw = image_size(self.files[i], self.exif_orientation)
         return shorter_side_size(hw, self.shorter_side) if self.shorter_side is not None else hw
 
     def transform(self, img: Image.Image) -> torch.Tensor:
@@ -204,7 +253,7 @@ class ImageListDataset(Dataset):
         return to_tensor(img)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_rgb(self.files[i])), i
+        return self.transform(load_rgb(self.files[i], self.exif_orientation)), i
 
 
 class SizeBucketBatchSampler(Sampler[list[int]]):
@@ -260,14 +309,14 @@ def _collate(items):
 
 
 def image_batches(files: Sequence[str | os.PathLike], size: tuple[int, int] | None, batch_size: int,
-                  workers: int, device: torch.device, shorter_side: int | None = None
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  workers: int, device: torch.device, shorter_side: int | None = None,
+                  exif_orientation: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(images (B, 3, H, W), row indices into files)`` batches, images of one output size per batch.
 
-    Resizing as in :class:`ImageListDataset`; loaded by ``workers`` processes. A missing or unreadable
-    image raises VprError naming it (in this process, not as a worker's traceback).
+    Resizing and EXIF orientation as in :class:`ImageListDataset`; loaded by ``workers`` processes. A
+    missing or unreadable image raises VprError naming it (in this process, not as a worker's traceback).
     """
-    dataset = ImageListDataset(files, size=size, shorter_side=shorter_side)
+    dataset = ImageListDataset(files, size=size, shorter_side=shorter_side, exif_orientation=exif_orientation)
     if dataset.size is not None:
         sizes = [dataset.size] * len(dataset)
     else:

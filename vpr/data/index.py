@@ -17,7 +17,8 @@ Layout (schema version 1; documented in README.md, "The index file"):
   attributes: kind ("vpr-index"), schema_version, fingerprint, format, split, eval_radius,
     train_pos_radius, train_neg_radius, source, source_sha256, root, num_dropped (all dropped queries),
     num_unmatched_dropped (those without an evaluation positive), and a reader's own (csv in degrees:
-    coords, utm_zone)
+    coords, utm_zone), and exif_orientation (true: the image loader applies each image's EXIF
+    Orientation tag; csv and folders formats)
 
 ``fingerprint`` identifies the content: the SHA-256 of every dataset above except ``dropped/*`` (paths,
 coordinates, places, ground truth), computed from the arrays themselves (:func:`index_fingerprint`), not
@@ -320,6 +321,12 @@ class Index:
     def fingerprint(self) -> str:
         """Hex SHA-256 of the index's content (see :func:`index_fingerprint`)."""
         return self.attrs["fingerprint"]
+
+    @property
+    def exif_orientation(self) -> bool:
+        """Whether its images are read turned per their EXIF Orientation tag (csv and folders formats;
+        absent in the paper formats' indexes and in indexes of earlier versions: as stored)."""
+        return bool(self.attrs.get("exif_orientation", False))
 
     @property
     def split(self) -> str:

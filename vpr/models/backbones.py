@@ -95,6 +95,12 @@ def default_trainable_from(name: str) -> str:
     return BACKBONES[name].default_trainable_from
 
 
+def backbone_choices(name: str) -> tuple[str, ...]:
+    """The ``trainable_from`` values of backbone ``name`` (raises VprError for an unknown backbone)."""
+    check_backbone(name, None)
+    return tuple(BACKBONES[name].frozen_modules)
+
+
 def check_backbone(name: str, trainable_from: str | None) -> None:
     """Raise VprError unless ``name`` is a registered backbone and ``trainable_from`` (if given) one of its
     choices."""

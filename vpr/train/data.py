@@ -47,23 +47,25 @@ def color_jitter(img: Image.Image, gen: torch.Generator) -> Image.Image:
 class TupleDataset(Dataset):
     """Item ``i`` = the images of ``tuples[i]``: [anchor, positive, negatives..., difficult positives...].
 
-    Returns ``(images (M, 3, H, W), number of negatives, number of difficult positives)``.
+    Returns ``(images (M, 3, H, W), number of negatives, number of difficult positives)``. Images are turned
+    per their EXIF Orientation tag when ``exif_orientation`` (the training index's attribute).
     """
 
     def __init__(self, tuples: Sequence[Tuple], query_files: Sequence[str | os.PathLike],
                  db_files: Sequence[str | os.PathLike], size: tuple[int, int], jitter: bool,
-                 seed_key: Sequence[int]):
+                 seed_key: Sequence[int], exif_orientation: bool = False):
         self.tuples = list(tuples)
         self.query_files, self.db_files = list(query_files), list(db_files)
         self.size = tuple(size)
         self.jitter = jitter
         self.seed_key = [int(k) for k in seed_key]
+        self.exif_orientation = exif_orientation
 
     def __len__(self) -> int:
         return len(self.tuples)
 
     def _load(self, path, gen: torch.Generator) -> torch.Tensor:
-        img = load_rgb(path)
+        img = load_rgb(path, self.exif_orientation)
         if self.jitter:
             img = color_jitter(img, gen)
         return to_tensor(resize_fixed(img, self.size))

@@ -27,6 +27,7 @@ from vpr.errors import VprError
 from vpr.evaluate import recall_at, search
 from vpr.extract import extract_features
 from vpr.models import EmbedNet, ModelConfig, build_model, load_model, load_trunk, save_model
+from vpr.models.backbones import backbone_choices
 from vpr.precision import resolve_precision
 from vpr.progress import progress
 from vpr.stats import interval_columns
@@ -51,15 +52,34 @@ from vpr.train.training_log import RECALL_AT, write_training_log
 log = logging.getLogger(__name__)
 
 
-def initial_model(cfg: TrainConfig, centers: str | Path, trunk: str | Path | None) -> EmbedNet:
-    """The starting point of every run and every SFRS generation: trunk weights + NetVLAD from centres."""
+def initial_model(cfg: TrainConfig, centers: str | Path, trunk: str | Path | None,
+                  training: bool = True) -> EmbedNet:
+    """The starting point of every run and every SFRS generation: trunk weights + NetVLAD from centres.
+
+    ``cfg.trainable_from`` only matters for training: with ``training=False`` a value that does not fit the
+    backbone (the vgg16 default conv5 for efficientnet_lite0) gives way to the backbone's default.
+    """
     torch.manual_seed(cfg.seed)
+    trainable_from = cfg.trainable_from
+    if not training and trainable_from not in backbone_choices(cfg.backbone):
+        trainable_from = None
     model = build_model(ModelConfig(backbone=cfg.backbone, num_clusters=cfg.num_clusters,
-                                    trainable_from=cfg.trainable_from, image_size=tuple(cfg.image_size)))
+                                    trainable_from=trainable_from, image_size=tuple(cfg.image_size)))
     if trunk is not None:
         load_trunk(model, trunk)
     centroids, descriptors = read_centers(centers, cfg.num_clusters, model.base_model.dim)
     model.init_netvlad(centroids, descriptors)
+    return model
+
+
+def save_initial_model(cfg: TrainConfig, centers: str | Path, trunk: str | Path | None, out: str | Path,
+                       **meta) -> EmbedNet:
+    """Write the untrained starting point (trunk + NetVLAD from ``centres``) as a checkpoint: the
+    'off-the-shelf' model. Needs no index; ``meta`` is stored beside the weights."""
+    model = initial_model(cfg, centers, trunk, training=False)
+    check_finite(model, "in the initial model (trunk and centres)")
+    save_model(out, model, **{"epoch": -1, "generation": cfg.generation, "method": cfg.method,
+                              "loss": cfg.loss, "train_config": cfg.to_dict(), **meta})
     return model
 
 
@@ -112,19 +132,22 @@ class Trainer:
         self._saved: dict | None = None   # rank 0's loaded state between deciding and restoring
 
     # ------------------------------------------------------------------ features
-    def describe(self, files: list[Path], desc: str) -> np.ndarray:
-        """Descriptors of ``files`` (raw VLAD, no PCA) on every rank; each rank extracts one slice."""
+    def describe(self, files: list[Path], desc: str, exif_orientation: bool) -> np.ndarray:
+        """Descriptors of ``files`` (raw VLAD, no PCA) on every rank; each rank extracts one slice.
+        ``exif_orientation``: the attribute of the index they come from."""
         n = len(files)
         mine = [files[i % n] for i in distributed.shard(n, self.info.rank, self.info.world_size)]
         local = extract_features(self.model, mine, tuple(self.cfg.image_size), self.cfg.test_batch_size,
                                  self.cfg.workers, device=self.info.device,
-                                 desc=desc if self.info.is_main else None, precision=self.extract_precision)
+                                 desc=desc if self.info.is_main else None, precision=self.extract_precision,
+                                 exif_orientation=exif_orientation)
         gathered = distributed.all_gather_rows(torch.from_numpy(local).to(self.info.device), n)
         return gathered.cpu().numpy()
 
     def validate(self) -> dict[int, float]:
-        db = self.describe(self.val_index.db_files(), "val: database")
-        q = self.describe(self.val_index.query_files(), "val: queries")
+        exif = self.val_index.exif_orientation
+        db = self.describe(self.val_index.db_files(), "val: database", exif)
+        q = self.describe(self.val_index.query_files(), "val: queries", exif)
         _, idx = search(db, q, max(RECALL_AT))
         return recall_at(idx, self.val_index.positives, RECALL_AT)
 
@@ -217,14 +240,6 @@ class Trainer:
         write_training_log(self.paths.log, self.state.history)
 
     # ------------------------------------------------------------------ loop
-    def save_initial(self) -> int:
-        """Write the starting point of training (the 'off-the-shelf' model of the results) and stop."""
-        check_finite(self.model, "in the initial model (trunk and centres)")
-        if self.info.is_main:
-            save_model(self.paths.out / "initial.pth", self.model, **self._meta(-1))
-            print(f"{self.paths.out / 'initial.pth'}: initial model (no training)")
-        return 0
-
     def run(self, on_mismatch: str = "refuse") -> int:
         """Train in the run directory (locked by the caller), resuming or starting as `start` decides."""
         info = self.info
@@ -263,8 +278,9 @@ class Trainer:
                 steps = cfg.iters or math.ceil(len(chunk) / g)
                 if st.tuples is None:
                     t0 = time.time()
-                    q_feats = self.describe(self.q_files, f"epoch {epoch} chunk {c}: train queries")
-                    db_feats = self.describe(self.db_files, f"epoch {epoch} chunk {c}: train database")
+                    exif = self.train_index.exif_orientation
+                    q_feats = self.describe(self.q_files, f"epoch {epoch} chunk {c}: train queries", exif)
+                    db_feats = self.describe(self.db_files, f"epoch {epoch} chunk {c}: train database", exif)
                     jac = None
                     if self.sfrs and cfg.generation >= 1:
                         jac = self.jaccard_rows(chunk, q_feats, db_feats)
@@ -290,7 +306,8 @@ class Trainer:
         cfg, info, st = self.cfg, self.info, self.state
         tuples: list[Tuple] = st.tuples
         dataset = TupleDataset(tuples, self.q_files, self.db_files, tuple(cfg.image_size), cfg.color_jitter,
-                               seed_key=[cfg.seed, cfg.generation, epoch, c])
+                               seed_key=[cfg.seed, cfg.generation, epoch, c],
+                               exif_orientation=self.train_index.exif_orientation)
         sampler = RankStepSampler(steps, info.rank, info.world_size, cfg.tuple_size, start_step=st.step)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
                             collate_fn=collate_tuples, pin_memory=info.device.type == "cuda")

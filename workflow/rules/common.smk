@@ -14,13 +14,15 @@ BASELINES = ("netvlad", "sare_ind", "sare_joint")
 # to restart; the workflow restarts, because Snakemake reruns a training job only when it decided to.
 TRAIN_ON_MISMATCH = "--on-mismatch restart"
 # Where each format keeps its images under the data-set root (what `vpr index` checks).
-IMAGE_FOLDERS = {"pitts": "Pittsburgh", "tokyo247": "tokyo247", "tokyotm": "tokyoTM", "csv": ""}
+IMAGE_FOLDERS = {"pitts": "Pittsburgh", "tokyo247": "tokyo247", "tokyotm": "tokyoTM", "csv": "", "folders": ""}
 IMAGE_CONTENT = {
     "pitts": "the Pittsburgh 250k images (Pittsburgh/images/<dbImageFn>, Pittsburgh/queries/<qImageFn>: "
              "the queries_real folder renamed)",
     "tokyo247": "the Tokyo 24/7 images (tokyo247/images/ with the .png database, tokyo247/query/)",
     "tokyotm": "the Tokyo Time Machine images (tokyoTM/images/)",
     "csv": "the images listed in the CSV, at their paths relative to this folder",
+    "folders": "the database and query folders of images named @<utm_east>@<utm_north>@...@.jpg "
+               "(the layout of VPR-datasets-downloader)",
 }
 DATA_PAGE = "https://www.di.ens.fr/willow/research/netvlad/"
 
@@ -46,8 +48,19 @@ def index_file(dataset):
 
 
 def split_file(dataset):
+    """The split's .mat or CSV file; None for the folders format (the image names hold the positions)."""
     entry = DATASETS[dataset]
-    return entry["csv"] if entry["format"] == "csv" else entry["mat"]
+    return None if entry["format"] == "folders" else entry["csv"] if entry["format"] == "csv" else entry["mat"]
+
+
+def index_source_flags(dataset):
+    """Where `vpr index` reads the split from: --mat, --csv, or the folders format's two folders."""
+    entry = DATASETS[dataset]
+    if entry["format"] == "folders":
+        root = Path(entry["root"])
+        return " ".join(f"--{key} {shlex.quote(str(root / entry.get(key, key)))}"
+                        for key in ("database", "queries"))
+    return f"--{'csv' if entry['format'] == 'csv' else 'mat'} {shlex.quote(split_file(dataset))}"
 
 
 def image_folder(dataset):
@@ -61,7 +74,7 @@ def index_split(dataset):
     entry = DATASETS[dataset]
     if "split" in entry:
         return entry["split"]
-    if entry["format"] == "csv":
+    if entry["format"] in ("csv", "folders"):
         return "train" if dataset == TRAIN_SET else "val" if dataset == VAL_SET else "test"
     return None
 
@@ -163,7 +176,8 @@ def needed_inputs():
     needed = {}
     for name in used_datasets():
         entry = DATASETS[name]
-        needed.setdefault(split_file(name), f"the {entry['format']} split file of data set {name}")
+        if split_file(name) is not None:
+            needed.setdefault(split_file(name), f"the {entry['format']} split file of data set {name}")
         needed.setdefault(image_folder(name), IMAGE_CONTENT[entry["format"]])
     if TRAINED or TEST_OFF_THE_SHELF:
         if config["model"].get("trunk"):
@@ -176,7 +190,8 @@ def needed_inputs():
 
 
 # The public data sets' own files: their access is described on the NetVLAD project page.
-DATA_FILES = {p for n in DATASETS if DATASETS[n]["format"] != "csv" for p in (split_file(n), image_folder(n))}
+DATA_FILES = {p for n in DATASETS if DATASETS[n]["format"] not in ("csv", "folders")
+              for p in (split_file(n), image_folder(n))}
 
 
 def download_sources():
@@ -386,7 +401,7 @@ def index_inputs(wildcards):
     """The split file and the image folder (by age ignored: adding images does not re-index)."""
     source, images = split_file(wildcards.dataset), image_folder(wildcards.dataset)
     inputs = {"images": ancient(images)}
-    if not (images in BY_HAND and inside(source, images)):   # else it comes with the folder
+    if source is not None and not (images in BY_HAND and inside(source, images)):   # else with the folder
         inputs["source"] = source
     return inputs
 

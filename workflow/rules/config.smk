@@ -126,6 +126,13 @@ def check_meaning(cfg, source):
                                  f"({', '.join(datasets)})")
 
     for name, entry in datasets.items():
+        if entry["format"] == "folders":
+            if "csv" in entry or "mat" in entry:
+                config_error(source, f"datasets.{name}: format folders reads the image names (no `csv:`, "
+                                     "no `mat:`)")
+            continue
+        if "database" in entry or "queries" in entry:
+            config_error(source, f"datasets.{name}: `database:` and `queries:` belong to format folders")
         want = "csv" if entry["format"] == "csv" else "mat"
         other = "mat" if want == "csv" else "csv"
         if want not in entry or other in entry:

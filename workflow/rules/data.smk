@@ -91,8 +91,7 @@ rule index:
         f"{RESULTS}/index/{{dataset}}.h5",
     params:
         format=lambda wc: DATASETS[wc.dataset]["format"],
-        source=lambda wc: (f"--{'csv' if DATASETS[wc.dataset]['format'] == 'csv' else 'mat'} "
-                           f"{shlex.quote(split_file(wc.dataset))}"),
+        source=lambda wc: index_source_flags(wc.dataset),
         root=lambda wc: DATASETS[wc.dataset]["root"],
         split=lambda wc: f"--split {index_split(wc.dataset)}" if index_split(wc.dataset) else "",
         drop=lambda wc: ("--drop-unmatched-queries" if DATASETS[wc.dataset].get("drop_unmatched_queries")

@@ -23,14 +23,21 @@ Formats and their identity (place id) rules:
   appearance, becomes queries and the others database; single-time-stamp locations are database only.
 * ``csv``: ``path,easting,northing,role`` (role ``db`` or ``query``), paths relative to ROOT; place = exact
   UTM, database and query places in separate namespaces.
+* ``folders`` (the downloaders' layout): a database and a query folder of images named
+  ``@<utm_east>@<utm_north>@...@.jpg``, found recursively or from a ``<folder>_images_paths.txt`` list beside
+  the folder; place = exact UTM, database and query places in separate namespaces.
+
+EXIF orientation (:mod:`vpr.data.images`): images of the ``csv`` and ``folders`` formats are read as a photo
+viewer shows them (their EXIF Orientation tag applied; the index attribute ``exif_orientation`` is true);
+the paper formats keep the reference's behaviour, the pixels as stored (tag ignored).
 
 Every reader keeps the file's image order, validates its input (fields, counts, shapes, finite
 coordinates, every image listed once and never both as database image and as query (TokyoTM train, whose
 queries are its database by design, excepted), images present on disk as files unless
 ``check_images=False``) and raises ``VprError`` naming the file and field. Readers never write anything.
 
-One module per format (``pitts``, ``tokyo247``, ``tokyotm``, ``custom_csv``); the ``dbStruct`` field parsing
-of the .mat formats is ``dbstruct``, the checks and numbering all readers share are ``checks``.
+One module per format (``pitts``, ``tokyo247``, ``tokyotm``, ``custom_csv``, ``folders``); the ``dbStruct``
+field parsing of the .mat formats is ``dbstruct``, the checks and numbering all readers share are ``checks``.
 """
 
 from __future__ import annotations
@@ -39,16 +46,20 @@ from collections.abc import Callable
 
 from vpr.data.formats.custom_csv import read_csv
 from vpr.data.formats.dbstruct import PITTS_FIELDS, TOKYOTM_FIELDS
+from vpr.data.formats.folders import read_folders
 from vpr.data.formats.pitts import read_pitts
 from vpr.data.formats.tokyo247 import read_tokyo247
 from vpr.data.formats.tokyotm import read_tokyotm
 from vpr.data.index import SplitRecords
 
-__all__ = ["FORMATS", "MAT_FORMATS", "PITTS_FIELDS", "READERS", "TOKYOTM_FIELDS", "read_csv", "read_pitts",
-           "read_tokyo247", "read_tokyotm"]
+__all__ = ["EXIF_FORMATS", "FORMATS", "MAT_FORMATS", "PITTS_FIELDS", "READERS", "TOKYOTM_FIELDS", "read_csv",
+           "read_folders", "read_pitts", "read_tokyo247", "read_tokyotm"]
 
 MAT_FORMATS = ("pitts", "tokyo247", "tokyotm")
-FORMATS = (*MAT_FORMATS, "csv")
+FORMATS = (*MAT_FORMATS, "csv", "folders")
+# formats whose images are read with their EXIF orientation applied (the paper formats: as stored)
+EXIF_FORMATS = ("csv", "folders")
+# READERS: the formats read from one split file (folders: read_folders, from two folders)
 READERS: dict[str, Callable[..., SplitRecords]] = {
     "pitts": read_pitts,
     "tokyo247": read_tokyo247,

@@ -122,6 +122,11 @@ def check_image_files(disk: DiskView, db_path: Sequence[str], q_path: Sequence[s
     check_same_files(disk, db_path, q_path, source, where)
 
 
+def _is_normal(path: str) -> bool:
+    """``path`` is already as PurePosixPath writes it (the common case, checked without building one)."""
+    return not ("//" in path or "/./" in path or path.startswith("./") or path.endswith(("/", "/.")))
+
+
 def check_distinct(db_path: Sequence[str], q_path: Sequence[str], source: str,
                     where: Callable[[str, int], str]) -> None:
     """Refuse an image listed twice in one role, or both as database and as query image.
@@ -133,7 +138,7 @@ def check_distinct(db_path: Sequence[str], q_path: Sequence[str], source: str,
     first: dict[str, tuple[str, int]] = {}
     for role, paths in (("db", db_path), ("query", q_path)):
         for i, path in enumerate(paths):
-            key = str(PurePosixPath(path))
+            key = path if _is_normal(path) else str(PurePosixPath(path))
             seen = first.setdefault(key, (role, i))
             if seen == (role, i):
                 continue

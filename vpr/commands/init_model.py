@@ -1,0 +1,86 @@
+"""Make a ready off-the-shelf model from a folder of photos: no coordinates, no index, no training.
+
+The backbone's trunk (efficientnet_lite0: the packaged ImageNet weights; vgg16: --trunk weights, e.g. the
+MatConvNet VGG16 conversion) plus a NetVLAD layer whose --num-clusters centres are k-means centres of conv
+descriptors of the given images (up to --max-images of them, a seeded sample; --per-image random locations
+each), exactly as `vpr cluster` + `vpr train --init-only` build the 'off-the-shelf' model of the results.
+Images are found recursively (.jpg, .jpeg, .png) and read with their EXIF orientation applied. The model
+file works wherever a checkpoint is accepted (`vpr describe`, `vpr retrieve`, `vpr extract`).
+
+Example:
+  vpr init-model --backbone efficientnet_lite0 --images photos/ --out model.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vpr.commands.options import add_input, add_output, non_negative_int, positive_int
+from vpr.precision import PRECISION_HELP, PRECISIONS
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_input(parser, "--images", required=True, type=Path, nargs="+", metavar="DIR",
+              help="folders of images the NetVLAD centres are clustered on (searched recursively)")
+    add_output(parser, "--out", required=True, type=Path, help="model file to write (.pth)")
+    parser.add_argument("--backbone", default="efficientnet_lite0",
+                        help="backbone: efficientnet_lite0 (ImageNet weights, offline), vgg16 (give --trunk) "
+                             "or small (random weights: tests only)")
+    add_input(parser, "--trunk", type=Path, help="pretrained trunk weights (<index>.weight/.bias); needed "
+              "for vgg16 to be of any use")
+    parser.add_argument("--num-clusters", type=positive_int, default=64, help="NetVLAD clusters K")
+    parser.add_argument("--image-size", type=positive_int, nargs=2, default=[480, 640], metavar=("H", "W"),
+                        help="image size of the model (clustering and, later, description)")
+    parser.add_argument("--max-images", type=positive_int, default=500,
+                        help="images sampled for the clustering (seeded; all of them when fewer)")
+    parser.add_argument("--per-image", type=positive_int, default=100,
+                        help="random locations taken per image")
+    parser.add_argument("--iterations", type=positive_int, default=100, help="k-means iterations")
+    parser.add_argument("--seed", type=non_negative_int, default=43,
+                        help="seed of the sampling, k-means and any random initialisation")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import tempfile
+    import time
+
+    import torch
+
+    from vpr import distributed
+    from vpr.cluster import cluster
+    from vpr.data.formats.folders import list_images
+    from vpr.extract import resolve_device
+    from vpr.models import ModelConfig, build_model, load_trunk
+    from vpr.train.config import make_config
+    from vpr.train.trainer import save_initial_model
+
+    start = time.perf_counter()
+    files = [str(folder / rel) for folder in args.images for rel in list_images(folder)[0]]
+    cfg = make_config(None, {"backbone": args.backbone, "num_clusters": args.num_clusters,
+                             "image_size": list(args.image_size), "seed": args.seed})
+    torch.manual_seed(args.seed)
+    model = build_model(ModelConfig(backbone=args.backbone, num_clusters=args.num_clusters,
+                                    image_size=tuple(args.image_size)))
+    if args.trunk:
+        load_trunk(model, args.trunk)
+    device = resolve_device(args.device)
+    info = distributed.DistInfo(0, 1, 0, device)
+    with tempfile.TemporaryDirectory(prefix="vpr-init-model-") as tmp:
+        centers = Path(tmp) / "centers.h5"
+        summary = cluster(model, files, centers, num_images=args.max_images,
+                          per_image=args.per_image, iterations=args.iterations, seed=args.seed,
+                          batch_size=args.batch_size, workers=args.workers, info=info,
+                          precision=args.precision, exif_orientation=True)
+        save_initial_model(cfg, centers, args.trunk, args.out, method="off-the-shelf",
+                           centers_from={"images": [str(d) for d in args.images],
+                                         "num_images": summary["images"], "per_image": args.per_image,
+                                         "seed": args.seed})
+    print(f"{args.out}: {args.backbone} trunk + NetVLAD ({args.num_clusters} centres from "
+          f"{summary['descriptors']} descriptors of {summary['images']} of {len(files)} images), "
+          f"image size {args.image_size[0]}x{args.image_size[1]}; {time.perf_counter() - start:.1f} s")
+    return 0
