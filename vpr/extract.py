@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from vpr import artifacts
 from vpr.data.images import check_images_exist, image_batches
+from vpr.distributed import gpu_report
 from vpr.errors import VprError
 from vpr.io import atomic_h5
 from vpr.precision import Precision, resolve_precision, to_channels_last
@@ -41,15 +42,19 @@ _READ_ROWS = 1024  # rows read from a features file at a time when sampling
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as a torch.device (default: CUDA when available, else CPU); VprError for an unusable one."""
-    if device is None:
+    """``device`` as a torch.device (None or "auto": CUDA when available, else CPU); VprError for an
+    unusable one, with what torch and faiss see (:func:`vpr.distributed.gpu_report`)."""
+    if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
     except RuntimeError as err:
         raise VprError(f"--device {device}: not a torch device ({err})") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VprError(f"--device {device}: CUDA is not available on this machine")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VprError(f"--device {device}: this process cannot use a GPU: {gpu_report()}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise VprError(f"--device {device}: there is no GPU {device.index}: {gpu_report()}")
     return device
 
 

@@ -1,0 +1,148 @@
+"""GPU paths made safe without a GPU: `--device cuda` fails at once and says what it sees, never two
+processes on one GPU, the srun launch needs both MASTER_* variables, resume does not depend on the GPU count.
+
+This machine has no GPU, so what torch reports about CUDA is patched in-process where a test needs a GPU to
+be "there" (``torch.cuda.is_available``/``device_count``); nothing is ever run on the patched device.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import pytest
+import torch
+from vprtest import run_vpr
+
+from vpr import distributed
+from vpr.errors import VprError
+
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_NTASKS", "SLURM_PROCID",
+               "SLURM_LOCALID", "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in LAUNCH_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def fake_gpus(monkeypatch, count: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_cuda_requested_without_a_usable_gpu_is_one_line_with_what_torch_and_faiss_see(clean_env):
+    clean_env.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    fake_gpus(clean_env, 0)
+    with pytest.raises(VprError) as err:
+        distributed.pick_device(0, "cuda")
+    msg = str(err.value)
+    assert "\n" not in msg
+    for part in (f"torch {torch.__version__}", f"CUDA build {torch.version.cuda}", "driver ",
+                 "CUDA_VISIBLE_DEVICES=0,1", "torch.cuda.device_count()=0", "faiss GPUs="):
+        assert part in msg, (part, msg)
+
+
+def test_auto_without_cuda_is_the_cpu_with_a_warning_when_slurm_gave_gpus(clean_env):
+    fake_gpus(clean_env, 0)
+    assert distributed.pick_device(0, "auto") == torch.device("cpu")
+    clean_env.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with pytest.warns(RuntimeWarning, match="--device cuda makes this an error"):
+        assert distributed.pick_device(0, "auto") == torch.device("cpu")
+    assert distributed.pick_device(3, "cpu", local_world=4) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("device", ["cuda", "auto"])
+def test_more_local_processes_than_gpus_names_both_numbers(clean_env, device):
+    # the issue's case: torchrun starts 4 ranks in a step that sees 1 GPU; rank 0 must not share cuda:0
+    fake_gpus(clean_env, 1)
+    with pytest.raises(VprError, match=r"^4 processes on this node but 1 visible GPU"):
+        distributed.pick_device(0, device, local_world=4)
+    fake_gpus(clean_env, 2)
+    with pytest.raises(VprError, match=r"^3 processes on this node but 2 visible GPU"):
+        distributed.pick_device(2, device, local_world=1)   # no LOCAL_WORLD_SIZE: the local rank bounds it
+
+
+def test_one_gpu_per_local_process(clean_env):
+    fake_gpus(clean_env, 4)
+    assert [distributed.pick_device(r, "cuda", local_world=4) for r in range(4)] == \
+        [torch.device("cuda", r) for r in range(4)]
+    # srun binding one GPU to each task: every task sees its own GPU as device 0
+    fake_gpus(clean_env, 1)
+    clean_env.setenv("SLURM_LOCALID", "3")
+    assert distributed.pick_device(3, "cuda") == torch.device("cuda", 0)
+
+
+def test_init_refuses_before_any_process_group(clean_env):
+    fake_gpus(clean_env, 1)
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "1"), ("LOCAL_WORLD_SIZE", "4"),
+                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1")):
+        clean_env.setenv(name, value)
+    with pytest.raises(VprError, match="4 processes on this node but 1 visible GPU"):
+        distributed.init(device="cuda", timeout_minutes=1)
+    assert not torch.distributed.is_initialized()
+
+
+def test_srun_launch_needs_master_port_as_well_as_master_addr(clean_env):
+    clean_env.setenv("SLURM_NTASKS", "2")
+    clean_env.setenv("SLURM_PROCID", "1")
+    clean_env.setenv("SLURM_LOCALID", "1")
+    assert distributed.read_env() == (0, 1, 0)   # neither: a single process inside a bigger job
+    clean_env.setenv("MASTER_ADDR", "node1")
+    with pytest.raises(VprError, match="MASTER_ADDR set but no MASTER_PORT"):
+        distributed.read_env()
+    clean_env.setenv("MASTER_PORT", "29511")
+    assert distributed.read_env() == (1, 2, 1)
+    clean_env.delenv("MASTER_ADDR")
+    with pytest.raises(VprError, match="MASTER_PORT set but no MASTER_ADDR"):
+        distributed.read_env()
+
+
+def test_vpr_train_and_extract_with_device_cuda_stop_at_once_without_a_gpu(tmp_path):
+    # real commands, as a GPU job on a node whose torch cannot use the GPU Slurm gave it
+    for name in ("train.h5", "val.h5", "centers.h5", "model.pth", "index.h5"):
+        (tmp_path / name).write_bytes(b"x")
+    env = {"CUDA_VISIBLE_DEVICES": "0"}
+    commands = [
+        ["train", "--device", "cuda", "--train-index", tmp_path / "train.h5", "--val-index",
+         tmp_path / "val.h5", "--centers", tmp_path / "centers.h5", "--out", tmp_path / "run"],
+        ["extract", "--device", "cuda", "--checkpoint", tmp_path / "model.pth", "--index",
+         tmp_path / "index.h5", "--out", tmp_path / "f.h5"],
+    ]
+    for args in commands:
+        start = time.monotonic()
+        proc = run_vpr(*args, check=False, env=env)
+        elapsed = time.monotonic() - start
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, proc.stderr
+        assert len(lines) == 1 and "cannot use a GPU" in lines[0] and "CUDA_VISIBLE_DEVICES=0" in lines[0]
+        assert "Traceback" not in proc.stderr and elapsed < 60   # torch import included, on a loaded machine
+    assert not (tmp_path / "run").exists() and not (tmp_path / "f.h5").exists()
+
+
+def test_resume_state_of_a_four_gpu_node_restores_on_a_node_with_fewer(monkeypatch):
+    from vpr.train.checkpointing import rng_state, set_rng_state
+
+    random.seed(5)
+    np.random.seed(6)
+    torch.manual_seed(7)
+    state = rng_state()
+    assert "cuda" not in state   # nothing is saved that depends on the GPU count
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    # a state written by an earlier version on a 4-GPU node, restored where one GPU is visible: the
+    # CUDA states must be left alone (torch.cuda.set_rng_state_all would raise IndexError)
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 4
+    fake_gpus(monkeypatch, 1)
+
+    def refuse(states):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", refuse)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    set_rng_state(state)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
