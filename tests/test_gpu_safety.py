@@ -146,3 +146,96 @@ def test_resume_state_of_a_four_gpu_node_restores_on_a_node_with_fewer(monkeypat
     torch.manual_seed(0)
     set_rng_state(state)
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+# ------------------------------------------------------------------------------ precision that says what ran
+
+def test_tf32_is_a_choice_for_cuda_only_and_runs_float32_tensors():
+    from vpr.precision import PRECISIONS, choose_precision
+
+    assert "tf32" in PRECISIONS
+    chosen = choose_precision("tf32", "cuda")
+    assert (chosen.name, chosen.reduced, str(chosen.dtype)) == ("tf32", False, "torch.float32")
+    with pytest.raises(VprError, match="--precision tf32: TF32 tensor-core maths is for CUDA devices only, "
+                                       "this device is cpu"):
+        choose_precision("tf32", "cpu")
+
+
+@pytest.mark.parametrize(("name", "tf32"),
+                         [("fp32", False), ("tf32", True), ("bf16", False), ("fp16", False)])
+def test_on_cuda_tf32_maths_is_on_exactly_for_tf32_and_restored_after(name, tf32):
+    # torch's own defaults (cuDNN convolutions in TF32) are what "fp32" used to run with
+    from vpr.precision import Precision
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.allow_tf32, matmul.allow_tf32)
+    try:
+        for outside in (True, False):
+            cudnn.allow_tf32 = matmul.allow_tf32 = outside
+            with Precision(name, "cuda").math():
+                assert (cudnn.allow_tf32, matmul.allow_tf32) == (tf32, tf32)
+            assert (cudnn.allow_tf32, matmul.allow_tf32) == (outside, outside)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = before
+
+
+def test_cpu_precisions_leave_the_cuda_settings_alone():
+    from vpr.precision import Precision
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    for name in ("fp32", "bf16"):
+        with Precision(name, "cpu").autocast():
+            assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+class BrightOverflows(torch.nn.Module):
+    """A model whose descriptor overflows to inf for bright images: what fp16 does to VGG16 activations."""
+
+    output_dim = 4
+
+    def forward(self, x):
+        mean = x.mean(dim=(1, 2, 3))
+        d = torch.stack([mean, mean + 1, mean + 2, mean + 3], dim=1)
+        return torch.where((mean > 0)[:, None], torch.full_like(d, float("inf")), d)
+
+
+def test_a_non_finite_descriptor_is_an_error_naming_the_image_and_the_precision(tmp_path):
+    from PIL import Image
+
+    from vpr.extract import extract_features
+
+    files = []
+    for i, value in enumerate((0, 0, 255, 0)):   # 0..255 minus the mean: dark < 0, white > 0
+        files.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (16, 12), (value,) * 3).save(files[-1])
+    with pytest.raises(VprError) as err:
+        extract_features(BrightOverflows(), files, (12, 16), batch_size=2, workers=0, device="cpu",
+                         precision="fp32")
+    assert str(err.value).startswith(f"{files[2]}: its descriptor has NaN or infinite values under precision "
+                                     "fp32 (1 of this batch of 2)"), err.value
+    ok = extract_features(BrightOverflows(), [files[0], files[1]], (12, 16), workers=0, device="cpu")
+    assert np.isfinite(ok).all()
+
+
+def test_vpr_extract_of_an_overflowing_checkpoint_names_the_image_and_writes_nothing(tmp_path, capsys):
+    from test_extract import SIZE, _make_dataset
+
+    from vpr.cli import main
+    from vpr.models import ModelConfig, build_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="small", image_size=SIZE)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 4 and "vlad" not in name.lower() and "pool" not in name.lower():
+                p.mul_(1e30)   # float32 tops out at 3.4e38: two such layers overflow
+    save_model(tmp_path / "huge.pth", model)
+    index, db_files, _ = _make_dataset(tmp_path)
+    out = tmp_path / "feat.h5"
+    rc = main(["extract", "--precision", "fp32", "--checkpoint", str(tmp_path / "huge.pth"), "--index",
+               str(index), "--out", str(out), "--batch-size", "2", "--workers", "0", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert f"{db_files[0]}: its descriptor has NaN or infinite values under precision fp32" in err[0]
+    assert not out.exists()
+

@@ -77,9 +77,10 @@ def extract_features(
     side is ``shorter_side`` (``size`` is then ignored). Images of equal output size share batches. The
     model runs in eval mode under ``torch.inference_mode()`` on ``device`` (default: CUDA when available);
     its train/eval mode and its parameters' memory layout are restored afterwards. A missing or unreadable
-    image raises VprError naming it.
+    image raises VprError naming it, and so does a descriptor with NaN or infinite values (naming the
+    precision: float16 overflows on large activations).
 
-    ``precision`` (fp32, bf16, fp16, auto; see :mod:`vpr.precision`) is the autocast precision of the
+    ``precision`` (fp32, tf32, bf16, fp16, auto; see :mod:`vpr.precision`) is the autocast precision of the
     backbone; the NetVLAD head and the descriptors are float32 in every case. ``channels_last``
     runs the convolutions in channels-last layout; ``compile`` wraps the model in ``torch.compile``
     (compiles once per image size; worth it for long runs on a GPU).
@@ -104,7 +105,14 @@ def extract_features(
                 images = to_channels_last(images.to(device, non_blocking=True), channels_last)
                 with precision.autocast():
                     # float32 whatever the precision: the model's head runs with autocast off
-                    desc_batch = F.normalize(forward(images).float(), p=2, dim=1)
+                    raw = forward(images).float()
+                finite = torch.isfinite(raw).all(dim=1).cpu()
+                if not bool(finite.all()):
+                    bad = files[int(idx[~finite][0])]
+                    raise VprError(f"{bad}: its descriptor has NaN or infinite values under precision "
+                                   f"{precision.name} ({int((~finite).sum())} of this batch of {len(idx)}); "
+                                   "fp16 overflows on large activations: use fp32, tf32 or bf16")
+                desc_batch = F.normalize(raw, p=2, dim=1)
                 if out is None:
                     out = np.empty((len(files), desc_batch.shape[1]), dtype=np.float32)
                 out[idx.numpy()] = desc_batch.cpu().numpy()

@@ -309,7 +309,8 @@ class Trainer:
                                f"iteration {st.step + 1}; stopped before the optimiser step, nothing saved "
                                "from this epoch; lower --lr (or check the inputs) and start again")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with self.precision.math():   # the backward convolutions too: fp32 is fp32 (TF32 off)
+                loss.backward()
             self.optimizer.step()
             st.step += 1
             st.loss_sum += step_loss

@@ -14,6 +14,7 @@ rule extract_train:
         batch=config["evaluate"]["batch_size"],
         workers=config["evaluate"]["workers"],
         precision=extract_precision(),
+        device=lambda wc, resources: device_flag(resources),
     threads: 2
     resources:
         gpu=1 if config["use_gpu"] else 0,
@@ -23,7 +24,7 @@ rule extract_train:
         "../envs/vpr.yaml"
     shell:
         "vpr extract --checkpoint {input.model:q} --index {input.index} --out {output} "
-        "--batch-size {params.batch} --workers {params.workers} {params.precision} > {log} 2>&1"
+        "--batch-size {params.batch} --workers {params.workers} {params.precision} {params.device} > {log} 2>&1"
 
 
 rule fit_pca:
@@ -57,6 +58,7 @@ rule extract_test:
         batch=config["evaluate"]["batch_size"],
         workers=config["evaluate"]["workers"],
         precision=extract_precision(),
+        device=lambda wc, resources: device_flag(resources),
     threads: 2
     resources:
         gpu=1 if config["use_gpu"] else 0,
@@ -66,7 +68,7 @@ rule extract_test:
         "../envs/vpr.yaml"
     shell:
         "vpr extract --checkpoint {input.model:q} {params.pca} --index {input.index} --out {output} "
-        "--batch-size {params.batch} --workers {params.workers} {params.precision} > {log} 2>&1"
+        "--batch-size {params.batch} --workers {params.workers} {params.precision} {params.device} > {log} 2>&1"
 
 
 rule evaluate:
