@@ -7,8 +7,13 @@ be "there" (``torch.cuda.is_available``/``device_count``); nothing is ever run o
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,3 +244,24 @@ def test_vpr_extract_of_an_overflowing_checkpoint_names_the_image_and_writes_not
     assert f"{db_files[0]}: its descriptor has NaN or infinite values under precision fp32" in err[0]
     assert not out.exists()
 
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_its_cpu_smoke_mode_and_writes_its_figures(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    proc = subprocess.run([str(script), "--cpu-smoke", "--out", str(tmp_path)], capture_output=True,
+                          text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    sections = results["sections"]
+    assert all(s["ok"] for s in sections.values()), {k: s.get("error") for k, s in sections.items()}
+    assert all(case["exit"] == 2 for case in sections["fail loudly"]["result"].values())
+    rows = sections["extraction"]["result"]["rows"]
+    # two independent implementations of the same fp32 descriptor: the plain loop and vpr's extraction
+    assert rows["plain fp32 loop (torch defaults)"]["cosine_to_vpr_fp32_min"] > 0.9999
+    assert all(r["images_per_s"] > 0 for r in rows.values())
+    training = sections["training step"]["result"]["rows"]
+    assert set(training) == {"netvlad fp32", "netvlad bf16", "sfrs fp32", "sfrs bf16"}
+    # faiss on the CPU against a float64 brute force written in the script: the same top-k everywhere
+    assert sections["retrieval"]["result"]["rows_identical"] == 1.0
+    assert "| extraction | ok |" in (tmp_path / "gpu_check.md").read_text()

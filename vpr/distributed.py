@@ -162,12 +162,16 @@ def barrier() -> None:
 
 
 def all_gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
-    """Concatenate equally sized row blocks from every rank in rank order and cut to ``total`` rows."""
+    """Concatenate equally sized row blocks from every rank in rank order and cut to ``total`` rows.
+
+    The blocks are received straight into one output tensor: the device holds one full matrix plus this
+    rank's block, not the blocks and their concatenation (two full matrices)."""
     if not (dist.is_available() and dist.is_initialized()):
         return local[:total]
-    blocks = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-    dist.all_gather(blocks, local.contiguous())
-    return torch.cat(blocks)[:total]
+    local = local.contiguous()
+    out = local.new_empty((dist.get_world_size() * local.shape[0], *local.shape[1:]))
+    dist.all_gather_single(out, local)
+    return out[:total]
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -119,13 +119,20 @@ class Trainer:
         local = extract_features(self.model, mine, tuple(self.cfg.image_size), self.cfg.test_batch_size,
                                  self.cfg.workers, device=self.info.device,
                                  desc=desc if self.info.is_main else None, precision=self.extract_precision)
-        gathered = distributed.all_gather_rows(torch.from_numpy(local).to(self.info.device), n)
-        return gathered.cpu().numpy()
+        gathered = distributed.all_gather_rows(torch.from_numpy(local).to(self.info.device), n).cpu().numpy()
+        if self.info.device.type == "cuda":
+            torch.cuda.empty_cache()   # the gather's device memory back to the driver (faiss allocates there)
+        return gathered
 
     def validate(self) -> dict[int, float]:
         db = self.describe(self.val_index.db_files(), "val: database")
         q = self.describe(self.val_index.query_files(), "val: queries")
-        _, idx = search(db, q, max(RECALL_AT))
+        # once, on rank 0 and its own device (not an index per rank, all on GPU 0); the others get the result
+        idx = None
+        if self.info.is_main:
+            device = self.info.device
+            _, idx = search(db, q, max(RECALL_AT), gpu=device.index if device.type == "cuda" else None)
+        idx = distributed.broadcast_object(idx)
         return recall_at(idx, self.val_index.positives, RECALL_AT)
 
     def jaccard_rows(self, anchors: list[int], q_feats: np.ndarray, db_feats: np.ndarray) -> dict:
