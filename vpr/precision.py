@@ -83,15 +83,17 @@ class Precision:
             return contextlib.nullcontext()
         return cuda_tf32(self.name == "tf32")
 
-    def autocast(self) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
         """:meth:`math`, plus autocast to this precision on its device type for bf16 and fp16."""
         import torch
 
-        stack = contextlib.ExitStack()
-        stack.enter_context(self.math())
-        if self.reduced:
-            stack.enter_context(torch.autocast(device_type=self.device_type, dtype=self.dtype))
-        return stack
+        with self.math():
+            if not self.reduced:
+                yield
+                return
+            with torch.autocast(device_type=self.device_type, dtype=self.dtype):
+                yield
 
     def __str__(self) -> str:
         return f"{self.name} ({self.reason})"
