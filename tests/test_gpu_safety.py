@@ -265,3 +265,38 @@ def test_the_gpu_check_runs_its_cpu_smoke_mode_and_writes_its_figures(tmp_path):
     # faiss on the CPU against a float64 brute force written in the script: the same top-k everywhere
     assert sections["retrieval"]["result"]["rows_identical"] == 1.0
     assert "| extraction | ok |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def _compare_on_two_ranks(rank: int, store: str, out: str, values: list) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        distributed.same_on_every_rank(values[rank], "the tuples", "one GPU model")
+        Path(out, str(rank)).write_text("same")
+    except VprError as err:
+        Path(out, str(rank)).write_text(str(err))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_tuples_that_differ_between_ranks_stop_every_rank(tmp_path):
+    # two real gloo processes; the second mined one negative differently (what float32 SFRS rows on GPUs of
+    # different models can do)
+    from torch.multiprocessing import spawn
+
+    from vpr.train.mining import Tuple
+
+    tuples = [Tuple(0, 5, (7, 8), ()), Tuple(1, 6, (9, 3), ())]
+    other = [tuples[0], Tuple(1, 6, (9, 4), ())]
+    for name, values in (("same", [tuples, list(tuples)]), ("differ", [tuples, other])):
+        out = tmp_path / name
+        out.mkdir()
+        spawn(_compare_on_two_ranks, args=(str(tmp_path / f"{name}.store"), str(out), values), nprocs=2)
+        results = [(out / str(r)).read_text() for r in range(2)]
+        if name == "same":
+            assert results == ["same", "same"]
+        else:
+            assert results == ["the tuples differ between ranks: rank(s) 1 disagree with rank 0; one GPU "
+                               "model"] * 2

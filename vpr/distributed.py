@@ -8,6 +8,7 @@ variables win when both are present (a torchrun inside a Slurm job is the normal
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import os
 import socket
@@ -207,6 +208,17 @@ def gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def same_on_every_rank(value, what: str, hint: str = "") -> None:
+    """VprError on every rank unless ``value`` is the same on all ranks (compared by the SHA-256 of its
+    ``repr``; one string per rank crosses the process group). ``what`` names the value in the message."""
+    digest = hashlib.sha256(repr(value).encode()).hexdigest()
+    digests = gather_objects(digest)
+    differing = [r for r, d in enumerate(digests) if d != digests[0]]
+    if differing:
+        raise VprError(f"{what} differ between ranks: rank(s) {', '.join(map(str, differing))} disagree with "
+                       f"rank 0{'; ' + hint if hint else ''}")
 
 
 def shard(n: int, rank: int, world: int) -> range:

@@ -278,6 +278,12 @@ class Trainer:
                     rng = np.random.default_rng([cfg.seed, cfg.generation, epoch, c])
                     mined = self.miner.mine(chunk, q_feats, db_feats, rng, jac, sfrs=self.sfrs)
                     st.tuples = [mined[i % len(mined)] for i in range(steps * g)]   # wrap-pad
+                    # every rank mined on its own: a difference (float32 SFRS rows on GPUs of different
+                    # models) would silently train on other tuples than a single process
+                    distributed.same_on_every_rank(
+                        st.tuples, f"the tuples mined for epoch {epoch}, chunk {c}",
+                        "SFRS's k-reciprocal rows are computed in float32 on each rank's device: train on "
+                        "GPUs of one model (and one software stack)")
                     st.mining_s += time.time() - t0
                 if self._train_chunk(epoch, c, steps, stop):
                     return 128 + stop.signum
