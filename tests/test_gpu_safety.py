@@ -106,6 +106,7 @@ def test_srun_launch_needs_master_port_as_well_as_master_addr(clean_env):
         distributed.read_env()
 
 
+@pytest.mark.slow   # two real vpr processes (torch import each)
 def test_vpr_train_and_extract_with_device_cuda_stop_at_once_without_a_gpu(tmp_path):
     # real commands, as a GPU job on a node whose torch cannot use the GPU Slurm gave it
     for name in ("train.h5", "val.h5", "centers.h5", "model.pth", "index.h5"):
