@@ -57,7 +57,7 @@ def test_explicit_choices_pass_through_and_bad_ones_are_refused():
     assert choose_precision("fp16", "cuda").dtype == torch.float16
     with pytest.raises(VprError, match="fp16: float16 autocast is for CUDA devices only"):
         choose_precision("fp16", "cpu", flags={"avx512_bf16"})
-    with pytest.raises(VprError, match="--precision half: not one of auto, fp32, bf16, fp16"):
+    with pytest.raises(VprError, match="--precision half: not one of auto, fp32, tf32, bf16, fp16"):
         choose_precision("half", "cpu")
 
 
@@ -286,7 +286,7 @@ def test_train_config_precision_fields(tmp_path):
     with pytest.raises(VprError, match="precision: fp16 training needs gradient scaling"):
         make_config(None, {"precision": "fp16"})
     (tmp_path / "c.yaml").write_text("precision: double\n")
-    with pytest.raises(VprError, match="precision: 'double' is not one of auto, fp32, bf16"):
+    with pytest.raises(VprError, match="precision: 'double' is not one of auto, fp32, tf32, bf16"):
         make_config(tmp_path / "c.yaml")
 
 

@@ -22,9 +22,11 @@ from vprtest import VPR, run_vpr
 from vpr.models import load_model
 
 SMALL = ["--backbone", "small", "--image-size", "96", "128"]
+# --device cpu: the equalities below are CPU ones (1e-5), and two processes on a one-GPU machine must not
+# share it (gloo on the CPU, as on a machine without a GPU)
 TRAIN = [*SMALL, "--num-clusters", "8", "--trainable-from", "full", "--neg-num", "3", "--neg-pool", "30",
          "--cache-size", "6", "--workers", "0", "--test-batch-size", "16", "--pos-num", "3",
-         "--pos-pool", "6", "--rerank-k1", "4", "--lr", "0.01"]
+         "--pos-pool", "6", "--rerank-k1", "4", "--lr", "0.01", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

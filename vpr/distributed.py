@@ -8,6 +8,7 @@ variables win when both are present (a torchrun inside a Slurm job is the normal
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import os
 import socket
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from vpr.devices import DEVICES
+from vpr.errors import VprError
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +53,80 @@ def read_env() -> tuple[int, int, int]:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return (_env_int("RANK", default=0), _env_int("WORLD_SIZE", default=1),
                 _env_int("LOCAL_RANK", default=0))
-    if os.environ.get("SLURM_NTASKS") and int(os.environ["SLURM_NTASKS"]) > 1 and "MASTER_ADDR" in os.environ:
-        return (_env_int("SLURM_PROCID", default=0), _env_int("SLURM_NTASKS", default=1),
-                _env_int("SLURM_LOCALID", default=0))
+    if os.environ.get("SLURM_NTASKS") and int(os.environ["SLURM_NTASKS"]) > 1:
+        given = [name for name in ("MASTER_ADDR", "MASTER_PORT") if os.environ.get(name)]
+        if len(given) == 2:
+            return (_env_int("SLURM_PROCID", default=0), _env_int("SLURM_NTASKS", default=1),
+                    _env_int("SLURM_LOCALID", default=0))
+        if given:
+            missing = "MASTER_PORT" if given == ["MASTER_ADDR"] else "MASTER_ADDR"
+            raise VprError(f"srun started {os.environ['SLURM_NTASKS']} tasks with {given[0]} set but no "
+                           f"{missing}: export both (e.g. MASTER_PORT=$((29500 + SLURM_JOB_ID % 10000))), "
+                           "or launch with torchrun")
     return 0, 1, 0
 
 
-def pick_device(local_rank: int) -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if os.environ.get("CUDA_VISIBLE_DEVICES"):
-        # Slurm sets CUDA_VISIBLE_DEVICES for --gpus even where no CUDA exists (test clusters, CPU nodes).
-        warnings.warn(f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']} is set but CUDA is not "
-                      "available; running on the CPU with the gloo backend", RuntimeWarning, stacklevel=2)
-    return torch.device("cpu")
+def driver_version() -> str:
+    """The NVIDIA kernel driver's version as the driver reports it ("unknown" without one)."""
+    try:
+        text = open("/proc/driver/nvidia/version").read()
+    except OSError:
+        return "unknown"
+    words = text.split()
+    # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.86.15  ..."
+    return next((w for w in words if w[:1].isdigit() and w.count(".") >= 1), "unknown")
+
+
+def gpu_report() -> str:
+    """One line: what this process can see of the GPUs (torch, its CUDA build, the driver, faiss)."""
+    try:
+        import faiss
+
+        faiss_gpus = str(faiss.get_num_gpus()) if hasattr(faiss, "StandardGpuResources") else "no GPU build"
+    except Exception as err:  # faiss missing or its CUDA libraries broken: say so, do not hide the rest
+        faiss_gpus = f"unavailable ({type(err).__name__})"
+    return (f"torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'}), driver "
+            f"{driver_version()}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}, "
+            f"torch.cuda.is_available()={torch.cuda.is_available()}, "
+            f"torch.cuda.device_count()={torch.cuda.device_count()}, faiss GPUs={faiss_gpus}")
+
+
+def local_world_size() -> int:
+    """Processes on this node as torchrun states it (LOCAL_WORLD_SIZE); else 1 (the local rank then bounds
+    the count from below: srun's per-node task counts are not uniform)."""
+    return max(_env_int("LOCAL_WORLD_SIZE", default=1), 1)
+
+
+def pick_device(local_rank: int, device: str = "auto", local_world: int = 1) -> torch.device:
+    """The device of the process with ``local_rank`` among ``local_world`` processes on its node.
+
+    ``cuda``: GPU ``local_rank``, or VprError with :func:`gpu_report` when torch cannot use a GPU or there
+    are fewer visible GPUs than local processes (never two processes on one GPU). ``auto``: the same on a
+    machine where torch sees a GPU, else the CPU. ``cpu``: the CPU. A process that sees exactly one GPU
+    while it is one of several (srun binding one GPU to each task) uses that GPU.
+    """
+    if device not in DEVICES:
+        raise VprError(f"--device {device}: not one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if device == "cuda":
+            raise VprError(f"--device cuda: this process cannot use a GPU: {gpu_report()}")
+        if os.environ.get("CUDA_VISIBLE_DEVICES"):
+            # Slurm sets CUDA_VISIBLE_DEVICES for --gpus even where no CUDA exists (test clusters, CPU nodes).
+            warnings.warn(f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']} is set but CUDA is "
+                          "not available; running on the CPU with the gloo backend (--device cuda makes "
+                          "this an error)", RuntimeWarning, stacklevel=2)
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    per_task_gpu = count == 1 and "RANK" not in os.environ and "SLURM_LOCALID" in os.environ
+    if per_task_gpu:
+        return torch.device("cuda", 0)
+    if max(local_world, local_rank + 1) > count:
+        raise VprError(f"{max(local_world, local_rank + 1)} processes on this node but {count} visible "
+                       f"GPU(s): one process per GPU (start fewer processes, ask Slurm for more GPUs per "
+                       f"node, or --device cpu); {gpu_report()}")
+    return torch.device("cuda", local_rank)
 
 
 def compute_device(device: str | torch.device | None = None) -> torch.device:
@@ -74,10 +138,12 @@ def compute_device(device: str | torch.device | None = None) -> torch.device:
         else torch.device("cpu")
 
 
-def init(timeout_minutes: int = 60) -> DistInfo:
-    """Initialise the default process group when launched with several processes; idempotent."""
+def init(timeout_minutes: int = 60, device: str = "auto") -> DistInfo:
+    """Initialise the default process group when launched with several processes; idempotent.
+
+    ``device`` (auto, cuda, cpu; see :func:`pick_device`) is checked before anything else is done."""
     rank, world, local_rank = read_env()
-    device = pick_device(local_rank)
+    device = pick_device(local_rank, device, local_world_size())
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -97,12 +163,16 @@ def barrier() -> None:
 
 
 def all_gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
-    """Concatenate equally sized row blocks from every rank in rank order and cut to ``total`` rows."""
+    """Concatenate equally sized row blocks from every rank in rank order and cut to ``total`` rows.
+
+    The blocks are received straight into one output tensor: the device holds one full matrix plus this
+    rank's block, not the blocks and their concatenation (two full matrices)."""
     if not (dist.is_available() and dist.is_initialized()):
         return local[:total]
-    blocks = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-    dist.all_gather(blocks, local.contiguous())
-    return torch.cat(blocks)[:total]
+    local = local.contiguous()
+    out = local.new_empty((dist.get_world_size() * local.shape[0], *local.shape[1:]))
+    dist.all_gather_single(out, local)
+    return out[:total]
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
@@ -138,6 +208,17 @@ def gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def same_on_every_rank(value, what: str, hint: str = "") -> None:
+    """VprError on every rank unless ``value`` is the same on all ranks (compared by the SHA-256 of its
+    ``repr``; one string per rank crosses the process group). ``what`` names the value in the message."""
+    digest = hashlib.sha256(repr(value).encode()).hexdigest()
+    digests = gather_objects(digest)
+    differing = [r for r, d in enumerate(digests) if d != digests[0]]
+    if differing:
+        raise VprError(f"{what} differ between ranks: rank(s) {', '.join(map(str, differing))} disagree with "
+                       f"rank 0{'; ' + hint if hint else ''}")
 
 
 def shard(n: int, rank: int, world: int) -> range:

@@ -35,9 +35,11 @@ def _use_faiss_gpu(k: int) -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0 and k <= _FAISS_GPU_MAX_K
 
 
-def search(db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(db: np.ndarray, queries: np.ndarray, k: int, gpu: int | None = 0) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest database rows of every query row by squared L2 distance.
 
+    ``gpu``: the GPU of the faiss index when faiss sees GPUs (faiss numbers them as torch does, in
+    CUDA_VISIBLE_DEVICES order: pass a process's own ``torch.device.index``); None: the CPU.
     Returns ``(dist, idx)``: float32 and int64 arrays of shape (Nq, min(k, Ndb)), nearest first.
     """
     import faiss
@@ -49,9 +51,11 @@ def search(db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.
     k = min(int(k), db.shape[0])
     if k < 1:
         raise ValueError("k must be positive and the database non-empty")
-    if _use_faiss_gpu(k):
+    if gpu is not None and _use_faiss_gpu(k):
+        if not 0 <= gpu < faiss.get_num_gpus():
+            raise ValueError(f"GPU {gpu} asked for, faiss sees {faiss.get_num_gpus()}")
         resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, 0, faiss.IndexFlatL2(db.shape[1]))
+        index = faiss.index_cpu_to_gpu(resources, gpu, faiss.IndexFlatL2(db.shape[1]))
         index.add(db)
         dist, idx = index.search(queries, k)
     else:

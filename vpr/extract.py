@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from vpr import artifacts
 from vpr.data.images import check_images_exist, image_batches
+from vpr.distributed import gpu_report
 from vpr.errors import VprError
 from vpr.io import atomic_h5
 from vpr.precision import Precision, resolve_precision, to_channels_last
@@ -41,15 +42,19 @@ _READ_ROWS = 1024  # rows read from a features file at a time when sampling
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as a torch.device (default: CUDA when available, else CPU); VprError for an unusable one."""
-    if device is None:
+    """``device`` as a torch.device (None or "auto": CUDA when available, else CPU); VprError for an
+    unusable one, with what torch and faiss see (:func:`vpr.distributed.gpu_report`)."""
+    if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
     except RuntimeError as err:
         raise VprError(f"--device {device}: not a torch device ({err})") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VprError(f"--device {device}: CUDA is not available on this machine")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VprError(f"--device {device}: this process cannot use a GPU: {gpu_report()}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise VprError(f"--device {device}: there is no GPU {device.index}: {gpu_report()}")
     return device
 
 
@@ -73,9 +78,10 @@ def extract_features(
     side is ``shorter_side`` (``size`` is then ignored). Images of equal output size share batches. The
     model runs in eval mode under ``torch.inference_mode()`` on ``device`` (default: CUDA when available);
     its train/eval mode and its parameters' memory layout are restored afterwards. A missing or unreadable
-    image raises VprError naming it.
+    image raises VprError naming it, and so does a descriptor with NaN or infinite values (naming the
+    precision: float16 overflows on large activations).
 
-    ``precision`` (fp32, bf16, fp16, auto; see :mod:`vpr.precision`) is the autocast precision of the
+    ``precision`` (fp32, tf32, bf16, fp16, auto; see :mod:`vpr.precision`) is the autocast precision of the
     backbone; the NetVLAD head and the descriptors are float32 in every case. ``channels_last``
     runs the convolutions in channels-last layout; ``compile`` wraps the model in ``torch.compile``
     (compiles once per image size; worth it for long runs on a GPU). ``exif_orientation`` turns images
@@ -103,7 +109,14 @@ def extract_features(
                 images = to_channels_last(images.to(device, non_blocking=True), channels_last)
                 with precision.autocast():
                     # float32 whatever the precision: the model's head runs with autocast off
-                    desc_batch = F.normalize(forward(images).float(), p=2, dim=1)
+                    raw = forward(images).float()
+                finite = torch.isfinite(raw).all(dim=1).cpu()
+                if not bool(finite.all()):
+                    bad = files[int(idx[~finite][0])]
+                    raise VprError(f"{bad}: its descriptor has NaN or infinite values under precision "
+                                   f"{precision.name} ({int((~finite).sum())} of this batch of {len(idx)}); "
+                                   "fp16 overflows on large activations: use fp32, tf32 or bf16")
+                desc_batch = F.normalize(raw, p=2, dim=1)
                 if out is None:
                     out = np.empty((len(files), desc_batch.shape[1]), dtype=np.float32)
                 out[idx.numpy()] = desc_batch.cpu().numpy()

@@ -1,8 +1,12 @@
 """Numeric precision and memory layout of the convolutional forward pass (extraction, mining, training).
 
-``--precision`` is one of ``fp32 | bf16 | fp16 | auto``:
+``--precision`` is one of ``fp32 | tf32 | bf16 | fp16 | auto``:
 
-* ``fp32``: plain float32 everywhere.
+* ``fp32``: plain float32 everywhere. On CUDA this includes the convolutions and matrix products: TF32 (the
+  10-bit-mantissa tensor-core mode torch's cuDNN convolutions use by default on Ampere and newer) is
+  switched off inside the precision's block, so a features file that says fp32 was computed in fp32.
+* ``tf32``: CUDA only: float32 tensors, with TF32 tensor-core maths allowed in convolutions and matrix
+  products (faster on Ampere and newer, about 1e-3 relative error per product).
 * ``bf16``: the backbone runs under ``torch.autocast`` with bfloat16 (CPU or CUDA).
 * ``fp16``: float16 autocast, CUDA only (on the CPU float16 convolutions are slow and not what autocast
   is for).
@@ -40,19 +44,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # torch is imported inside the functions: the command modules import the constants for their --help.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+_DTYPE_NAMES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+CUDA_ONLY = {"tf32": "TF32 tensor-core maths", "fp16": "float16 autocast"}
 # /proc/cpuinfo flags of x86 CPUs with native bfloat16 matrix instructions, fastest first.
 _CPU_BF16_FLAGS = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"))
 
-PRECISION_HELP = ("numeric precision of the backbone: fp32, bf16 (CPU or CUDA), fp16 (CUDA only) or auto "
-                  "(bf16 on a CUDA GPU with bfloat16 or a CPU with AMX-BF16/AVX512-BF16, else fp32); the "
-                  "NetVLAD head and the descriptors stay float32")
+PRECISION_HELP = ("numeric precision of the backbone: fp32 (TF32 off on CUDA), tf32 (CUDA only: float32 with "
+                  "TF32 tensor cores), bf16 (CPU or CUDA), fp16 (CUDA only) or auto (bf16 on a CUDA GPU with "
+                  "bfloat16 or a CPU with AMX-BF16/AVX512-BF16, else fp32); the NetVLAD head and the "
+                  "descriptors stay float32 (TF32 off)")
 
 
 @dataclass(frozen=True)
 class Precision:
-    """A resolved precision: ``name`` is fp32, bf16 or fp16; ``reason`` says why (for the log)."""
+    """A resolved precision: ``name`` is fp32, tf32, bf16 or fp16; ``reason`` says why (for the log)."""
 
     name: str
     device_type: str
@@ -67,18 +73,45 @@ class Precision:
     @property
     def reduced(self) -> bool:
         """True when the backbone runs under autocast (bf16 or fp16)."""
-        return self.name != "fp32"
+        return self.name in ("bf16", "fp16")
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast to this precision on its device type; a no-op for fp32."""
+    def math(self) -> contextlib.AbstractContextManager:
+        """A block whose float32 convolutions and matrix products are what the name says: on CUDA, TF32
+        allowed for tf32 only (off for fp32, and for the float32 parts of bf16/fp16); elsewhere a no-op.
+        The backward pass of training runs in this block too."""
+        if self.device_type != "cuda":
+            return contextlib.nullcontext()
+        return cuda_tf32(self.name == "tf32")
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """:meth:`math`, plus autocast to this precision on its device type for bf16 and fp16."""
         import torch
 
-        if not self.reduced:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+        with self.math():
+            if not self.reduced:
+                yield
+                return
+            with torch.autocast(device_type=self.device_type, dtype=self.dtype):
+                yield
 
     def __str__(self) -> str:
         return f"{self.name} ({self.reason})"
+
+
+@contextlib.contextmanager
+def cuda_tf32(allowed: bool) -> Iterator[None]:
+    """TF32 in CUDA convolutions (cuDNN) and matrix products allowed or not inside the block; the previous
+    settings are restored after it."""
+    import torch
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.allow_tf32, matmul.allow_tf32 = allowed, allowed
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = before
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
@@ -111,9 +144,9 @@ def choose_precision(requested: str, device_type: str, *, flags: Iterable[str] |
     """
     if requested not in PRECISIONS:
         raise VprError(f"--precision {requested}: not one of {', '.join(PRECISIONS)}")
-    if requested == "fp16" and device_type != "cuda":
-        raise VprError(f"--precision fp16: float16 autocast is for CUDA devices only, this device is "
-                       f"{device_type}; use bf16 or fp32")
+    if requested in CUDA_ONLY and device_type != "cuda":
+        raise VprError(f"--precision {requested}: {CUDA_ONLY[requested]} is for CUDA devices only, this "
+                       f"device is {device_type}; use bf16 or fp32")
     if requested != "auto":
         return Precision(requested, device_type)
     if device_type == "cuda":

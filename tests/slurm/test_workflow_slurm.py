@@ -276,9 +276,10 @@ def test_training_on_two_nodes_equals_one_process_with_the_same_global_batch(slu
     command = re.search(r"^Shell command: (srun .*)$", text, re.M)
     assert command, text
     command = command.group(1)
-    assert command.startswith("srun --nodes=2 --ntasks-per-node=1 --kill-on-bad-exit=1 torchrun --nnodes=2 "
-                              "--nproc-per-node=1 --rdzv-backend=c10d --rdzv-endpoint=$(scontrol show "
-                              "hostnames "), command
+    assert command.startswith("srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=1 --gres=gpu:1 "
+                              "--kill-on-bad-exit=1 torchrun --nnodes=2 --nproc-per-node=1 "
+                              "--rdzv-backend=c10d --rdzv-endpoint=$(scontrol show hostnames "), command
+    assert ":$((29500 + SLURM_JOB_ID % 10000)) --rdzv-id=$SLURM_JOB_ID " in command, command
 
     [job] = sacct_jobs(cluster, run_id(text))
     assert (job["Comment"], job["State"], job["NodeList"]) == (

@@ -15,6 +15,7 @@ import inspect
 
 from vpr.cluster import cluster
 from vpr.commands.options import add_input, add_max_image_pixels, add_output, non_negative_int, positive_int
+from vpr.devices import DEVICE_HELP, DEVICES
 from vpr.precision import PRECISION_HELP, PRECISIONS
 from vpr.train.config import TrainConfig
 
@@ -51,17 +52,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="DataLoader worker processes")
     parser.add_argument("--root", help="data-set root overriding the one recorded in the index file")
     parser.add_argument("--precision", choices=PRECISIONS, default=SAMPLING["precision"], help=PRECISION_HELP)
+    parser.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from vpr import distributed
+
+    # before the model code is imported: a GPU job without a usable GPU stops within seconds
+    info = distributed.init(device=args.device)
     from vpr.data.index import Index
     from vpr.models import ModelConfig, build_model, load_trunk
 
     index = Index(args.index, root=args.root)
-    info = distributed.init()
     try:
         torch.manual_seed(args.seed)
         model = build_model(ModelConfig(backbone=args.backbone, num_clusters=args.num_clusters,

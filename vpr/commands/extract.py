@@ -50,16 +50,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="query resizing: the model's fixed image size, or shorter side = the longer "
                              "side of that size keeping the aspect ratio (default: shorter-side for "
                              "tokyo247 indexes, fixed otherwise)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--device", default=None,
+                        help="torch device: auto (default: cuda if available, else cpu), cuda (stop at once "
+                             "with what torch and faiss see when no GPU can be used), cuda:N or cpu")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     parser.add_argument("--compile", action="store_true",
                         help="run the model through torch.compile (pays off on long GPU runs)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from vpr.extract import extract_features, resolve_device, write_features
+
+    # before the model code is imported: a GPU job without a usable GPU stops within seconds
+    device = resolve_device(args.device)
+
     from vpr.data.images import check_images_exist
     from vpr.data.index import Index
-    from vpr.extract import extract_features, resolve_device, write_features
     from vpr.io import sha256sum, verify_sha256
     from vpr.models import load_model_with_pca
     from vpr.precision import resolve_precision
@@ -77,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
         "shorter-side" if index.attrs.get("format") == "tokyo247" else "fixed")
     shorter_side = max(size) if query_resize == "shorter-side" else None
 
-    device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     common = dict(batch_size=args.batch_size, workers=args.workers, device=device, precision=precision,
                   compile=args.compile, exif_orientation=index.exif_orientation)

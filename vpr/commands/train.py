@@ -20,6 +20,7 @@ import dataclasses
 from pathlib import Path
 
 from vpr.commands.options import add_input, add_max_image_pixels, add_output_dir, parse_bool
+from vpr.devices import DEVICE_HELP, DEVICES
 from vpr.errors import VprError
 from vpr.train.config import TrainConfig
 
@@ -41,6 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="run directory (checkpoints, log.csv, resume state)")
     add_input(io, "--config", help="YAML file of training options (keys as the flags below, with _)")
     io.add_argument("--root", help="data-set root overriding the one recorded in the index files")
+    io.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     io.add_argument("--init-only", action="store_true",
                     help="write the initial model (trunk + NetVLAD from the centres, no training) to "
                          "OUT/initial.pth and stop: the 'off-the-shelf' row of the results table; needs no "
@@ -87,10 +89,7 @@ def _save_initial(cfg: TrainConfig, args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from vpr import distributed
-    from vpr.data.index import Index
-    from vpr.train.checkpointing import RunLock
     from vpr.train.config import make_config
-    from vpr.train.trainer import Trainer
 
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     cfg = make_config(args.config, {k: getattr(args, k) for k in names if hasattr(args, k)})
@@ -98,7 +97,13 @@ def run(args: argparse.Namespace) -> int:
         return _save_initial(cfg, args)
     if args.train_index is None or args.val_index is None:
         raise VprError("training needs --train-index and --val-index (only --init-only does without)")
-    info = distributed.init()
+    # before the model code is imported: a GPU job without a usable GPU stops within seconds
+    info = distributed.init(device=args.device)
+
+    from vpr.data.index import Index
+    from vpr.train.checkpointing import RunLock
+    from vpr.train.trainer import Trainer
+
     lock = RunLock(Path(args.out))
     try:
         train_index = Index(args.train_index, root=args.root)

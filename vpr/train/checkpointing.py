@@ -107,15 +107,18 @@ class RunState:
 
 
 def rng_state() -> dict:
-    """This process's RNG states as plain lists and tensors (no NumPy objects: weights_only loading)."""
+    """This process's RNG states as plain lists and tensors (no NumPy objects: weights_only loading).
+
+    Python's, NumPy's and torch's CPU generator: sampling, shuffling and augmentation draw from these.
+    Training draws nothing from the CUDA generators (no dropout, no random op on the GPU), so their
+    states are not saved: a run resumes on a node with any number of visible GPUs."""
     version, mt, gauss = random.getstate()
     np_state = np.random.get_state(legacy=False)
     return {"python": [version, list(mt), gauss],
             "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
                       "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
                       "gauss": float(np_state["gauss"])},
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
@@ -126,8 +129,8 @@ def set_rng_state(state: dict) -> None:
                          "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
                          "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
     torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state.get("cuda"):
-        torch.cuda.set_rng_state_all(state["cuda"])
+    # States saved by earlier versions hold one CUDA generator state per GPU seen then ("cuda"): ignored,
+    # as restoring them fails on a node with fewer visible GPUs and training never uses them.
 
 
 def input_identity(files: dict[str, str | os.PathLike | None], root: str | None) -> dict:

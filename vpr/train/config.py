@@ -85,10 +85,12 @@ class TrainConfig:
     test_batch_size: int = _opt(16, "batch size of feature extraction (mining refresh, validation)")
     # bf16 autocast moved the triplet loss of a fixed tuple by 1.3e-2 (small) and 3.9e-2 (VGG16) relative
     # to float32, above the 1e-3 tolerance (benchmarks/README.md), so the training forward defaults to fp32.
-    precision: str = _opt("fp32", "backbone precision of the training forward: fp32, bf16 or auto (bf16 "
-                                  "where the hardware is fast at it)", choices=TRAIN_PRECISIONS)
+    precision: str = _opt("fp32", "backbone precision of the training forward and backward: fp32 (TF32 off "
+                                  "on CUDA), tf32 (CUDA), bf16 or auto (bf16 where the hardware is fast at "
+                                  "it)", choices=TRAIN_PRECISIONS)
     extract_precision: str = _opt("auto", "backbone precision of the extraction for mining and validation: "
-                                          "fp32, bf16, fp16 (CUDA) or auto; descriptors stay float32",
+                                          "fp32, tf32 (CUDA), bf16, fp16 (CUDA) or auto; descriptors stay "
+                                          "float32",
                                   choices=PRECISIONS)
     print_freq: int = _opt(0, "print the running loss every this many iterations (0: only the progress bar)")
 

@@ -141,14 +141,21 @@ class Trainer:
                                  self.cfg.workers, device=self.info.device,
                                  desc=desc if self.info.is_main else None, precision=self.extract_precision,
                                  exif_orientation=exif_orientation)
-        gathered = distributed.all_gather_rows(torch.from_numpy(local).to(self.info.device), n)
-        return gathered.cpu().numpy()
+        gathered = distributed.all_gather_rows(torch.from_numpy(local).to(self.info.device), n).cpu().numpy()
+        if self.info.device.type == "cuda":
+            torch.cuda.empty_cache()   # the gather's device memory back to the driver (faiss allocates there)
+        return gathered
 
     def validate(self) -> dict[int, float]:
         exif = self.val_index.exif_orientation
         db = self.describe(self.val_index.db_files(), "val: database", exif)
         q = self.describe(self.val_index.query_files(), "val: queries", exif)
-        _, idx = search(db, q, max(RECALL_AT))
+        # once, on rank 0 and its own device (not an index per rank, all on GPU 0); the others get the result
+        idx = None
+        if self.info.is_main:
+            device = self.info.device
+            _, idx = search(db, q, max(RECALL_AT), gpu=device.index if device.type == "cuda" else None)
+        idx = distributed.broadcast_object(idx)
         return recall_at(idx, self.val_index.positives, RECALL_AT)
 
     def jaccard_rows(self, anchors: list[int], q_feats: np.ndarray, db_feats: np.ndarray) -> dict:
@@ -288,6 +295,12 @@ class Trainer:
                     mined = self.miner.mine(chunk, q_feats, db_feats, rng, jac, sfrs=self.sfrs,
                                             desc=f"epoch {epoch} chunk {c}: mining" if info.is_main else None)
                     st.tuples = [mined[i % len(mined)] for i in range(steps * g)]   # wrap-pad
+                    # every rank mined on its own: a difference (float32 SFRS rows on GPUs of different
+                    # models) would silently train on other tuples than a single process
+                    distributed.same_on_every_rank(
+                        st.tuples, f"the tuples mined for epoch {epoch}, chunk {c}",
+                        "SFRS's k-reciprocal rows are computed in float32 on each rank's device: train on "
+                        "GPUs of one model (and one software stack)")
                     st.mining_s += time.time() - t0
                 if self._train_chunk(epoch, c, steps, stop):
                     return 128 + stop.signum
@@ -327,7 +340,8 @@ class Trainer:
                                f"iteration {st.step + 1}; stopped before the optimiser step, nothing saved "
                                "from this epoch; lower --lr (or check the inputs) and start again")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with self.precision.math():   # the backward convolutions too: fp32 is fp32 (TF32 off)
+                loss.backward()
             self.optimizer.step()
             st.step += 1
             st.loss_sum += step_loss

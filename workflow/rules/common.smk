@@ -309,16 +309,53 @@ def centers_file():
     return config["model"].get("centers") or f"{RESULTS}/centers.h5"
 
 
+class GpuRequestError(ValueError):
+    """A rule's GPU resources that Slurm would not give as the same GPUs to the job, its step and torchrun."""
+
+
+def gpus_per_node(resources):
+    """The GPUs of one node, from the one place a rule's resources give them.
+
+    ``gres: gpu[:TYPE]:N`` is per node (N = 1 when left out); ``gpu: N`` (Slurm's --gpus) is per job, so
+    only for one node. Both at once would submit ``--gres=... --gpus=...`` (the step then sees what the
+    smaller asks), and ``gpu: N`` on several nodes leaves the split to Slurm: both are refused here, when the
+    DAG is built (``snakemake -n`` included), not at submission.
+    """
+    nodes = max(int(resources.get("nodes", 1) or 1), 1)
+    gpu = int(resources.get("gpu", 0) or 0)
+    gres = [g for g in str(resources.get("gres", "") or "").split(",") if g.split(":")[0] == "gpu"]
+    if gres and gpu:
+        raise GpuRequestError(f"GPU resources given twice (gres: {gres[0]!r} and gpu: {gpu}); give them once: "
+                              f"with gres set gpu: 0 in the same set-resources entry")
+    if gres:
+        count = gres[0].split(":")[-1]
+        return int(count) if count.isdigit() else 1
+    if gpu and nodes > 1:
+        raise GpuRequestError(f"gpu: {gpu} on {nodes} nodes: Slurm does not promise an even split; ask for "
+                              f"the GPUs of each node with gres: gpu:N (or gpu:TYPE:N) and gpu: 0")
+    return gpu
+
+
+def device_flag(resources):
+    """`--device cuda` for a GPU rule when use_gpu is set (no GPU usable: the job stops at once), after
+    checking its GPU request; nothing (auto) otherwise."""
+    gpus = gpus_per_node(resources)
+    if not config["use_gpu"]:
+        return ""
+    if not gpus:
+        raise GpuRequestError("use_gpu is true but a GPU rule's resources ask for no GPU (gpu: 0 and no "
+                              "gres: gpu:...)")
+    return "--device cuda"
+
+
 def processes_per_node(resources):
     """Worker processes per node: the GPUs of one node, else the `cpu_procs` resource (default 1)."""
-    nodes = max(int(resources.get("nodes", 1) or 1), 1)
-    gres = str(resources.get("gres", "") or "")
-    if gres.startswith("gpu"):
-        return int(gres.split(":")[-1])          # gres is per node: gpu:N or gpu:TYPE:N
-    gpus = int(resources.get("gpu", 0) or 0)     # --gpus is per job
-    if gpus:
-        return max(gpus // nodes, 1)
-    return int(resources.get("cpu_procs", 1) or 1)
+    return gpus_per_node(resources) or int(resources.get("cpu_procs", 1) or 1)
+
+
+# torchrun's rendezvous port on the first node: one per Slurm job, so that two jobs sharing a head node do
+# not collide (ports 29500-39499).
+RDZV_PORT = "$((29500 + SLURM_JOB_ID % 10000))"
 
 
 def torchrun(resources):
@@ -329,11 +366,18 @@ def torchrun(resources):
         return f"torchrun --standalone --nnodes=1 --nproc-per-node={per_node} -m vpr.cli"
     # Several nodes: the job (resources mpi='srun', tasks=nodes) starts one torchrun per node, joined by a
     # c10d rendezvous on the first node of the allocation. The Slurm plugin's job step runs the rule
-    # without SLURM_JOB_NODELIST (it keeps only the job ID): then squeue names the nodes.
+    # without SLURM_JOB_NODELIST (it keeps only the job ID): then squeue names the nodes. It drops the
+    # SLURM_*/SRUN_* variables as well, so this srun states each node's CPUs and GPUs itself (else every
+    # node's torchrun and its workers would share one CPU).
     nodelist = '${SLURM_JOB_NODELIST:-$(squeue -h -o %N -j "$SLURM_JOB_ID")}'
     head = f'$(scontrol show hostnames "{nodelist}" | head -n 1)'
-    return (f"srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 torchrun --nnodes={nodes} "
-            f"--nproc-per-node={per_node} --rdzv-backend=c10d --rdzv-endpoint={head}:29500 "
+    step = [f"--nodes={nodes}", "--ntasks-per-node=1"]
+    if resources.get("cpus_per_task"):
+        step.append(f"--cpus-per-task={int(resources['cpus_per_task'])}")
+    if gpus_per_node(resources):
+        step.append(f"--gres={resources['gres']}")
+    return (f"srun {' '.join(step)} --kill-on-bad-exit=1 torchrun --nnodes={nodes} "
+            f"--nproc-per-node={per_node} --rdzv-backend=c10d --rdzv-endpoint={head}:{RDZV_PORT} "
             f"--rdzv-id=$SLURM_JOB_ID -m vpr.cli")
 
 

@@ -117,6 +117,7 @@ rule cluster:
         model=lambda wc: cli_flags({k: config["model"][k] for k in ("backbone", "num_clusters", "image_size")}),
         cluster=lambda wc: cli_flags(config.get("cluster", {})),
         trunk=trunk_flag,
+        device=lambda wc, resources: device_flag(resources),
     threads: 2
     resources:
         gpu=1 if config["use_gpu"] else 0,
@@ -126,4 +127,4 @@ rule cluster:
         "../envs/vpr.yaml"
     shell:
         "vpr cluster --index {input.index} --out {output} {params.model} {params.cluster} {params.trunk} "
-        "> {log} 2>&1"
+        "{params.device} > {log} 2>&1"

@@ -15,6 +15,7 @@ rule extract_train:
         workers=config["evaluate"]["workers"],
         precision=extract_precision(),
         sha256=lambda wc: checksum_flag(wc.method),
+        device=lambda wc, resources: device_flag(resources),
     threads: 2
     resources:
         gpu=1 if config["use_gpu"] else 0,
@@ -24,7 +25,7 @@ rule extract_train:
         "../envs/vpr.yaml"
     shell:
         "vpr extract --checkpoint {input.model:q} {params.sha256} --index {input.index} --out {output} "
-        "--batch-size {params.batch} --workers {params.workers} {params.precision} > {log} 2>&1"
+        "--batch-size {params.batch} --workers {params.workers} {params.precision} {params.device} > {log} 2>&1"
 
 
 rule fit_pca:
@@ -59,6 +60,7 @@ rule extract_test:
         workers=config["evaluate"]["workers"],
         precision=extract_precision(),
         sha256=lambda wc: checksum_flag(wc.method),
+        device=lambda wc, resources: device_flag(resources),
     threads: 2
     resources:
         gpu=1 if config["use_gpu"] else 0,
@@ -69,7 +71,7 @@ rule extract_test:
     shell:
         "vpr extract --checkpoint {input.model:q} {params.sha256} {params.pca} --index {input.index} "
         "--out {output} "
-        "--batch-size {params.batch} --workers {params.workers} {params.precision} > {log} 2>&1"
+        "--batch-size {params.batch} --workers {params.workers} {params.precision} {params.device} > {log} 2>&1"
 
 
 rule evaluate:

@@ -19,6 +19,7 @@ rule train_baseline:
         options=lambda wc: train_flags(wc.method),
         trunk=trunk_flag,
         launch=lambda wc, resources: torchrun(resources),
+        device=lambda wc, resources: device_flag(resources),
         on_mismatch=TRAIN_ON_MISMATCH,
     threads: 2
     resources:
@@ -32,7 +33,7 @@ rule train_baseline:
     shell:
         "{params.launch} train --train-index {input.train} --val-index {input.val} "
         "--centers {input.centers:q} {params.trunk} --out {params.run_dir} {params.options} "
-        "{params.on_mismatch} >> {log} 2>&1"
+        "{params.device} {params.on_mismatch} >> {log} 2>&1"
 
 
 rule initial_model:
@@ -70,6 +71,7 @@ rule train_sfrs:
         teacher=lambda wc, input: f"--teacher {input.teacher[0]}" if input.teacher else "",
         trunk=trunk_flag,
         launch=lambda wc, resources: torchrun(resources),
+        device=lambda wc, resources: device_flag(resources),
         on_mismatch=TRAIN_ON_MISMATCH,
     threads: 2
     resources:
@@ -83,7 +85,7 @@ rule train_sfrs:
     shell:
         "{params.launch} train --train-index {input.train} --val-index {input.val} "
         "--centers {input.centers:q} {params.trunk} {params.teacher} --out {params.run_dir} {params.options} "
-        "{params.on_mismatch} >> {log} 2>&1"
+        "{params.device} {params.on_mismatch} >> {log} 2>&1"
 
 
 rule select_model:
