@@ -2,9 +2,11 @@
 import csv
 import re
 import shlex
+import time
 
 import h5py
 
+from vpr.devices import GpuRequestError
 from vpr.logged_warnings import logs_written_since, warnings_summary
 from vpr.whitening import count_problem
 
@@ -309,10 +311,6 @@ def centers_file():
     return config["model"].get("centers") or f"{RESULTS}/centers.h5"
 
 
-class GpuRequestError(ValueError):
-    """A rule's GPU resources that Slurm would not give as the same GPUs to the job, its step and torchrun."""
-
-
 def gpus_per_node(resources):
     """The GPUs of one node, from the one place a rule's resources give them.
 
@@ -337,13 +335,13 @@ def gpus_per_node(resources):
 
 
 def device_flag(resources):
-    """`--device cuda` for a GPU rule when use_gpu is set (no GPU usable: the job stops at once), after
+    """`--device cuda` for the job of a GPU step when use_gpu is set (no GPU usable: the job stops at once), after
     checking its GPU request; nothing (auto) otherwise."""
     gpus = gpus_per_node(resources)
     if not config["use_gpu"]:
         return ""
     if not gpus:
-        raise GpuRequestError("use_gpu is true but a GPU rule's resources ask for no GPU (gpu: 0 and no "
+        raise GpuRequestError("use_gpu is true but the resources of a GPU step ask for no GPU (gpu: 0 and no "
                               "gres: gpu:...)")
     return "--device cuda"
 
@@ -464,3 +462,12 @@ def extract_test_inputs(wildcards):
     if fits_pca(wildcards.method):
         inputs["pca"] = f"{RESULTS}/pca/{wildcards.method}.h5"
     return inputs
+
+
+# Warnings that jobs of this run logged are repeated at the end, where a person looks (the jobs' logs
+# hold them; the table footnotes the numbers they fed). Called by the Snakefile's onsuccess and onerror.
+RUN_STARTED = time.time()
+
+
+def repeat_job_warnings():
+    print(warnings_summary(logs_written_since(f"{RESULTS}/logs", RUN_STARTED)), file=sys.stderr, end="")
