@@ -422,7 +422,7 @@ def step_logs(method, test_set):
             logs.append(f"{RESULTS}/logs/cluster.log")
     if method == OFF_THE_SHELF:
         logs.append(f"{RESULTS}/logs/train/{OFF_THE_SHELF}.log")
-    elif method == "sfrs":
+    elif method == "sfrs" and method in TRAINED:
         logs += [f"{RESULTS}/logs/train/sfrs_gen{g}.log" for g in range(sfrs_generations())]
     elif method in TRAINED:
         logs.append(f"{RESULTS}/logs/train/{method}.log")
