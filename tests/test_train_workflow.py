@@ -45,6 +45,7 @@ ONE_METHOD = {
     "training.neg_num": 3,
     "training.neg_pool": 20,
     "training.workers": 0,
+    "pca.dim": 32,   # whitening needs at least 2 x dim training descriptors: the tiny split has 72
     "methods": {"netvlad": {"loss": "triplet"}},
     "test_sets": {"pitts30k": "pitts30k_test"},
     "examples": "netvlad",
