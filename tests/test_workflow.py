@@ -275,7 +275,7 @@ def test_the_resolved_config_is_exactly_the_file_given(tmp_path, args, expected)
     ({"test_sets.oxford": "oxford5k"}, "test_sets.oxford: 'oxford5k' is not a data set under datasets"),
     ({"methods.sfrs.generations": 3},
      "methods.sfrs.generations: 3 generations need 3 temperatures, methods.sfrs.temperatures has 2"),
-    ({"training.precision": "fp16"}, "training.precision: 'fp16' is not one of fp32, bf16, auto"),
+    ({"training.precision": "fp16"}, "training.precision: 'fp16' is not one of fp32, tf32, bf16, auto"),
     ({"examples": "sfrs_v2"}, "examples: 'sfrs_v2' is not an evaluated model"),
     ({"external": {"sfrs": {"checkpoint": "x.pth", "own_pca": True}}}, "external.sfrs: the name is taken"),
     ({"datasets.tokyo247.format": "csv"}, "datasets.tokyo247: format csv needs `csv:`"),
