@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from vprtest import WITH_VPR_ON_PATH
 
 from vpr.cli import main
 
@@ -278,7 +279,7 @@ def test_a_folders_data_set_through_the_workflow(tree, tmp_path):
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"),
                            "-d", str(work), "--configfile", str(work / "config.yaml"), "--cores", "2"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=WITH_VPR_ON_PATH)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(work / "results" / "offshelf" / "mine_recall.csv") as f:
         recall = {int(r["n"]): float(r["recall"]) for r in csv.DictReader(f)}

@@ -6,8 +6,14 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 VPR = [sys.executable, "-m", "vpr.cli"]
+
+# For a Snakemake run in a subprocess: its shell commands call `vpr`, which lives beside this interpreter
+# (CI does not put .venv/bin on PATH).
+WITH_VPR_ON_PATH = {**os.environ,
+                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def run_vpr(*args, check: bool = True, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
