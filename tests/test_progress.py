@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from vpr.errors import VprError
@@ -88,3 +89,34 @@ def test_an_extraction_in_a_log_file_shows_its_progress(tmp_path):
     # database (5 images) and queries (4) in batches of 2: a line per batch, each with its count and rate
     counts = [(m["total"], int(m["n"])) for m in progress_lines]
     assert counts == [("5", 2), ("5", 4), ("5", 5), ("4", 2), ("4", 4)], text
+
+
+def test_a_pending_stop_signal_interrupts_progress_loops_inside_stop_on_only():
+    """Training's refresh, mining and validation loops run through progress bars: inside `stop_on`, a
+    pending signal raises at the next update or item; outside it, or for a loop that polls the signal
+    itself (interruptible=False), nothing changes."""
+    from vpr import interrupt
+    from vpr.rerank.neighbour_lists import neighbour_lists_from_descriptors
+
+    assert list(progress(range(3), total=3, desc="x")) == [0, 1, 2]
+    pending = {"signum": None}
+    with interrupt.stop_on(lambda: pending["signum"]):
+        seen = []
+        for i in progress(range(5), total=5, desc="epoch 0 chunk 1: mining"):
+            seen.append(i)
+            if i == 1:
+                pending["signum"] = 15
+                break
+        assert seen == [0, 1]
+        with pytest.raises(interrupt.StopRequested) as stopped:
+            for _ in progress(range(5), total=5, desc="epoch 0 chunk 1: mining"):
+                pass
+        assert stopped.value.signum == 15 and "during epoch 0 chunk 1: mining" in str(stopped.value)
+        with pytest.raises(interrupt.StopRequested), progress(total=4, desc="val: database") as bar:
+            bar.update(1)
+        assert list(progress(range(3), total=3, desc="steps", interruptible=False)) == [0, 1, 2]
+        x = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+        with pytest.raises(interrupt.StopRequested, match="k-reciprocal neighbour lists"):
+            neighbour_lists_from_descriptors(x[:2], x[2:], needed=3)
+    assert not interrupt.active()
+    assert list(progress(range(2), total=2, desc="x")) == [0, 1]

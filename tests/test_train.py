@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -95,25 +96,43 @@ def test_two_processes_equal_one_process_with_the_same_global_tuples(tiny_data, 
     assert len(start) == 2 and start[1]["loss"] > 0
 
 
-def run_until_stopped(args, stop_at: str):
-    """Start a training run, send SIGTERM once ``stop_at`` appears in its output, return its output."""
+def run_until_stopped(args, stop_at: list[str]) -> tuple[str, float]:
+    """Start a training run with a progress line per update, send SIGTERM once the markers ``stop_at`` have
+    appeared in its output in that order; return its output and the seconds from the signal to its exit."""
     proc = subprocess.Popen([*VPR, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    lines = []
+                            text=True, env={**os.environ, "VPR_PROGRESS_INTERVAL": "0"})
+    lines, todo, sent = [], list(stop_at), None
     for line in proc.stdout:
         lines.append(line)
-        if stop_at in line:
-            proc.send_signal(signal.SIGTERM)
-            break
+        if todo and todo[0] in line:
+            todo.pop(0)
+            if not todo:
+                proc.send_signal(signal.SIGTERM)
+                sent = time.monotonic()
+                break
     lines.extend(proc.stdout)
     assert proc.wait(timeout=300) == 128 + signal.SIGTERM, "".join(lines)
-    return "".join(lines)
+    assert sent is not None, "".join(lines)
+    return "".join(lines), time.monotonic() - sent
+
+
+# Where the signal arrives: after an optimiser step (the state of that step is saved), or inside a feature
+# refresh or a validation (the process stops within one batch and resumes from its last resume point, after
+# the previous chunk's training). Batches of one image make those phases long enough to be hit.
+STOPS = {
+    "step": ["epoch 0 chunk 1 iteration 1/"],
+    "refresh": ["epoch 0 chunk 1: train database:"],
+    "validation": ["epoch 0 chunk", "val: database:"],   # the epoch's validation, not the initial one
+}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["baseline", "sfrs"])
-def test_a_run_stopped_by_sigterm_resumes_to_the_same_weights(tiny_data, centers, tmp_path, method):
-    extra = ["--epochs", "2", "--print-freq", "1"]
+@pytest.mark.parametrize(("method", "where"), [("baseline", "step"), ("sfrs", "step"), ("sfrs", "refresh"),
+                                               ("baseline", "validation")])
+def test_a_run_stopped_by_sigterm_resumes_to_the_same_weights(tiny_data, centers, tmp_path, method, where):
+    extra = ["--epochs", "2" if where == "step" else "1", "--print-freq", "1"]
+    if where != "step":
+        extra += ["--test-batch-size", "1"]
     if method == "sfrs":
         gen0 = tmp_path / "gen0"
         run_vpr(*train_args(tiny_data, centers, gen0, "--method", "sfrs", "--loss", "sare_ind",
@@ -122,11 +141,17 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_same_weights(tiny_data, centers
                   "--teacher", gen0 / "last.pth"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     run_vpr(*train_args(tiny_data, centers, straight, *extra))
-    out = run_until_stopped(train_args(tiny_data, centers, stopped, *extra), "epoch 0 chunk 1 iteration 1/")
-    assert "stopped by signal" in out and (stopped / "resume.pth").exists()
-    assert not (stopped / "last.pth").exists()
+    out, seconds = run_until_stopped(train_args(tiny_data, centers, stopped, *extra), STOPS[where])
+    assert seconds < 20, f"the stop took {seconds:.1f} s"
+    assert (stopped / "resume.pth").exists() and not (stopped / "last.pth").exists()
+    if where == "step":
+        assert "stopped by signal 15 at epoch 0, chunk 1, iteration" in out
+    else:   # inside the phase whose progress line triggered the signal
+        assert f"stopped by signal 15 during {STOPS[where][-1].rstrip(':')}" in out, out
     again = run_vpr(*train_args(tiny_data, centers, stopped, *extra))
-    assert "resuming from" in again.stdout and "epoch 0, chunk 1, iteration" in again.stdout
+    resumed_at = {"step": "epoch 0, chunk 1, iteration", "refresh": "epoch 0, chunk 1, iteration 0",
+                  "validation": "epoch 0, chunk "}[where]
+    assert "resuming from" in again.stdout and resumed_at in again.stdout
     assert max_abs_diff(weights(straight / "last.pth"), weights(stopped / "last.pth")) <= 1e-6
     with open(straight / "log.csv") as a, open(stopped / "log.csv") as b:
         rows_a, rows_b = list(csv.DictReader(a)), list(csv.DictReader(b))

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
+from vpr import interrupt
 from vpr.errors import VprError
 
 DEFAULT_INTERVAL = 30.0  # seconds between two lines at most
@@ -120,10 +121,42 @@ class LineProgress:
 
 
 def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
-             disable: bool = False, initial: int = 0):
-    """A tqdm bar on a terminal, a :class:`LineProgress` otherwise; with ``disable``, a silent tqdm."""
+             disable: bool = False, initial: int = 0, interruptible: bool = True):
+    """A tqdm bar on a terminal, a :class:`LineProgress` otherwise; with ``disable``, a silent tqdm.
+
+    ``interruptible``: inside :func:`vpr.interrupt.stop_on` (a training run), every update and iteration is
+    a :func:`vpr.interrupt.check`, where a pending stop signal raises; a loop that polls the stop flag
+    itself passes False."""
     if disable or sys.stderr.isatty():
         from tqdm import tqdm
 
-        return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, initial=initial)
-    return LineProgress(iterable, total=total, desc=desc, unit=unit, initial=initial)
+        bar = tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, initial=initial)
+    else:
+        bar = LineProgress(iterable, total=total, desc=desc, unit=unit, initial=initial)
+    return _Interruptible(bar, desc) if interruptible and interrupt.active() else bar
+
+
+class _Interruptible:
+    """A progress bar whose updates and iterations check for a pending stop signal."""
+
+    def __init__(self, bar, where: str):
+        self._bar, self._where = bar, where
+
+    def __iter__(self) -> Iterator:
+        for item in self._bar:
+            interrupt.check(self._where)
+            yield item
+
+    def update(self, n: int = 1) -> None:
+        self._bar.update(n)
+        interrupt.check(self._where)
+
+    def __enter__(self) -> _Interruptible:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bar.__exit__(*exc)
+
+    def __getattr__(self, name: str):   # set_postfix, close, n, ...
+        return getattr(self._bar, name)

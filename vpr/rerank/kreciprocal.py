@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vpr import interrupt
 from vpr.rerank import blocks
 from vpr.rerank.neighbour_lists import NeighbourLists
 from vpr.rerank.steps import sparse_weights, top_k_indices
@@ -82,6 +83,7 @@ class KReciprocal:
         m = np.zeros(len(q))
         want = q * self.G + g
         for qids in self._blocks(np.unique(q)):
+            interrupt.check("k-reciprocal distances")
             oq, og, om = self.overlaps(qids)
             if not len(oq):
                 continue

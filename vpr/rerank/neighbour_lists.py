@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vpr import interrupt
 from vpr.rerank import blocks
 from vpr.rerank.steps import top_k_indices
 
@@ -191,6 +192,7 @@ class _BlockedSearch:
         """The pass over the blocks on and above the diagonal, for the row blocks starting before ``stop``."""
         N, block = self.N, self.block
         for a in range(0, stop, block):
+            interrupt.check("k-reciprocal neighbour lists")
             b = min(N, a + block)
             rows = self.rows(a, b)
             for ca in range(a, N, block):

@@ -20,7 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from vpr import distributed
+from vpr import distributed, interrupt
 from vpr.cluster import read_centers
 from vpr.data.index import Index
 from vpr.errors import VprError
@@ -259,16 +259,26 @@ class Trainer:
             if info.is_main:
                 print(f"resuming from {self.paths.resume}: epoch {st.epoch}, chunk {st.chunk}, "
                       f"iteration {st.step}")
-        elif not st.history:
-            t0 = time.time()
-            recall = self.validate()
-            st.history.append(self._row(-1, recall, RunState(), time.time() - t0))
-            if info.is_main:
-                print("initial model: val " + self._fmt(recall))
-            self.write_log()
         stop = StopFlag().install()
         try:
-            return self._loop(stop)
+            # inside refresh, mining and validation a signal stops the process at its next progress
+            # update (the training steps poll it themselves, to save their exact state)
+            with interrupt.stop_on(lambda: stop.signum):
+                if how != "resume" and not st.history:
+                    t0 = time.time()
+                    recall = self.validate()
+                    st.history.append(self._row(-1, recall, RunState(), time.time() - t0))
+                    if info.is_main:
+                        print("initial model: val " + self._fmt(recall))
+                    self.write_log()
+                return self._loop(stop)
+        except interrupt.StopRequested as stopped:
+            # Nothing saved here (other ranks may be inside a collective): the last resume point, at most
+            # one chunk's mining or training back, reproduces this run exactly.
+            if info.is_main:
+                saved = "its last resume point" if self.paths.resume.is_file() else "the start (none yet)"
+                print(f"stopped by {stopped}; run the same command again to resume from {saved}", flush=True)
+            return 128 + stopped.signum
         finally:
             stop.restore()
 
@@ -302,9 +312,11 @@ class Trainer:
                         "SFRS's k-reciprocal rows are computed in float32 on each rank's device: train on "
                         "GPUs of one model (and one software stack)")
                     st.mining_s += time.time() - t0
+                    self.save_resume()   # resume point: a stop before the first step keeps the mining
                 if self._train_chunk(epoch, c, steps, stop):
                     return 128 + stop.signum
                 st.chunk, st.step, st.tuples = c + 1, 0, None
+                self.save_resume()   # resume point: a stop in the next refresh or validation keeps the chunk
             self._end_epoch(epoch)
         st.finished = True
         if info.is_main:
@@ -327,7 +339,7 @@ class Trainer:
         self.model.train()
         t0 = time.time()
         bar = progress(loader, total=len(sampler), desc=f"epoch {epoch} chunk {c}", unit="step",
-                       disable=not info.is_main)
+                       disable=not info.is_main, interruptible=False)
         for images, layout in bar:
             loss, hard, soft = tuple_loss(cfg, self.forward, images, layout, precision=self.precision,
                                           device=info.device, teacher=self.teacher)
