@@ -25,8 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
               help="folders of images the NetVLAD centres are clustered on (searched recursively)")
     add_output(parser, "--out", required=True, type=Path, help="model file to write (.pth)")
     parser.add_argument("--backbone", default="efficientnet_lite0",
-                        help="backbone: efficientnet_lite0 (ImageNet weights, offline), vgg16 (give --trunk) "
-                             "or small (random weights: tests only)")
+                        help="backbone: efficientnet_lite0 (ImageNet weights, offline), vgg16, resnet18 or "
+                             "resnet50 (give --trunk: for resnet, torchvision's ImageNet file) or small "
+                             "(random weights: tests only)")
     add_input(parser, "--trunk", type=Path, help="pretrained trunk weights (<index>.weight/.bias); needed "
               "for vgg16 to be of any use")
     parser.add_argument("--num-clusters", type=positive_int, default=64, help="NetVLAD clusters K")
