@@ -135,3 +135,8 @@ def test_off_the_shelf_efficientnet_lite0_from_images(served):
     assert d.shape == (2, 4 * 112) and torch.allclose(d.norm(dim=1), torch.ones(2), atol=1e-5)
     with pytest.raises(VprError, match="give images .* or a checkpoint/url, not both"):
         hub("efficientnet_lite0", images=files[0].parent, checkpoint=files[0])
+
+
+def test_off_the_shelf_entry_without_images_or_file_is_one_error():
+    with pytest.raises(VprError, match="the off-the-shelf efficientnet_lite0 model needs images"):
+        hub("efficientnet_lite0")

@@ -145,6 +145,9 @@ def off_the_shelf(backbone: str, images, **kwargs) -> EmbedNet:
 
     load_kwargs = {k: kwargs.pop(k) for k in _LOAD_KEYS if k in kwargs}
     if images is None:
+        if load_kwargs.get("checkpoint") is None and load_kwargs.get("url") is None:
+            raise VprError(f"the off-the-shelf {backbone} model needs images (folders to cluster its NetVLAD "
+                           "centres on) or a model file (checkpoint or url)")
         return load(**load_kwargs)
     if load_kwargs.get("checkpoint") is not None or load_kwargs.get("url") is not None:
         raise VprError("give images (to cluster the centres on) or a checkpoint/url, not both")
