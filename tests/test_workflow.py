@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from vprtest import run_vpr
 
 from vpr.train.config import TrainConfig
 
@@ -693,6 +694,19 @@ def test_the_demo_dag_runs_end_to_end_and_every_method_beats_the_off_the_shelf_m
         with open(results / "train" / "sfrs" / f"gen{g}" / "log.csv") as f:
             soft[g] = [float(r["loss_soft"]) for r in csv.DictReader(f) if int(r["epoch"]) >= 0]
     assert soft[0] == [0.0] and all(v > 0 for v in soft[1])
+    # The pair list of the demo's rankings (vpr pairs): k pairs per query, in ranking order, existing images.
+    pairs = tmp_path / "pairs.txt"
+    run_vpr("pairs", "--rankings", results / "sfrs" / "pitts30k_rankings.h5", "--top-k", 5, "--out", pairs,
+            cwd=tmp_path)   # the index path the rankings record is relative to the workflow directory
+    with h5py.File(results / "index" / f"{test_sets['pitts30k']}.h5", "r") as f:
+        q_names, db_names = f["query/path"].asstr()[()], f["db/path"].asstr()[()]
+        root = Path(f.attrs["root"])
+    with h5py.File(results / "sfrs" / "pitts30k_rankings.h5", "r") as f:
+        topk = f["topk"][()]
+    lines = pairs.read_text().splitlines()
+    assert lines == [f"{q_names[q]} {db_names[j]}" for q in range(len(topk)) for j in topk[q, :5]]
+    assert all((tmp_path / root / line.split(" ")[1]).is_file() for line in lines[:50])
+
     # A second run has nothing to do.
     again = snakemake(tmp_path, *demo, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "retrieve with a features file and write the Recall@N table"),
     "describe": ("describe", "compute the descriptor of individual images (or folders of them)"),
     "retrieve": ("retrieve", "rank a database folder (or index) for every query: top-k CSV and pictures"),
+    "pairs": ("pairs", "write the top-k of rankings or matches as a query/database pair list (SfM tools)"),
     "table": ("table", "collect recall CSVs into a Markdown/CSV results table with the published numbers"),
     "plot": ("plot", "draw Recall@N curves, training curves or example retrievals (PNG)"),
     "check-config": ("check_config", "check YAML files: the line of a syntax error or of a key given twice"),

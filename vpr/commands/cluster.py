@@ -33,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_input(parser, "--trunk", help="pretrained trunk weights (<index>.weight/.bias); default: random "
               "initialisation seeded by --seed")
     parser.add_argument("--backbone", default=MODEL.backbone,
-                        help="backbone: vgg16, small or efficientnet_lite0")
+                        help="backbone: vgg16, small, efficientnet_lite0, resnet18 or resnet50")
     parser.add_argument("--image-size", type=positive_int, nargs=2, default=MODEL.image_size,
                         metavar=("H", "W"), help="image size the descriptors are computed at")
     parser.add_argument("--num-clusters", type=positive_int, default=MODEL.num_clusters,

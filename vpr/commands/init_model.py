@@ -25,8 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
               help="folders of images the NetVLAD centres are clustered on (searched recursively)")
     add_output(parser, "--out", required=True, type=Path, help="model file to write (.pth)")
     parser.add_argument("--backbone", default="efficientnet_lite0",
-                        help="backbone: efficientnet_lite0 (ImageNet weights, offline), vgg16 (give --trunk) "
-                             "or small (random weights: tests only)")
+                        help="backbone: efficientnet_lite0 (ImageNet weights, offline), vgg16, resnet18 or "
+                             "resnet50 (give --trunk: for resnet, torchvision's ImageNet file) or small "
+                             "(random weights: tests only)")
     add_input(parser, "--trunk", type=Path, help="pretrained trunk weights (<index>.weight/.bias); needed "
               "for vgg16 to be of any use")
     parser.add_argument("--num-clusters", type=positive_int, default=64, help="NetVLAD clusters K")
@@ -45,9 +46,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
-def run(args: argparse.Namespace) -> int:
+def make_model(images, out, backbone: str = "efficientnet_lite0", trunk=None, num_clusters: int = 64,
+               image_size=(480, 640), max_images: int = 500, per_image: int = 100, iterations: int = 100,
+               seed: int = 43, batch_size: int = 16, workers: int = 2, precision: str = "auto",
+               device=None) -> dict:
+    """Write the off-the-shelf model of the images under the folders ``images`` to ``out`` (what this
+    command does; the defaults are its options'); returns the clustering summary of vpr.cluster.cluster."""
     import tempfile
-    import time
 
     import torch
 
@@ -59,28 +64,35 @@ def run(args: argparse.Namespace) -> int:
     from vpr.train.config import make_config
     from vpr.train.trainer import save_initial_model
 
-    start = time.perf_counter()
-    files = [str(folder / rel) for folder in args.images for rel in list_images(folder)[0]]
-    cfg = make_config(None, {"backbone": args.backbone, "num_clusters": args.num_clusters,
-                             "image_size": list(args.image_size), "seed": args.seed})
-    torch.manual_seed(args.seed)
-    model = build_model(ModelConfig(backbone=args.backbone, num_clusters=args.num_clusters,
-                                    image_size=tuple(args.image_size)))
-    if args.trunk:
-        load_trunk(model, args.trunk)
-    device = resolve_device(args.device)
-    info = distributed.DistInfo(0, 1, 0, device)
+    images = [Path(d) for d in images]
+    files = [str(folder / rel) for folder in images for rel in list_images(folder)[0]]
+    cfg = make_config(None, {"backbone": backbone, "num_clusters": num_clusters,
+                             "image_size": list(image_size), "seed": seed})
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(backbone=backbone, num_clusters=num_clusters,
+                                    image_size=tuple(image_size)))
+    if trunk:
+        load_trunk(model, trunk)
+    info = distributed.DistInfo(0, 1, 0, resolve_device(device))
     with tempfile.TemporaryDirectory(prefix="vpr-init-model-") as tmp:
         centers = Path(tmp) / "centers.h5"
-        summary = cluster(model, files, centers, num_images=args.max_images,
-                          per_image=args.per_image, iterations=args.iterations, seed=args.seed,
-                          batch_size=args.batch_size, workers=args.workers, info=info,
-                          precision=args.precision, exif_orientation=True)
-        save_initial_model(cfg, centers, args.trunk, args.out, method="off-the-shelf",
-                           centers_from={"images": [str(d) for d in args.images],
-                                         "num_images": summary["images"], "per_image": args.per_image,
-                                         "seed": args.seed})
+        summary = cluster(model, files, centers, num_images=max_images, per_image=per_image,
+                          iterations=iterations, seed=seed, batch_size=batch_size, workers=workers, info=info,
+                          precision=precision, exif_orientation=True)
+        save_initial_model(cfg, centers, trunk, out, method="off-the-shelf",
+                           centers_from={"images": [str(d) for d in images], "num_images": summary["images"],
+                                         "per_image": per_image, "seed": seed})
+    return {**summary, "files": len(files)}
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    start = time.perf_counter()
+    summary = make_model(args.images, args.out, args.backbone, args.trunk, args.num_clusters, args.image_size,
+                         args.max_images, args.per_image, args.iterations, args.seed, args.batch_size,
+                         args.workers, args.precision, args.device)
     print(f"{args.out}: {args.backbone} trunk + NetVLAD ({args.num_clusters} centres from "
-          f"{summary['descriptors']} descriptors of {summary['images']} of {len(files)} images), "
+          f"{summary['descriptors']} descriptors of {summary['images']} of {summary['files']} images), "
           f"image size {args.image_size[0]}x{args.image_size[1]}; {time.perf_counter() - start:.1f} s")
     return 0

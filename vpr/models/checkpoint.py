@@ -163,7 +163,8 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> EmbedNet:
 
 def load_trunk(model: EmbedNet, path: str | os.PathLike) -> None:
     """Load backbone convolution weights from a file with keys ``<i>.weight``/``<i>.bias`` (the keys of
-    ``model.base_model.base``; for efficientnet_lite0 they replace the packaged ImageNet weights).
+    ``model.base_model.base``; for efficientnet_lite0 they replace the packaged ImageNet weights; resnet18/50
+    also take torchvision's ImageNet state dict, see vpr.models.resnet).
 
     This is the MatConvNet-converted VGG16 trunk (vd16_offtheshelf_conv5_3_max.pth): every convolution of
     the trunk (13 for vgg16, indices 0, 2, …, 28) must be present with torchvision shapes (out, in, 3, 3).
@@ -175,6 +176,9 @@ def load_trunk(model: EmbedNet, path: str | os.PathLike) -> None:
     if not isinstance(obj, dict):
         raise VprError(f"{path}: expected a state dictionary of trunk weights, found {type(obj).__name__}")
     state = _strip_module_prefix(obj)
+    rename = getattr(model.base_model, "trunk_state", None)   # e.g. torchvision's ResNet keys
+    if rename is not None:
+        state = rename(state)
     base: nn.Sequential = model.base_model.base
     expected = base.state_dict()
     missing = set(expected) - set(state)

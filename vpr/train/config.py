@@ -50,11 +50,13 @@ class TrainConfig:
     soft_weight: float = _opt(0.5, "SFRS soft-loss weight lambda for generations >= 1")
 
     # Model.
-    backbone: str = _opt("vgg16", "backbone: vgg16 (the paper), small (CPU demos and tests) or "
-                                  "efficientnet_lite0 (ImageNet weights from its installed package)")
+    backbone: str = _opt("vgg16", "backbone: vgg16 (the paper), small (CPU demos and tests), "
+                                  "efficientnet_lite0 (ImageNet weights from its installed package), "
+                                  "resnet18 or resnet50 (cut after layer3)")
     num_clusters: int = _opt(64, "NetVLAD clusters K (must match the centers file)")
     trainable_from: str = _opt("conv5", "first trainable block: conv5, conv4, conv3, conv2 or full (vgg16, "
-                                        "small); block0 .. block10 or full (efficientnet_lite0)")
+                                        "small); block0 .. block10 or full (efficientnet_lite0); layer3, "
+                                        "layer2, layer1 or full (resnet18, resnet50)")
     image_size: list[int] = _opt([480, 640], "training and validation image size H W")
 
     # Optimisation (reference scripts).
