@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "describe": ("describe", "compute the descriptor of individual images (or folders of them)"),
     "retrieve": ("retrieve", "rank a database folder (or index) for every query: top-k CSV and pictures"),
     "table": ("table", "collect recall CSVs into a Markdown/CSV results table with the published numbers"),
+    "selection": ("selection", "every epoch checkpoint on validation and test: the model-selection report"),
     "plot": ("plot", "draw Recall@N curves, training curves or example retrievals (PNG)"),
     "check-config": ("check_config", "check YAML files: the line of a syntax error or of a key given twice"),
 }
