@@ -30,6 +30,9 @@ from vpr.stats import PairedTest, mcnemar_exact
 from vpr.train.training_log import read_training_log
 
 NS = (1, 5, 10)
+# The workflow's evaluate.every_checkpoint when a configuration leaves it out: off, as it multiplies the
+# evaluation cost by the number of epochs (the schema states the same default; tests/test_defaults.py).
+EVERY_CHECKPOINT_DEFAULT = False
 BEST_ON_TEST_NOTE = ("not a valid selection: for comparison with published numbers picked this way")
 
 Key = tuple[int, int]   # (generation, epoch)
@@ -185,7 +188,7 @@ def plot_report(report: Report, out: str | os.PathLike) -> None:
     from vpr.plots import _colour_cycle, _new_figure, save_png
 
     x = np.arange(len(report.checkpoints))
-    fig = _new_figure(max(6.0, 0.35 * len(x) + 3.0), 4.6)
+    fig = _new_figure(max(8.5, 0.35 * len(x) + 5.5), 4.6)
     ax = fig.subplots()
     ax.plot(x, [100 * c.val_r5 for c in report.checkpoints], color="black", linewidth=2.2, marker="o",
             label="validation R@5")
@@ -209,6 +212,6 @@ def plot_report(report: Report, out: str | os.PathLike) -> None:
     handles += [Line2D([], [], color="0.3", linestyle="-.", label="selected on validation"),
                 Line2D([], [], color="0.3", marker="*", markersize=12, linestyle="none",
                        label="best on test (R@1; not a valid selection)")]
-    ax.legend(handles=handles, fontsize="small", loc="best")
+    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"{report.method}: every checkpoint on validation and test")
     save_png(fig, out)

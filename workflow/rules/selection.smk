@@ -5,7 +5,9 @@
 # directory (checkpoint_e<E>.pth; SFRS checkpoint_g<G>_e<E>.pth); those files are not declared outputs of
 # the training rules, so these jobs wait for the run's last.pth, written after all of them.
 
-EVERY_CHECKPOINT = config["evaluate"].get("every_checkpoint", False)
+from vpr.selection import EVERY_CHECKPOINT_DEFAULT
+
+EVERY_CHECKPOINT = config["evaluate"].get("every_checkpoint", EVERY_CHECKPOINT_DEFAULT)
 
 
 def run_epochs(method, generation):
