@@ -11,7 +11,6 @@ The tiny one-method configuration is config/demo.yaml with the changes in ONE_ME
 from __future__ import annotations
 
 import csv
-import math
 import os
 import shutil
 import signal
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_selection import mcnemar_by_hand
 from test_workflow import SNAKEMAKE, snakemake, write_config
 
 from vpr.models import load_model
@@ -188,16 +188,6 @@ def brute_force_hits(topk, positives, n) -> list[bool]:
             for q in range(len(topk))]
 
 
-def two_sided_mcnemar(a: list[bool], b: list[bool]) -> float:
-    """McNemar's exact test written out: 2 P(X <= min(b, c)), X ~ Binomial(b + c, 1/2), capped at 1."""
-    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
-    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
-    m = only_a + only_b
-    if m == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(m, i) for i in range(min(only_a, only_b) + 1)) / 2 ** m)
-
-
 def test_every_checkpoint_gives_the_selection_report_with_recomputed_numbers(finished, tmp_path):
     """evaluate.every_checkpoint: both epoch checkpoints are evaluated on the test set and `vpr selection`
     reports them; every number is recomputed here from the rankings files and the index."""
@@ -238,6 +228,6 @@ def test_every_checkpoint_gives_the_selection_report_with_recomputed_numbers(fin
     gap_row = next(line for line in md.splitlines() if "McNemar p" in line)
     for n in (1, 5, 10):
         gap = 100 * (sum(hits[best][n]) - sum(hits[selected][n])) / index.num_queries
-        p = two_sided_mcnemar(hits[best][n], hits[selected][n])
+        p = mcnemar_by_hand(hits[best][n], hits[selected][n])
         assert f"{gap:+.1f} (p = {p:.3g})" in gap_row
     assert (workdir / out / "netvlad.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
