@@ -85,7 +85,8 @@ def test_the_schema_has_no_default_the_package_does_not_own():
 
     options = SCHEMA["$defs"]["train_options"]["properties"]
     checked = {(section, name) for section in ("train_options", "method") for name in options}
-    checked |= {("cluster", key) for key in CLUSTER_KEYS} | {("evaluate", "precision")}
+    checked |= {("cluster", key) for key in CLUSTER_KEYS} | {("evaluate", "precision"),
+                                                          ("evaluate", "every_checkpoint")}
     assert set(defaults(SCHEMA)) == checked
 
 
