@@ -49,6 +49,10 @@ def test_the_cluster_and_evaluate_defaults_of_the_schema_are_those_of_the_packag
     assert stated == {key: library[CLUSTER_KEYS[key]] for key in stated}
     extract = cli_defaults("extract", "--checkpoint", "m.pth", "--index", "i.h5", "--out", "f.h5")
     assert SCHEMA["properties"]["evaluate"]["properties"]["precision"]["default"] == extract["precision"]
+    from vpr.selection import EVERY_CHECKPOINT_DEFAULT
+
+    stated = SCHEMA["properties"]["evaluate"]["properties"]["every_checkpoint"]["default"]
+    assert stated == EVERY_CHECKPOINT_DEFAULT
 
 
 def test_vpr_cluster_takes_its_defaults_from_cluster_and_builds_the_model_vpr_train_builds():
@@ -81,7 +85,8 @@ def test_the_schema_has_no_default_the_package_does_not_own():
 
     options = SCHEMA["$defs"]["train_options"]["properties"]
     checked = {(section, name) for section in ("train_options", "method") for name in options}
-    checked |= {("cluster", key) for key in CLUSTER_KEYS} | {("evaluate", "precision")}
+    checked |= {("cluster", key) for key in CLUSTER_KEYS} | {("evaluate", "precision"),
+                                                          ("evaluate", "every_checkpoint")}
     assert set(defaults(SCHEMA)) == checked
 
 

@@ -129,3 +129,13 @@ def test_mcnemar_matches_scipy_binomtest(only_a, only_b):
     expected = binomtest(only_a, only_a + only_b, 0.5, alternative="two-sided").pvalue
     got = mcnemar_exact(*_paired(only_a, only_b)).p_value
     assert got == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
+def test_the_drop_test_is_the_one_sided_pooled_two_proportion_z_test():
+    from vpr.stats import drop_p_value
+
+    # 2 of 10 against 8 of 10: pooled 0.5, sd = sqrt(0.25 * 2 / 10) = 0.2236, z = 2.683, P(Z > z) = 0.00365
+    assert drop_p_value(0.2, 0.8, 10) == pytest.approx(0.003645, abs=2e-6)
+    # 85 % against 90 % of 100 queries: z = 0.05 / sqrt(0.875 * 0.125 * 0.02) = 1.069, p = 0.1425 (noise)
+    assert drop_p_value(0.85, 0.90, 100) == pytest.approx(0.1425, abs=2e-4)
+    assert drop_p_value(0.9, 0.9, 100) == 1.0 and drop_p_value(0.95, 0.9, 100) == 1.0

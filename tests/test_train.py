@@ -38,6 +38,15 @@ def centers(tiny_data, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def gen0(tiny_data, centers, tmp_path_factory):
+    """A first SFRS generation (one epoch of two iterations): the teacher of the generation-1 tests."""
+    out = tmp_path_factory.mktemp("gen0") / "gen0"
+    run_vpr(*train_args(tiny_data, centers, out, "--method", "sfrs", "--loss", "sare_ind",
+                        "--generation", "0", "--iters", "2"))
+    return out
+
+
 def train_args(tiny_data, centers, out, *extra):
     return ["train", "--train-index", tiny_data["train"], "--val-index", tiny_data["val"],
             "--centers", centers, "--out", out, *TRAIN, *extra]
@@ -73,17 +82,17 @@ def test_cluster_output_initialises_the_model_with_alpha_from_its_formula(center
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["baseline", "sfrs"])
-def test_two_processes_equal_one_process_with_the_same_global_tuples(tiny_data, centers, tmp_path, method):
+def test_two_processes_equal_one_process_with_the_same_global_tuples(tiny_data, centers, tmp_path, method,
+                                                                     request):
     """Also SFRS generation 1: several tuples per process, each with the teacher's scores of its own."""
     one, two = tmp_path / "one", tmp_path / "two"
     extra = []
     if method == "sfrs":
-        gen0 = tmp_path / "gen0"
-        run_vpr(*train_args(tiny_data, centers, gen0, "--method", "sfrs", "--loss", "sare_ind",
-                            "--generation", "0", "--iters", "2"))
+        gen0 = request.getfixturevalue("gen0")
         extra = ["--method", "sfrs", "--loss", "sare_ind", "--generation", "1",
                  "--teacher", gen0 / "last.pth", "--iters", "3"]
-    run_vpr(*train_args(tiny_data, centers, one, "--epochs", "1", "--tuple-size", "2", *extra))
+    single = run_vpr(*train_args(tiny_data, centers, one, "--epochs", "1", "--tuple-size", "2", *extra))
+    assert "collapsed" not in single.stderr   # a sane learning rate: no collapse warning
     args = train_args(tiny_data, centers, two, "--epochs", "1", "--tuple-size", "1", *extra)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "vpr.cli", *map(str, args)]
@@ -186,3 +195,41 @@ def test_the_validation_log_carries_the_95_percent_interval_of_each_recall(tiny_
             ci = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="wilson")
             assert float(row[f"recall@{recall_at}_ci_low"]) == pytest.approx(ci.low, abs=1e-12)
             assert float(row[f"recall@{recall_at}_ci_high"]) == pytest.approx(ci.high, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_a_collapsed_generation_is_warned_on_the_console_and_footnoted_in_the_table(tiny_data, centers, gen0,
+                                                                                   tmp_path):
+    """SFRS generation 1 with a learning rate far too large (finite weights, a degenerate descriptor): its
+    validation R@5 falls below its teacher's by more than 10 validation queries allow; `vpr train` logs a
+    warning, the workflow's end-of-run summary repeats it and `vpr table` footnotes the numbers it fed."""
+    from vpr.logged_warnings import warnings_summary
+    from vpr.models.checkpoint import read_checkpoint_meta
+
+    gen1 = tmp_path / "gen1"
+    proc = run_vpr(*train_args(tiny_data, centers, gen1, "--method", "sfrs", "--loss", "sare_ind",
+                               "--generation", "1", "--teacher", gen0 / "last.pth", "--epochs", "1",
+                               "--iters", "2", "--lr", "1000", "--momentum", "0"))
+    teacher = read_checkpoint_meta(gen0 / "last.pth")["best_recall5"]
+    with open(gen1 / "log.csv") as f:
+        student = max(float(r["recall@5"]) for r in csv.DictReader(f) if int(r["epoch"]) >= 0)
+    n = 10   # the tiny preset's validation queries
+    # one-sided pooled two-proportion z-test, written out: P(Z > z) = erfc(z / sqrt 2) / 2
+    pooled = (teacher + student) / 2
+    z = (teacher - student) / math.sqrt(pooled * (1 - pooled) * 2 / n)
+    p = math.erfc(z / math.sqrt(2)) / 2
+    assert p < 0.05, (teacher, student)   # the learning rate did collapse this generation
+    log = tmp_path / "sfrs_gen1.log"      # what the workflow's `>> {log} 2>&1` keeps
+    log.write_text(proc.stdout + proc.stderr)
+    warning = next(line for line in log.read_text().splitlines() if "collapsed" in line)
+    assert warning.startswith("vpr train: WARNING: SFRS generation 1 collapsed")
+    assert f"R@5 {100 * student:.1f} %" in warning and f"(generation 0) {100 * teacher:.1f} %" in warning
+    assert f"p = {p:.2g}" in warning
+    assert warning in warnings_summary([log])   # the Snakefile's onsuccess/onerror prints this
+    recall = tmp_path / "sfrs_recall.csv"
+    recall.write_text("n,recall,ci_low,ci_high,queries\n1,0.5,0.2366,0.7634,10\n5,0.8,0.4902,0.9433,10\n"
+                      "10,0.9,0.5958,0.9821,10\n")
+    run_vpr("table", "--recall", "sfrs", "pitts30k", recall, "--step-log", "sfrs", "pitts30k", log,
+            "--out-md", tmp_path / "t.md", "--out-csv", tmp_path / "t.csv")
+    md = (tmp_path / "t.md").read_text()
+    assert "50.0 [23.7, 76.3] †" in md and warning in md

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_selection import mcnemar_by_hand
 from test_workflow import SNAKEMAKE, snakemake, write_config
 
 from vpr.models import load_model
@@ -179,3 +180,54 @@ def test_an_edited_learning_rate_retrains_with_it(finished, tmp_path):
     assert lr_column(workdir) == [0.003, 0.003]
     assert not same_weights(workdir / RUN / "last.pth", finished / RUN / "last.pth")
     assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(run(workdir, "-n", TARGET))
+
+
+def brute_force_hits(topk, positives, n) -> list[bool]:
+    """Per query: is one of its first n retrieved database images a ground-truth positive (a plain loop)?"""
+    return [any(int(d) in set(positives[q].tolist()) for d in topk[q][:n] if d >= 0)
+            for q in range(len(topk))]
+
+
+def test_every_checkpoint_gives_the_selection_report_with_recomputed_numbers(finished, tmp_path):
+    """evaluate.every_checkpoint: both epoch checkpoints are evaluated on the test set and `vpr selection`
+    reports them; every number is recomputed here from the rankings files and the index."""
+    from vpr.data.index import Index
+    from vpr.models.checkpoint import read_checkpoint_meta
+    from vpr.results import read_rankings
+
+    workdir = copy_of(finished, tmp_path)
+    write_config(workdir / "tiny.yaml", "demo.yaml", **{**ONE_METHOD, "evaluate.every_checkpoint": True})
+    out = Path("results") / "selection"
+    run(workdir, *(out / f"netvlad.{ext}" for ext in ("csv", "md", "png")))
+    with open(workdir / out / "netvlad.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], r["test set"]) for r in rows] == [("0", "pitts30k"), ("1", "pitts30k")]
+    index = Index(workdir / "results" / "index" / "pitts30k_test.h5")
+    with open(workdir / RUN / "log.csv") as f:
+        val = {int(r["epoch"]): float(r["recall@5"]) for r in csv.DictReader(f) if int(r["epoch"]) >= 0}
+    hits = {}
+    for epoch in (0, 1):
+        rankings = read_rankings(workdir / "results" / "checkpoints" / "netvlad" / f"e{epoch}"
+                                 / "pitts30k_rankings.h5")
+        hits[epoch] = {n: brute_force_hits(rankings.topk, index.positives, n) for n in (1, 5, 10)}
+        row = rows[epoch]
+        assert int(row["queries"]) == index.num_queries
+        assert float(row["val R@5"]) == pytest.approx(100 * val[epoch], abs=0.005)
+        for n in (1, 5, 10):
+            assert float(row[f"R@{n}"]) == pytest.approx(100 * sum(hits[epoch][n]) / index.num_queries,
+                                                         abs=0.005)
+    # the selected row is the model `vpr select` copied; it is the first epoch with the best val R@5
+    selected = read_checkpoint_meta(workdir / "results" / "models" / "netvlad.pth")["epoch"]
+    assert selected == min(e for e in val if val[e] == max(val.values()))
+    assert [r["selected on validation"] for r in rows] == ["1" if e == selected else "0" for e in (0, 1)]
+    score = {e: tuple(sum(hits[e][n]) for n in (1, 5, 10)) for e in (0, 1)}
+    best = 0 if score[0] >= score[1] else 1
+    assert [r["best on test"] for r in rows] == ["1" if e == best else "0" for e in (0, 1)]
+    md = (workdir / out / "netvlad.md").read_text()
+    assert "selected on validation" in md and "best on test (not a valid selection" in md
+    gap_row = next(line for line in md.splitlines() if "McNemar p" in line)
+    for n in (1, 5, 10):
+        gap = 100 * (sum(hits[best][n]) - sum(hits[selected][n])) / index.num_queries
+        p = mcnemar_by_hand(hits[best][n], hits[selected][n])
+        assert f"{gap:+.1f} (p = {p:.3g})" in gap_row
+    assert (workdir / out / "netvlad.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

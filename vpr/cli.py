@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "retrieve": ("retrieve", "rank a database folder (or index) for every query: top-k CSV and pictures"),
     "pairs": ("pairs", "write the top-k of rankings or matches as a query/database pair list (SfM tools)"),
     "table": ("table", "collect recall CSVs into a Markdown/CSV results table with the published numbers"),
+    "selection": ("selection", "every epoch checkpoint on validation and test: the model-selection report"),
     "plot": ("plot", "draw Recall@N curves, training curves or example retrievals (PNG)"),
     "check-config": ("check_config", "check YAML files: the line of a syntax error or of a key given twice"),
 }

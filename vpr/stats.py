@@ -158,3 +158,24 @@ def hits_at(first_positive: np.ndarray, n: int) -> np.ndarray:
     """Per-query hit@N from the first-positive positions of a rankings file (-1 = none): 0 <= pos < N."""
     first = np.asarray(first_positive)
     return (first >= 0) & (first < n)
+
+
+def drop_p_value(lower: float, upper: float, n: int) -> float:
+    """One-sided p-value that the recall measured as ``lower`` truly lies below the one measured as ``upper``,
+    both fractions over the same ``n`` queries, when only the two recalls are known (no per-query hits).
+
+    The pooled two-proportion z-test: ``z = (upper - lower) / sqrt(p (1 - p) 2 / n)`` with ``p`` their mean,
+    ``p-value = 1 - Phi(z)``. Measured on the same queries, the two recalls are positively correlated (the
+    easy queries are hit by both), so the true variance of the difference is smaller than this unpaired one:
+    the test is conservative (it calls a drop only when it is larger than an exact paired test would need),
+    which is what a warning that must not cry wolf wants. A recall at or above ``upper`` gives 1.
+    """
+    if n < 1:
+        raise ValueError(f"the number of queries must be positive, got {n}")
+    if lower >= upper:
+        return 1.0
+    pooled = (lower + upper) / 2.0
+    sd = math.sqrt(pooled * (1.0 - pooled) * 2.0 / n)
+    if sd == 0.0:
+        return 1.0
+    return 1.0 - NormalDist().cdf((upper - lower) / sd)

@@ -28,9 +28,10 @@ from vpr.evaluate import recall_at, search
 from vpr.extract import extract_features
 from vpr.models import EmbedNet, ModelConfig, build_model, load_model, load_trunk, save_model
 from vpr.models.backbones import backbone_choices
+from vpr.models.checkpoint import read_checkpoint_meta
 from vpr.precision import resolve_precision
 from vpr.progress import progress
-from vpr.stats import interval_columns
+from vpr.stats import SIGNIFICANCE, drop_p_value, interval_columns
 from vpr.train.checkpointing import (
     RunState,
     StopFlag,
@@ -323,8 +324,31 @@ class Trainer:
             # The declared outputs are (re)written at the very end from the kept epoch files: a workflow
             # manager may delete them when a job is interrupted, and the resumed run must restore them.
             self.paths.write_final_outputs(self.cfg, self.state)
+            self.check_collapse()
         self.save_resume()
         return 0
+
+    def check_collapse(self) -> None:
+        """Log a warning when this SFRS generation's best validation R@5 lies below its teacher's (the
+        previous generation's best, recorded in the teacher checkpoint) by more than the validation queries'
+        noise allows: the one-sided test of `vpr.stats.drop_p_value` at the 5 % level (OpenIBL issue #14 is a
+        generation that collapsed unnoticed). The selection across generations (`vpr select`) keeps an
+        earlier generation's model then; the warning says why the last generation is worse."""
+        teacher = self.input_files["teacher"]
+        if teacher is None:
+            return
+        teacher_r5 = read_checkpoint_meta(teacher).get("best_recall5")
+        if not isinstance(teacher_r5, (int, float)) or teacher_r5 < 0:
+            return   # a teacher that records no validation (not written by 'vpr train')
+        n, student_r5 = self.val_index.num_queries, self.state.best_r5
+        p = drop_p_value(student_r5, teacher_r5, n)
+        if p < SIGNIFICANCE:
+            g = self.cfg.generation
+            log.warning(f"SFRS generation {g} collapsed: its best validation R@5 {100 * student_r5:.1f} % "
+                        f"lies below its teacher's (generation {g - 1}) {100 * teacher_r5:.1f} % by more "
+                        f"than the noise of {n} validation queries allows (one-sided two-proportion z-test, "
+                        f"p = {p:.2g} < {SIGNIFICANCE:g}); selection across generations keeps the better "
+                        "one; check the learning rate and this generation's log.csv")
 
     def _train_chunk(self, epoch: int, c: int, steps: int, stop: StopFlag) -> bool:
         """Train the remaining steps of chunk ``c``; True when stopped by a signal (state saved)."""
