@@ -18,7 +18,6 @@ from vpr.evaluate import (
     spatial_nms,
     squared_distances,
     tied_rankings,
-    top_k_dense,
 )
 
 
@@ -36,15 +35,6 @@ def test_search_matches_brute_force_loop():
     # k above the database size ranks the whole database
     dist, idx = search(db[:5], q, 20)
     assert idx.shape == (9, 5) and sorted(idx[0].tolist()) == [0, 1, 2, 3, 4]
-
-
-def test_top_k_dense_matches_full_sort():
-    rng = np.random.default_rng(1)
-    d = rng.random((6, 30)).astype(np.float32)
-    dist, idx = top_k_dense(d, 4)
-    np.testing.assert_array_equal(idx, np.argsort(d, axis=1)[:, :4])
-    np.testing.assert_array_equal(dist, np.sort(d, axis=1)[:, :4])
-    assert top_k_dense(d, 50)[1].shape == (6, 30)
 
 
 def test_squared_distances_match_difference_form():

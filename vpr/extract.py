@@ -245,9 +245,3 @@ def _subset_names(subset: str) -> tuple[str, ...]:
         raise ValueError(f"subset must be one of {', '.join(SUBSET_DATASETS)}, got {subset!r}")
     return SUBSET_DATASETS[subset]
 
-
-def read_features(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(db, query, attrs) of a features file (see :class:`FeaturesFile`)."""
-    features = FeaturesFile(path)
-    db, query = features.read()
-    return db, query, features.attrs
