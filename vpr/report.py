@@ -1,8 +1,8 @@
 """The results table: Recall@N of every (method, data set) with its 95 % interval, the published numbers,
 and, against a baseline method, which differences are significant.
 
-Input: the recall CSVs of `vpr evaluate` (:mod:`vpr.results`), and for a comparison the rankings files
-beside them. Every Recall@N carries its Wilson score interval over the queries (:mod:`vpr.stats`); a
+Input: the recall CSVs of `vpr evaluate` (:mod:`vpr.results`), and for a comparison the rankings
+files beside them. Every Recall@N carries its Wilson score interval over the queries (:mod:`vpr.stats`); a
 published Recall@N carries the interval that its test set's query count implies. With a baseline method,
 every other method is compared with it on the same queries by McNemar's exact test on the per-query hits,
 and a cell significantly above (below) the baseline at the 5 % level is marked ▲ (▼).
