@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -191,7 +192,8 @@ def alias_edits() -> list[tuple[str, str]]:
                 '    for old, new in RENAMED_OPTIONS.items():\n'
                 '        if old in values:\n'
                 '            if new in values:\n'
-                '                raise VprError(f"{where}: {old} is the old name of {new}; give only {new}")\n'
+                '                raise VprError(f"{where}: {old} is the old name of {new}; '
+                'give only {new}")\n'
                 '            logging.getLogger(__name__).warning("%s: %s is the old name of %s", where, old, '
                 'new)\n'
                 '            values[new] = values.pop(old)\n'
@@ -218,20 +220,16 @@ def alias_edits() -> list[tuple[str, str]]:
         imp = "from vpr.train.config import TrainConfig\n"
         if imp not in text:
             raise SystemExit(f"renames: {cmd}: anchor not found: {imp.strip()!r}")
-        edits.append((cmd, text.replace(imp, "from vpr.train.config import RENAMED_OPTIONS, TrainConfig\n", 1)))
+        new_imp = "from vpr.train.config import RENAMED_OPTIONS, TrainConfig\n"
+        edits.append((cmd, text.replace(imp, new_imp, 1)))
 
     smk = "workflow/rules/config.smk"
     text = Path(smk).read_text(encoding="utf-8")
     m = re.search(r"^RENAMED_KEYS = \{(.*)\}\n", text, re.M)
     if m is None:
-        text = text.replace("\ndef schema_message(", "\n# Keys renamed before the first release, with their "
-                            "new names (an old configuration is told what to write instead).\n"
-                            "RENAMED_KEYS = {\"test_batch_size\": \"extract_batch_size\"}\n\n\n"
-                            "def schema_message(", 1)
-        if "RENAMED_KEYS = {" not in text:
-            raise SystemExit(f"renames: {smk}: anchor 'def schema_message(' not found")
-        edits.append((smk, text))
-    elif "test_batch_size" not in m.group(1):
+        raise SystemExit(f"renames: {smk}: no line 'RENAMED_KEYS = {{...}}': add test_batch_size "
+                         "to it by hand")
+    if "test_batch_size" not in m.group(1):
         inner = m.group(1).strip()
         new = "{" + (inner + ", " if inner else "") + "\"test_batch_size\": \"extract_batch_size\"}"
         edits.append((smk, text[:m.start()] + "RENAMED_KEYS = " + new + "\n" + text[m.end():]))
@@ -285,6 +283,23 @@ def main() -> int:
         Path(path).write_text(text, encoding="utf-8")
         changed += 1
     print(f"renames: {changed} change(s)" if changed else "renames: nothing to change")
+    return tidy()
+
+
+def tidy() -> int:
+    """Sort the imports the renames put out of order (ruff's I rules, with the project's settings) and
+    name the lines they made too long: those are for a person to wrap. Exit 1 when ruff is not clean."""
+    candidates = (str(Path(sys.executable).parent / "ruff"), ".venv/bin/ruff", shutil.which("ruff") or "")
+    ruff = next((c for c in candidates if c and Path(c).exists()), None)
+    if ruff is None:
+        print("renames: ruff not found: run `ruff check --fix --select I .` and `ruff check .` yourself",
+              file=sys.stderr)
+        return 1
+    subprocess.run([ruff, "check", "--fix", "--select", "I", "--quiet", "."], check=False)
+    if subprocess.run([ruff, "check", "--quiet", "."], check=False).returncode:
+        print("renames: ruff is not clean after the renames (above): wrap those lines by hand",
+              file=sys.stderr)
+        return 1
     return 0
 
 
