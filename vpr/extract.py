@@ -223,11 +223,13 @@ class FeaturesFile:
     def check_index(self, index) -> None:
         """VprError unless these features were extracted from ``index`` (a :class:`vpr.data.index.Index`).
 
-        The index fingerprint recorded at extraction must equal the index's; files from before
-        fingerprints are checked by their row counts only (with a warning).
+        The index fingerprint recorded at extraction must equal the index's.
         """
         recorded = self.attrs.get("index_fingerprint")
-        if recorded and recorded != index.fingerprint:
+        if not recorded:
+            raise VprError(f"{self.path} records no index fingerprint: extract the features again with "
+                           "'vpr extract'")
+        if recorded != index.fingerprint:
             raise VprError(f"features of {self.path} were extracted from another index "
                            f"({self.attrs.get('index', '?')}, fingerprint {recorded[:16]}) than {index.path} "
                            f"(fingerprint {index.fingerprint[:16]}); extract them from this index")
@@ -235,9 +237,6 @@ class FeaturesFile:
             raise VprError(f"{self.path} has {self.num_db} database and {self.num_queries} query descriptors "
                            f"but {index.path} lists {index.num_db} database and {index.num_queries} query "
                            "images; extract the features from this index")
-        if not recorded:
-            log.warning("%s records no index fingerprint (written by an older vpr): cannot check that it "
-                        "was extracted from %s beyond its row counts", self.path, index.path)
 
 
 def _subset_names(subset: str) -> tuple[str, ...]:
