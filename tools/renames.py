@@ -88,6 +88,8 @@ WORDS: list[tuple[str, str, tuple[str, ...]]] = [
 # The two tuple_loss functions: qualified uses first, then the bare name by what the line or file means.
 TUPLE_LOSS = re.compile(r"\btuple_loss\b")
 BIND, BATCH = "bind_tuple_loss", "batch_loss"
+# ``from MODULE import ... tuple_loss`` on one line or in parentheses over several
+IMPORTS = r"from {} import (?:[^\n(]*|\([^)]*)\btuple_loss\b"
 
 
 def tuple_loss_line(path: str, text: str, line: str) -> str:
@@ -99,10 +101,9 @@ def tuple_loss_line(path: str, text: str, line: str) -> str:
         meaning = BIND
     elif "objective" in line:
         meaning = BATCH
-    elif path == "vpr/losses.py" or re.search(r"from vpr\.losses import[^\n]*\btuple_loss\b", text):
+    elif path == "vpr/losses.py" or re.search(IMPORTS.format(r"vpr\.losses"), text):
         meaning = BIND
-    elif path == "vpr/train/objective.py" or re.search(
-            r"from vpr\.train\.objective import[^\n]*\btuple_loss\b", text):
+    elif path == "vpr/train/objective.py" or re.search(IMPORTS.format(r"vpr\.train\.objective"), text):
         meaning = BATCH
     else:
         raise SystemExit(f"renames: {path}: cannot tell which tuple_loss this line means; rename it by "
@@ -257,6 +258,8 @@ def main() -> int:
         print("renames: new names already in use (nothing changed):", *problems, sep="\n  ", file=sys.stderr)
         return 1
 
+    # every rewrite is computed before anything is written: a line it cannot settle changes nothing
+    rewritten = {path: rewrite(path, text) for path, text in sorted(files.items())}
     changed = 0
     for src, dst in moves:
         print(f"git mv {src} {dst}")
@@ -265,7 +268,7 @@ def main() -> int:
             git("mv", src, dst)
     moved = dict(moves)
     for path, text in sorted(files.items()):
-        new = rewrite(path, text)
+        new = rewritten[path]
         if new == text:
             continue
         target = moved.get(path, path)
