@@ -81,8 +81,8 @@ def extract_features(
     image raises VprError naming it, and so does a descriptor with NaN or infinite values (naming the
     precision: float16 overflows on large activations).
 
-    ``precision`` (fp32, tf32, bf16, fp16, auto; see :mod:`vpr.precision`) is the autocast precision of
-    the backbone; the NetVLAD head and the descriptors are float32 in every case. ``channels_last``
+    ``precision`` (fp32, tf32, bf16, fp16, auto; see :mod:`vpr.precision`) is the autocast precision
+    of the backbone; the NetVLAD head and the descriptors are float32 in every case. ``channels_last``
     runs the convolutions in channels-last layout; ``compile`` wraps the model in ``torch.compile``
     (compiles once per image size; worth it for long runs on a GPU). ``exif_orientation`` turns images
     per their EXIF Orientation tag (an index's ``exif_orientation``, see :mod:`vpr.data.images`).
