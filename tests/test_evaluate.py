@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import binomtest
 
 from vpr.cli import main
-from vpr.data.index import SplitRecords, build_index
+from vpr.data.index import Index, SplitRecords, build_index
 from vpr.evaluate import (
     first_positive_rank,
     recall_at,
@@ -18,8 +18,8 @@ from vpr.evaluate import (
     spatial_nms,
     squared_distances,
     tied_rankings,
-    top_k_dense,
 )
+from vpr.extract import write_features
 
 
 def test_search_matches_brute_force_loop():
@@ -36,15 +36,6 @@ def test_search_matches_brute_force_loop():
     # k above the database size ranks the whole database
     dist, idx = search(db[:5], q, 20)
     assert idx.shape == (9, 5) and sorted(idx[0].tolist()) == [0, 1, 2, 3, 4]
-
-
-def test_top_k_dense_matches_full_sort():
-    rng = np.random.default_rng(1)
-    d = rng.random((6, 30)).astype(np.float32)
-    dist, idx = top_k_dense(d, 4)
-    np.testing.assert_array_equal(idx, np.argsort(d, axis=1)[:, :4])
-    np.testing.assert_array_equal(dist, np.sort(d, axis=1)[:, :4])
-    assert top_k_dense(d, 50)[1].shape == (6, 30)
 
 
 def test_squared_distances_match_difference_form():
@@ -126,8 +117,7 @@ def _write_case(tmp_path, fmt="csv", n_db_rows=6):
     db = np.eye(6, dtype=np.float32)[:n_db_rows]
     q = np.array([np.array(w, dtype=np.float32) / np.linalg.norm(w) for w in QUERY_WEIGHTS])
     feats = tmp_path / "feat.h5"
-    with h5py.File(feats, "w") as f:
-        f["db"], f["query"] = db, q
+    write_features(feats, db, q, {"index_fingerprint": Index(index).fingerprint})
     return index, feats
 
 
@@ -249,6 +239,7 @@ def test_evaluate_output_feeds_the_table_comparison(tmp_path, capsys):
     worse = tmp_path / "worse.h5"
     with h5py.File(feats, "r") as f, h5py.File(worse, "w") as g:
         g["db"], g["query"] = f["db"][()], f["query"][()][[1, 2, 0]]   # queries shuffled: other rankings
+        g.attrs.update(f.attrs)
     argv = []
     for method, features in (("base", worse), ("good", feats)):
         out = tmp_path / method / "pitts30k_recall.csv"

@@ -6,7 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vpr.losses import LOSSES, TUPLE_LOSSES, get_loss, sare_ind, sare_joint, sfrs_soft, triplet, tuple_loss
+from vpr.losses import (
+    LOSSES,
+    TUPLE_LOSSES,
+    get_loss,
+    sare_ind,
+    sare_joint,
+    sfrs_soft,
+    triplet,
+    tuple_loss,
+)
 
 
 def unit(*shape, seed=0, dtype=torch.float64):

@@ -168,6 +168,7 @@ def write_features(path, db, query):
     with h5py.File(path, "w") as f:
         f.create_dataset("db", data=db)
         f.create_dataset("query", data=query)
+        f.attrs["kind"] = "vpr-features"
 
 
 def test_fit_pca_command(tmp_path):
@@ -199,6 +200,7 @@ def test_fit_pca_command_errors(tmp_path, capsys):
     assert not out.exists()
     with h5py.File(tmp_path / "dbonly.h5", "w") as f:
         f.create_dataset("db", data=np.ones((5, 3), np.float32))
+        f.attrs["kind"] = "vpr-features"
     assert cli.main(["fit-pca", "--features", str(tmp_path / "dbonly.h5"), "--out", str(out)]) == 2
     assert "has no dataset 'query'" in capsys.readouterr().err and not out.exists()
     write_features(tmp_path / "one.h5", np.ones((1, 3), np.float32), np.ones((0, 3), np.float32))

@@ -166,12 +166,12 @@ def test_pca_of_another_model_is_refused(setup, tmp_path, capsys):
 
 
 def test_pca_without_a_recorded_model_is_still_accepted(setup, tmp_path):
-    # a PCA file from before this change (or the reference's): only its dimensions can be checked
-    legacy = tmp_path / "legacy_pca.h5"
-    with h5py.File(setup["pca_a"]) as src, h5py.File(legacy, "w") as dst:
+    # a PCA file in the reference's layout (no kind, no model recorded): only its dimensions can be checked
+    reference = tmp_path / "reference_pca.h5"
+    with h5py.File(setup["pca_a"]) as src, h5py.File(reference, "w") as dst:
         for name in ("U", "lams", "mu", "Utmu"):
             dst[name] = src[name][()]
-    assert _extract(setup["model_b"], setup["index_a"], tmp_path / "f.h5", "--pca", str(legacy)) == 0
+    assert _extract(setup["model_b"], setup["index_a"], tmp_path / "f.h5", "--pca", str(reference)) == 0
 
 
 # ---- the index fingerprint ---------------------------------------------------------------------------
@@ -211,8 +211,8 @@ def test_fingerprint_is_the_documented_hash_of_the_content(setup, tiny_data):
 
 
 def test_fingerprint_does_not_depend_on_the_hdf5_layout(setup, tmp_path):
-    # an index from before fingerprints, stored differently (compressed, chunked, other dataset order):
-    # the reader computes the same fingerprint from the content
+    # the same index stored differently (compressed, chunked, other dataset order): the reader computes
+    # the same fingerprint from the content, so the stored one still matches
     original = Index(setup["index_a"])
     copy = tmp_path / "relaid.h5"
     with h5py.File(setup["index_a"]) as src, h5py.File(copy, "w") as dst:
@@ -222,12 +222,13 @@ def test_fingerprint_does_not_depend_on_the_hdf5_layout(setup, tmp_path):
             data = src[name][()]
             dst.create_dataset(name, data=data, dtype=src[name].dtype, compression="gzip",
                                chunks=(1,) + data.shape[1:] if data.size else None)
-        dst.attrs.update({k: v for k, v in src.attrs.items() if k not in ("fingerprint", "kind")})
+        dst.attrs.update(src.attrs)
     assert Index(copy).fingerprint == original.fingerprint
-    # and a changed coordinate is another index
+    # and a changed coordinate is another index, which the stored fingerprint no longer matches
     with h5py.File(copy, "a") as f:
         f["db/utm"][0, 0] += 0.5
-    assert Index(copy).fingerprint != original.fingerprint
+    with pytest.raises(VprError, match="does not match the fingerprint stored when it was built"):
+        Index(copy)
 
 
 @pytest.mark.parametrize("value", [10**6, -1])
@@ -240,18 +241,19 @@ def test_an_index_edited_after_it_was_built_is_refused(setup, tmp_path, capsys, 
     err = _one_line_error(capsys)
     assert str(edited) in err and "does not match the fingerprint stored when it was built" in err
     assert not (tmp_path / "f.h5").exists()
-    # the same edit with the fingerprint recomputed to match (or removed: a file from before fingerprints)
-    # still names the index that lies outside the database
-    for fingerprint in (_fingerprint_by_hand(edited), None):
-        with h5py.File(edited, "a") as f:
-            if fingerprint is None:
-                del f.attrs["fingerprint"]
-            else:
-                f.attrs["fingerprint"] = fingerprint
-        with pytest.raises(VprError) as e:
-            Index(edited)
-        assert str(e.value) == (f"{edited}: query/positives_indices holds {value}, outside the {N_DB} "
-                                f"database images (0..{N_DB - 1})")
+    # the same edit with the fingerprint recomputed to match still names the index that lies outside the
+    # database
+    with h5py.File(edited, "a") as f:
+        f.attrs["fingerprint"] = _fingerprint_by_hand(edited)
+    with pytest.raises(VprError) as e:
+        Index(edited)
+    assert str(e.value) == (f"{edited}: query/positives_indices holds {value}, outside the {N_DB} "
+                            f"database images (0..{N_DB - 1})")
+    # and one without a fingerprint is refused
+    with h5py.File(edited, "a") as f:
+        del f.attrs["fingerprint"]
+    with pytest.raises(VprError, match="records no fingerprint: rebuild it with 'vpr index'"):
+        Index(edited)
 
 
 def test_an_index_with_a_broken_row_pointer_is_refused(setup, tmp_path):
@@ -261,6 +263,8 @@ def test_an_index_with_a_broken_row_pointer_is_refused(setup, tmp_path):
         ptr = f["query/positives_indptr"][()]
         ptr[1] = ptr[-1] + 1         # a row pointer past the end of the indices
         f["query/positives_indptr"][()] = ptr
-        del f.attrs["fingerprint"]
+    fingerprint = _fingerprint_by_hand(edited)   # made to match: the row pointer check is what refuses it
+    with h5py.File(edited, "a") as f:
+        f.attrs["fingerprint"] = fingerprint
     with pytest.raises(VprError, match="query/positives_indptr is not a valid row pointer for 3 queries"):
         Index(edited)

@@ -19,9 +19,9 @@ from vpr.train.training_log import LOG_FIELDS, read_training_log, write_training
 MIN_PNG = (400, 250)  # every figure is at least this large (width, height) in pixels
 
 
-def write_recall(path: Path, rows: list[tuple[int, float]], header: str = "n,recall") -> Path:
-    path.write_text(header + "\n" + "".join(f"{n},{r}\n" for n, r in rows))
-    return path
+def write_recall(path: Path, rows: list[tuple[int, float]], queries: int = 100) -> Path:
+    """A recall CSV of Recall@N = ``r`` (hits r·queries) for every (N, r) of ``rows``."""
+    return write_recall_ci(path, {n: round(r * queries) for n, r in rows}, queries)
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -131,21 +131,6 @@ def test_a_number_from_a_step_that_warned_carries_a_footnote(tmp_path):
     # A log named for a row that is not in the table is a mistake of the caller.
     assert main(["table", "--recall", "sfrs", "tokyo", str(c), "--step-log", "sfrs", "pitts250k", str(clean),
                  "--out-md", str(md), "--out-csv", str(out_csv)]) == 2
-
-def test_table_reads_old_two_column_csvs(tmp_path):
-    a = write_recall(tmp_path / "a.csv", [(1, 0.5), (20, 0.75)])
-    md, out_csv = tmp_path / "t.md", tmp_path / "t.csv"
-    assert main(["table", "--recall", "sare_ind", "pitts30k", str(a), "--out-md", str(md),
-                 "--out-csv", str(out_csv), "--ns", "1", "20"]) == 0
-    lines = md.read_text().splitlines()
-    assert lines[0] == "| Method | Pitts30k-test R@1 | Pitts30k-test R@20 |"
-    assert lines[2] == "| SARE_ind | 50.0 | 75.0 |"   # no interval without a query count; nothing published
-    text = md.read_text()
-    assert "not evaluated" not in text and "earlier vpr" in text and "Pooled" not in text
-    with open(out_csv, newline="") as f:
-        row = next(csv.DictReader(f))
-    assert (row["R@1"], row["R@1 ci_low"], row["queries"]) == ("50.00", "", "")
-
 
 def write_evaluation(folder: Path, dataset: str, first_positive: list[int], ns=(1, 5), k: int = 5,
                      kind: str | None = "vpr-rankings") -> Path:
@@ -260,17 +245,6 @@ def test_table_compare_bad_input(tmp_path, capsys, compared, case, message):
     assert not out_csv.exists() and (md.read_text() if md.exists() else None) == before
 
 
-def test_table_reads_rankings_without_kind(tmp_path):
-    """Rankings files of earlier versions (no kind attribute) still serve a comparison."""
-    a = write_evaluation(tmp_path / "off-the-shelf", "pitts30k", MISS + MISS, kind=None)
-    b = write_evaluation(tmp_path / "sfrs", "pitts30k", TOP + TOP, kind=None)
-    md, out_csv = tmp_path / "t.md", tmp_path / "t.csv"
-    assert main(["table", "--recall", "off-the-shelf", "pitts30k", str(a), "--recall", "sfrs", "pitts30k",
-                 str(b), "--ns", "1", "--compare-to", "off-the-shelf", "--out-md", str(md),
-                 "--out-csv", str(out_csv)]) == 0
-    assert f"| SFRS | {cell(10, 10)} ▲ |" in md.read_text()   # 10 of 10 discordant: p = 2 / 1024
-
-
 @pytest.mark.parametrize("case, message", [
     ("missing", "recall CSV not found"),
     ("header", "expected the header 'n,recall,ci_low,ci_high,queries'"),
@@ -285,9 +259,9 @@ def test_table_bad_input(tmp_path, capsys, case, message):
     good = write_recall(tmp_path / "good.csv", [(1, 0.5), (5, 0.6), (10, 0.7)])
     bad = tmp_path / "bad.csv"
     if case == "header":
-        write_recall(bad, [(1, 0.5), (5, 0.6), (10, 0.7)], header="N,R")
+        bad.write_text("N,R\n1,0.5\n5,0.6\n10,0.7\n")
     elif case == "range":
-        write_recall(bad, [(1, 0.5), (5, 60.0), (10, 0.7)])
+        bad.write_text("n,recall,ci_low,ci_high,queries\n1,0.5,0.4,0.6,10\n5,60.0,0.5,0.7,10\n")
     elif case == "interval":
         bad.write_text("n,recall,ci_low,ci_high,queries\n1,0.5,0.6,0.7,10\n")
     elif case == "hits":
@@ -295,7 +269,7 @@ def test_table_bad_input(tmp_path, capsys, case, message):
     elif case == "queries":
         bad.write_text("n,recall,ci_low,ci_high,queries\n1,0.5,0.2,0.8,10\n5,0.6,0.3,0.9,12\n")
     elif case == "text":
-        bad.write_text("n,recall\n1,0.5\n5,abc\n10,0.7\n")
+        bad.write_text("n,recall,ci_low,ci_high,queries\n1,0.5,0.2,0.8,10\n5,abc,0.2,0.8,10\n")
     elif case == "no_n":
         write_recall(bad, [(1, 0.5), (5, 0.6)])
     md, out_csv = tmp_path / "t.md", tmp_path / "t.csv"
@@ -332,15 +306,14 @@ TAB10_BLUE = (0.12156862745098039, 0.4666666666666667, 0.7058823529411765)   # t
 def test_plot_recall_draws_the_intervals(tmp_path):
     ns = {1: 30, 5: 50, 10: 60, 20: 70}
     wide = write_recall_ci(tmp_path / "wide.csv", ns, 100)    # 95 % interval about +-9 points
-    old = write_recall(tmp_path / "old.csv", [(n, k / 100) for n, k in ns.items()])   # no interval
-    for name, path in (("wide", wide), ("old", old)):
+    narrow = write_recall_ci(tmp_path / "narrow.csv", {n: 100 * k for n, k in ns.items()}, 10000)   # +-1
+    for name, path in (("wide", wide), ("narrow", narrow)):
         png = tmp_path / f"{name}.png"
         assert main(["plot", "recall", "--recall", "netvlad", str(path), "--out", str(png)]) == 0
-    # the band (alpha 0.18 over white) covers a large area with intervals; without, only a few anti-aliased
-    # edge pixels of the line happen to have its tint
-    with_band = band_pixels(read_png(tmp_path / "wide.png"), TAB10_BLUE, 0.18)
-    without = band_pixels(read_png(tmp_path / "old.png"), TAB10_BLUE, 0.18)
-    assert with_band > 5000 and without < 300, (with_band, without)
+    # the band (alpha 0.18 over white) of the wide interval covers a large area, the narrow one's little
+    wide_band = band_pixels(read_png(tmp_path / "wide.png"), TAB10_BLUE, 0.18)
+    narrow_band = band_pixels(read_png(tmp_path / "narrow.png"), TAB10_BLUE, 0.18)
+    assert wide_band > 5000 and narrow_band < wide_band / 3, (wide_band, narrow_band)
 
 
 def test_plot_recall_bad_csv(tmp_path, capsys):
@@ -357,7 +330,8 @@ FIELDS = ["generation", "epoch", "loss", "loss_hard", "loss_soft", "lr", "recall
           "recall@10", "mining_s", "train_s", "val_s"]
 
 
-def write_log(path: Path, generation: int, epochs: int, r1_start: float) -> Path:
+def write_log(path: Path, generation: int, epochs: int, r1_start: float, queries: int | None = 20) -> Path:
+    """A training log; with its recall intervals over ``queries`` val queries unless that is None."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(FIELDS)
@@ -366,20 +340,18 @@ def write_log(path: Path, generation: int, epochs: int, r1_start: float) -> Path
             r1 = min(r1_start + 0.05 * (e + 1), 1.0)
             w.writerow([generation, e, loss, loss, 0.0, "nan" if e < 0 else 0.001, r1, min(r1 + 0.1, 1),
                         min(r1 + 0.15, 1), 1.0, 2.0, 0.5])
-    return path
+    return path if queries is None else add_interval_columns(path, queries)
 
 
-def add_interval_columns(path: Path, queries: int, blank_first: bool = False) -> Path:
-    """Add the recall@1/5/10 interval columns of a log over ``queries`` val queries (Wilson, from scipy);
-    ``blank_first``: leave them empty in the first row, as a run resumed from an older log does."""
+def add_interval_columns(path: Path, queries: int) -> Path:
+    """Add the recall@1/5/10 interval columns of a log over ``queries`` val queries (Wilson, from scipy)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     names = [f"recall@{n}_ci_{s}" for n in (1, 5, 10) for s in ("low", "high")]
-    for i, row in enumerate(rows):
+    for row in rows:
         for n in (1, 5, 10):
             low, high = wilson_pct(round(float(row[f"recall@{n}"]) * queries), queries)
-            row[f"recall@{n}_ci_low"], row[f"recall@{n}_ci_high"] = ("", "") if blank_first and i == 0 else (
-                low / 100, high / 100)
+            row[f"recall@{n}_ci_low"], row[f"recall@{n}_ci_high"] = low / 100, high / 100
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[*FIELDS[:9], *names, *FIELDS[9:]])
         w.writeheader()
@@ -387,21 +359,22 @@ def add_interval_columns(path: Path, queries: int, blank_first: bool = False) ->
     return path
 
 
-def test_plot_training_draws_the_intervals(tmp_path):
-    plain = write_log(tmp_path / "plain.csv", 0, 4, 0.3)
-    banded = add_interval_columns(write_log(tmp_path / "banded.csv", 0, 4, 0.3), 20)
-    resumed = add_interval_columns(write_log(tmp_path / "resumed.csv", 0, 4, 0.3), 20, blank_first=True)
-    rows = read_training_log(resumed)
-    assert "recall@1_ci_low" not in rows[0] and rows[1]["recall@1_ci_low"] == pytest.approx(
-        wilson_pct(round(0.35 * 20), 20)[0] / 100)
+def test_plot_training_draws_the_intervals(tmp_path, capsys):
+    banded = write_log(tmp_path / "banded.csv", 0, 4, 0.3, queries=20)
+    narrow = write_log(tmp_path / "narrow.csv", 0, 4, 0.3, queries=20000)
+    rows = read_training_log(banded)
+    assert rows[1]["recall@1_ci_low"] == pytest.approx(wilson_pct(round(0.35 * 20), 20)[0] / 100)
     counts = {}
-    for name, log in (("plain", plain), ("banded", banded), ("resumed", resumed)):
+    for name, log in (("banded", banded), ("narrow", narrow)):
         png = tmp_path / f"{name}.png"
         assert main(["plot", "training", "--log", name, str(log), "--out", str(png)]) == 0
         counts[name] = band_pixels(read_png(png), TAB10_BLUE, 0.12)
-    # a band of the run's colour (alpha 0.12) where the rows have their interval, a gap where they do not
-    assert counts["banded"] > 3000 and counts["plain"] < 300, counts
-    assert 1000 < counts["resumed"] < counts["banded"] - 500, counts
+    # a band of the run's colour (alpha 0.12), wide over 20 queries, thin over 20,000
+    assert counts["banded"] > 3000 and counts["narrow"] < counts["banded"] / 3, counts
+    # a log without the interval columns is refused, naming them
+    plain = write_log(tmp_path / "plain.csv", 0, 4, 0.3, queries=None)
+    assert main(["plot", "training", "--log", "plain", str(plain), "--out", str(tmp_path / "p.png")]) == 2
+    assert "recall@1_ci_low" in capsys.readouterr().err
 
 
 def test_training_positions_chain_and_overlay():
@@ -445,13 +418,14 @@ def test_training_log_writer_and_reader_agree(tmp_path):
               "recall@1_ci_low,recall@1_ci_high,recall@5_ci_low,recall@5_ci_high,"
               "recall@10_ci_low,recall@10_ci_high,mining_s,train_s,val_s")
     assert ",".join(LOG_FIELDS) == header
-    row = dict.fromkeys(LOG_FIELDS, 0.5) | {"generation": 1, "epoch": 3, "recall@1_ci_low": ""}
+    row = dict.fromkeys(LOG_FIELDS, 0.5) | {"generation": 1, "epoch": 3, "recall@1_ci_low": 0.25}
     path = tmp_path / "log.csv"
     write_training_log(path, [row])
     assert path.read_text().splitlines()[0] == header
     (got,) = read_training_log(path)
     assert got == {"generation": 1.0, "epoch": 3.0, "loss": 0.5, "recall@1": 0.5, "recall@5": 0.5,
-                   "recall@1_ci_high": 0.5, "recall@5_ci_low": 0.5, "recall@5_ci_high": 0.5}
+                   "recall@1_ci_low": 0.25, "recall@1_ci_high": 0.5, "recall@5_ci_low": 0.5,
+                   "recall@5_ci_high": 0.5}
 
 
 # ---------------------------------------------------------------------------------------- example grid
@@ -494,6 +468,7 @@ def write_rankings(path: Path, topk: list[list[int]]) -> Path:
         f.create_dataset("topk", data=topk)
         f.create_dataset("distances", data=np.where(topk >= 0, 0.5, np.inf).astype(np.float32))
         f.create_dataset("first_positive", data=np.array([1, 2], dtype=np.int64))
+        f.attrs["kind"] = "vpr-rankings"
     return path
 
 

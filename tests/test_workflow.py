@@ -271,7 +271,6 @@ def test_the_resolved_config_is_exactly_the_file_given(tmp_path, args, expected)
 @pytest.mark.slow
 @pytest.mark.parametrize("change, message", [
     ({"training.learning_rate": 0.1}, "training.learning_rate: unknown key"),
-    ({"untrained": True}, "untrained: unknown key; renamed to off_the_shelf"),   # an earlier version's key
     ({"model.num_clusters": "many"}, "model.num_clusters: expected integer, got 'many'"),
     ({"test_sets.oxford": "oxford5k"}, "test_sets.oxford: 'oxford5k' is not a data set under datasets"),
     ({"methods.sfrs.generations": 3},

@@ -6,10 +6,10 @@ features: ``vpr.extract``; PCA: ``vpr.pca``; k-means centres: ``vpr.cluster``). 
 kind given in its place is one line naming both ("X: is a vpr index file, not a features file (create one
 with 'vpr extract')") instead of a missing-dataset traceback.
 
-Files written before the attribute existed (and files of the reference implementation: its centres and
-PCA files) have no ``kind``. They are recognised by their layout: one that has the layout of another
-vpr kind is refused the same way; otherwise the reader reads it as before, and its own checks of the
-datasets name whatever does not fit.
+The files of the reference implementation (its centres and PCA files, :data:`REFERENCE_KINDS`) have no
+``kind``. They are recognised by their layout: one that has the layout of another vpr kind is refused the
+same way; otherwise the reader reads it, and its own checks of the datasets name whatever does not fit.
+A file of the other kinds without the attribute was not written by vpr and is refused.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ KINDS: dict[str, tuple[str, str]] = {
     CENTERS: ("centres file", "vpr cluster"),
     RANKINGS: ("rankings file", "vpr evaluate"),
 }
+# the kinds the reference implementation also writes, without the attribute
+REFERENCE_KINDS = (CENTERS, PCA)
 
 
 def _text(value) -> str:
@@ -67,12 +69,15 @@ def kind_of(f: h5py.File) -> str | None:
 
 
 def check_kind(f: h5py.File, path: str | os.PathLike, kind: str) -> None:
-    """VprError unless the open file ``f`` is of ``kind`` (or a file without ``kind`` whose layout shows no
-    other kind: see the module docstring)."""
+    """VprError unless the open file ``f`` is of ``kind`` (or, for the reference's kinds, a file without
+    ``kind`` whose layout shows no other kind: see the module docstring)."""
     found = kind_of(f)
-    if found is None or found == kind:
-        return
     what, made_by = KINDS[kind]
+    if found in (None, kind) and ("kind" in f.attrs or kind in REFERENCE_KINDS):
+        return
+    if found in (None, kind):
+        raise VprError(f"{path}: has no 'kind' attribute: not a {what} written by vpr (create one with "
+                       f"'{made_by}')")
     found_what = f"vpr {KINDS[found][0]}" if found in KINDS else f"{found!r} file"
     article = "an" if what[0] in "aeiou" else "a"
     raise VprError(f"{path}: is a {found_what}, not {article} {what} (create one with '{made_by}')")

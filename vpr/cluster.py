@@ -9,8 +9,9 @@ taken from each image come from a generator seeded by that image's position in t
 does not depend on batch order, worker count or the number of processes (the reference samples from an
 unordered Python set, docs/method.md §6).
 
-The conv maps may be computed under bfloat16/float16 autocast (``precision``, see :mod:`vpr.precision`);
-they are cast to float32 before the L2 normalisation, so the stored descriptors are float32 either way.
+The conv maps may be computed under bfloat16/float16 autocast (``precision``, see
+:mod:`vpr.precision`); they are cast to float32 before the L2 normalisation, so the stored descriptors
+are float32 either way.
 """
 
 from __future__ import annotations

@@ -144,17 +144,6 @@ def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0, out=d)
 
 
-def top_k_dense(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k smallest entries of each row of a dense matrix via argpartition (no full argsort)."""
-    k = min(k, dist.shape[1])
-    part = np.argpartition(dist, k - 1, axis=1)[:, :k] if k < dist.shape[1] else np.tile(
-        np.arange(dist.shape[1]), (dist.shape[0], 1))
-    part_d = np.take_along_axis(dist, part, axis=1)
-    order = np.argsort(part_d, axis=1, kind="stable")
-    return (np.take_along_axis(part_d, order, 1).astype(np.float32),
-            np.take_along_axis(part, order, 1).astype(np.int64))
-
-
 def rerank_search(db: np.ndarray, queries: np.ndarray, k: int, k1: int, k2: int, lambda_value: float,
                   max_items: int | None = RERANK_MAX_ITEMS) -> tuple[np.ndarray, np.ndarray]:
     """Top-k after k-reciprocal re-ranking (Zhong et al. 2017) of the squared distances over the whole

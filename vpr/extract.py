@@ -81,8 +81,8 @@ def extract_features(
     image raises VprError naming it, and so does a descriptor with NaN or infinite values (naming the
     precision: float16 overflows on large activations).
 
-    ``precision`` (fp32, tf32, bf16, fp16, auto; see :mod:`vpr.precision`) is the autocast precision of the
-    backbone; the NetVLAD head and the descriptors are float32 in every case. ``channels_last``
+    ``precision`` (fp32, tf32, bf16, fp16, auto; see :mod:`vpr.precision`) is the autocast precision
+    of the backbone; the NetVLAD head and the descriptors are float32 in every case. ``channels_last``
     runs the convolutions in channels-last layout; ``compile`` wraps the model in ``torch.compile``
     (compiles once per image size; worth it for long runs on a GPU). ``exif_orientation`` turns images
     per their EXIF Orientation tag (an index's ``exif_orientation``, see :mod:`vpr.data.images`).
@@ -223,11 +223,13 @@ class FeaturesFile:
     def check_index(self, index) -> None:
         """VprError unless these features were extracted from ``index`` (a :class:`vpr.data.index.Index`).
 
-        The index fingerprint recorded at extraction must equal the index's; files from before
-        fingerprints are checked by their row counts only (with a warning).
+        The index fingerprint recorded at extraction must equal the index's.
         """
         recorded = self.attrs.get("index_fingerprint")
-        if recorded and recorded != index.fingerprint:
+        if not recorded:
+            raise VprError(f"{self.path} records no index fingerprint: extract the features again with "
+                           "'vpr extract'")
+        if recorded != index.fingerprint:
             raise VprError(f"features of {self.path} were extracted from another index "
                            f"({self.attrs.get('index', '?')}, fingerprint {recorded[:16]}) than {index.path} "
                            f"(fingerprint {index.fingerprint[:16]}); extract them from this index")
@@ -235,9 +237,6 @@ class FeaturesFile:
             raise VprError(f"{self.path} has {self.num_db} database and {self.num_queries} query descriptors "
                            f"but {index.path} lists {index.num_db} database and {index.num_queries} query "
                            "images; extract the features from this index")
-        if not recorded:
-            log.warning("%s records no index fingerprint (written by an older vpr): cannot check that it "
-                        "was extracted from %s beyond its row counts", self.path, index.path)
 
 
 def _subset_names(subset: str) -> tuple[str, ...]:
@@ -245,9 +244,3 @@ def _subset_names(subset: str) -> tuple[str, ...]:
         raise ValueError(f"subset must be one of {', '.join(SUBSET_DATASETS)}, got {subset!r}")
     return SUBSET_DATASETS[subset]
 
-
-def read_features(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(db, query, attrs) of a features file (see :class:`FeaturesFile`)."""
-    features = FeaturesFile(path)
-    db, query = features.read()
-    return db, query, features.attrs

@@ -9,8 +9,9 @@ descriptors. Every loss returns a scalar tensor and contains no Python loop over
 * ``sfrs_soft``  -- SFRS soft-label loss: cross-entropy of teacher soft targets against the student.
 
 ``get_loss(name, **kwargs)`` looks a loss up in ``LOSSES`` and binds its options, raising ``ValueError`` for
-an unknown name, option or form, so a bad configuration fails before training starts. ``tuple_loss`` is the
-training loss (``--loss``, one of ``TUPLE_LOSSES``) with the options of the training configuration it takes.
+an unknown name, option or form, so a bad configuration fails before training starts.
+``tuple_loss`` is the training loss (``--loss``, one of ``TUPLE_LOSSES``) with the options of the
+training configuration it takes.
 """
 
 from __future__ import annotations

@@ -222,7 +222,7 @@ def check_pca_model(params: PCAParams, pca: str | os.PathLike, checkpoint: str |
     """VprError when the PCA ``params`` (read from ``pca``) were fitted on descriptors of another model
     than ``checkpoint`` (SHA-256 ``checkpoint_sha256``, hashed here when not given).
 
-    A PCA file that records no checkpoint (written by an older vpr, or by the reference) cannot be checked
+    A PCA file that records no checkpoint (the reference's) cannot be checked
     and is accepted; the dimensions are still checked when it is attached.
     """
     if not params.checkpoint_sha256:

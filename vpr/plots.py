@@ -44,7 +44,7 @@ def save_png(fig, out: str | os.PathLike, dpi: int = 120) -> None:
 def plot_recall_curves(curves: Sequence[tuple[str, RecallTable]], out: str | os.PathLike,
                        title: str = "", dataset: str | None = None) -> None:
     """One Recall@N line per method over N on a logarithmic axis, with its 95 % interval as a band and
-    error bars (recall CSVs of earlier versions carry no interval: line only).
+    error bars.
 
     With ``dataset`` (a key of :mod:`vpr.published`), published numbers of the same methods are drawn as
     crosses in the method's colour, with the interval their query count implies.
@@ -58,11 +58,10 @@ def plot_recall_curves(curves: Sequence[tuple[str, RecallTable]], out: str | os.
         all_ns.update(ns)
         y = np.array([100.0 * table.recall[n] for n in ns])
         ax.plot(ns, y, marker="o", color=colour, label=method_name(method))
-        if table.interval is not None:
-            low = np.array([100.0 * table.interval[n][0] for n in ns])
-            high = np.array([100.0 * table.interval[n][1] for n in ns])
-            ax.fill_between(ns, low, high, color=colour, alpha=0.18, linewidth=0)
-            ax.errorbar(ns, y, yerr=[y - low, high - y], fmt="none", ecolor=colour, capsize=3)
+        low = np.array([100.0 * table.interval[n][0] for n in ns])
+        high = np.array([100.0 * table.interval[n][1] for n in ns])
+        ax.fill_between(ns, low, high, color=colour, alpha=0.18, linewidth=0)
+        ax.errorbar(ns, y, yerr=[y - low, high - y], fmt="none", ecolor=colour, capsize=3)
         pub = published(method, dataset) if dataset else None
         if pub:
             pub_ns = sorted(pub)
@@ -161,10 +160,9 @@ def plot_training(runs: Sequence[tuple[str, list[dict[str, float]]]], out: str |
         ax_loss.plot(x[trained], loss[trained], marker="o", color=colour, label=label)
         for key, style, marker in (("recall@1", "-", "o"), ("recall@5", "--", "s")):
             ax_rec.plot(x, [100.0 * r[key] for r in rows], linestyle=style, marker=marker, color=colour)
-            low = np.array([100.0 * r.get(f"{key}_ci_low", math.nan) for r in rows])
-            high = np.array([100.0 * r.get(f"{key}_ci_high", math.nan) for r in rows])
-            if np.isfinite(low).any():  # a gap where a row has no interval (logged before there were any)
-                ax_rec.fill_between(x, low, high, color=colour, alpha=0.12, linewidth=0)
+            low = np.array([100.0 * r[f"{key}_ci_low"] for r in rows])
+            high = np.array([100.0 * r[f"{key}_ci_high"] for r in rows])
+            ax_rec.fill_between(x, low, high, color=colour, alpha=0.12, linewidth=0)
         start = ~trained
         if start.any():  # the model before training: hollow markers
             for key in ("recall@1", "recall@5"):

@@ -1,8 +1,8 @@
 """The results table: Recall@N of every (method, data set) with its 95 % interval, the published numbers,
 and, against a baseline method, which differences are significant.
 
-Input: the recall CSVs of `vpr evaluate` (:mod:`vpr.results`), and for a comparison the rankings files
-beside them. Every Recall@N carries its Wilson score interval over the queries (:mod:`vpr.stats`); a
+Input: the recall CSVs of `vpr evaluate` (:mod:`vpr.results`), and for a comparison the rankings
+files beside them. Every Recall@N carries its Wilson score interval over the queries (:mod:`vpr.stats`); a
 published Recall@N carries the interval that its test set's query count implies. With a baseline method,
 every other method is compared with it on the same queries by McNemar's exact test on the per-query hits,
 and a cell significantly above (below) the baseline at the 5 % level is marked ▲ (▼).
@@ -54,15 +54,15 @@ WARNED = "†"  # a number computed by a step that logged a warning
 
 @dataclass
 class TableRow:
-    """One evaluated (method, data set): our recall (fractions) with its interval and query count (None
-    for a recall CSV of an earlier version), the published recall (%, or None), and, when compared with a
-    baseline, the per-query hits and the paired test against the baseline."""
+    """One evaluated (method, data set): our recall (fractions) with its interval and query count, the
+    published recall (%, or None), and, when compared with a baseline, the per-query hits and the paired
+    test against the baseline."""
 
     method: str
     dataset: str
     recall: dict[int, float]
-    interval: dict[int, tuple[float, float]] | None
-    queries: int | None
+    interval: dict[int, tuple[float, float]]
+    queries: int
     published: dict[int, float] | None
     source: str = ""
     hits: dict[int, np.ndarray] | None = None
@@ -98,7 +98,7 @@ def collect(entries: Sequence[tuple[str, str, str | os.PathLike]], ns: Sequence[
             raise VprError(f"{path}: no Recall@{missing[0]} in the file (it has N = "
                            f"{', '.join(map(str, sorted(table.recall)))}); evaluate with --recall-at "
                            f"covering {' '.join(map(str, ns))} or choose other --ns")
-        interval = {n: table.interval[n] for n in ns} if table.interval is not None else None
+        interval = {n: table.interval[n] for n in ns}
         rows.append(TableRow(method, dataset, {n: table.recall[n] for n in ns}, interval, table.queries,
                              published(method, dataset), str(path)))
     rankings = dict(rankings or {})
@@ -120,7 +120,7 @@ def collect(entries: Sequence[tuple[str, str, str | os.PathLike]], ns: Sequence[
 def _hits(row: TableRow, ns: Sequence[int], path: Path) -> dict[int, np.ndarray]:
     """Per-query hits@N of a row from its rankings file, checked against its recall CSV."""
     rankings = read_rankings(path)
-    if row.queries is not None and rankings.num_queries != row.queries:
+    if rankings.num_queries != row.queries:
         raise VprError(f"{path} ranks {rankings.num_queries} queries but {row.source} was measured on "
                        f"{row.queries}; they are not from the same evaluation (re-run 'vpr evaluate')")
     # (a ranking shorter than N, of a database or a place list smaller than N, holds all hits at N)
@@ -157,8 +157,7 @@ def pooled_rows(rows: Sequence[TableRow], ns: Sequence[int], compare_to: str | N
                 ) -> list[TableRow]:
     """One row per method evaluated on every data set of ``rows`` (two or more): all queries as one sample.
 
-    A method whose recall CSVs lack the query count (earlier versions) gets no pooled row. With
-    ``compare_to``, the pooled hits are tested against the baseline's pooled hits.
+    With ``compare_to``, the pooled hits are tested against the baseline's pooled hits.
     """
     datasets = list(dict.fromkeys(r.dataset for r in rows))
     if len(datasets) < 2:
@@ -169,7 +168,7 @@ def pooled_rows(rows: Sequence[TableRow], ns: Sequence[int], compare_to: str | N
     pooled: dict[str, TableRow] = {}
     for method, per in per_method.items():
         parts = [per.get(d) for d in datasets]
-        if any(p is None or p.queries is None for p in parts):
+        if any(p is None for p in parts):
             continue
         total = sum(p.queries for p in parts)
         hits = {n: sum(hits_of(p.recall[n], p.queries) for p in parts) for n in ns}
@@ -215,8 +214,7 @@ def table_csv(rows: Sequence[TableRow], ns: Sequence[int], compare_to: str | Non
     for row in rows:
         ours = []
         for n in ns:
-            ci = row.interval[n] if row.interval is not None else None
-            ours += [_f2(100.0 * row.recall[n]), *((_f2(100.0 * c) for c in ci) if ci else ("", ""))]
+            ours += [_f2(100.0 * row.recall[n]), *(_f2(100.0 * c) for c in row.interval[n])]
         pub, pub_cells = row.published or {}, []
         for n in ns:
             ci = published_interval(row.dataset, pub[n]) if n in pub else None
@@ -226,7 +224,7 @@ def table_csv(rows: Sequence[TableRow], ns: Sequence[int], compare_to: str | Non
         for n in ns:
             test = row.tests[n] if row.tests else None
             tests += [f"{test.p_value:.4g}", test.verdict()] if test else ["", ""]
-        writer.writerow([row.method, row.dataset, row.queries if row.queries is not None else "", *ours,
+        writer.writerow([row.method, row.dataset, row.queries, *ours,
                          *pub_cells, pub_queries or "", compare_to if row.tests else "", *tests,
                          len(row.warnings)])
     return buf.getvalue()
@@ -238,10 +236,8 @@ def _pct(fraction: float) -> str:
 
 
 def _cell(row: TableRow, n: int) -> str:
-    cell = _pct(row.recall[n])
-    if row.interval is not None:
-        low, high = row.interval[n]
-        cell += f" [{_pct(low)}, {_pct(high)}]"
+    low, high = row.interval[n]
+    cell = f"{_pct(row.recall[n])} [{_pct(low)}, {_pct(high)}]"
     if row.tests:
         mark = MARKS[row.tests[n].verdict()]
         cell += f" {mark}" if mark else ""
@@ -286,15 +282,12 @@ def table_markdown(rows: Sequence[TableRow], ns: Sequence[int], compare_to: str 
 
     counts = {}
     for d in real:
-        qs = sorted({r.queries for r in rows if r.dataset == d and r.queries is not None})
+        qs = sorted({r.queries for r in rows if r.dataset == d})
         if qs:
             counts[d] = "/".join(f"{q:,}" for q in qs)
     notes = ["Recall@N in % on the test split of each data set; [low, high]: its 95 % Wilson score interval "
              "over the queries" + (f" ({', '.join(f'{dataset_name(d)} {c}' for d, c in counts.items())} "
                                    "queries)" if counts else "") + "."]
-    if any(r.interval is None for r in rows):
-        notes.append("A cell without an interval comes from a recall CSV of an earlier vpr, which has no "
-                     "query count (re-run 'vpr evaluate').")
     if POOLED in datasets:
         notes.append(f"Pooled: all queries of the {len(real)} test sets as one sample: their hits add up to "
                      "one binomial count and one paired test, which takes the test sets' queries to be "

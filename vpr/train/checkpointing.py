@@ -129,8 +129,8 @@ def set_rng_state(state: dict) -> None:
                          "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
                          "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
     torch.set_rng_state(state["torch"])
-    # States saved by earlier versions hold one CUDA generator state per GPU seen then ("cuda"): ignored,
-    # as restoring them fails on a node with fewer visible GPUs and training never uses them.
+    # No CUDA generator state is saved or restored: one per GPU seen would fail to restore on a node with
+    # fewer visible GPUs, and training never draws from them.
 
 
 def input_identity(files: dict[str, str | os.PathLike | None], root: str | None) -> dict:

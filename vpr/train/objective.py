@@ -27,8 +27,9 @@ class TupleForward(nn.Module):
 
 def hard_loss(cfg: TrainConfig, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     """The configured tuple loss (``--loss``) of anchors ``q``, positives ``p`` and negatives ``n``."""
-    return losses.tuple_loss(cfg.loss, margin=cfg.margin, squared=cfg.triplet_squared, form=cfg.loss_form,
-                             tau=cfg.tau)(q, p, n)
+    loss = losses.tuple_loss(cfg.loss, margin=cfg.margin, squared=cfg.triplet_squared,
+                             form=cfg.loss_form, tau=cfg.tau)
+    return loss(q, p, n)
 
 
 def tuple_loss(cfg: TrainConfig, forward: nn.Module, images: torch.Tensor, layout: list[tuple[int, int]], *,

@@ -297,8 +297,9 @@ class Trainer:
                 if st.tuples is None:
                     t0 = time.time()
                     exif = self.train_index.exif_orientation
-                    q_feats = self.describe(self.q_files, f"epoch {epoch} chunk {c}: train queries", exif)
-                    db_feats = self.describe(self.db_files, f"epoch {epoch} chunk {c}: train database", exif)
+                    what = f"epoch {epoch} chunk {c}: train"
+                    q_feats = self.describe(self.q_files, f"{what} queries", exif)
+                    db_feats = self.describe(self.db_files, f"{what} database", exif)
                     jac = None
                     if self.sfrs and cfg.generation >= 1:
                         jac = self.jaccard_rows(chunk, q_feats, db_feats)

@@ -3,8 +3,7 @@
 One row per validation (``LOG_FIELDS``): SFRS generation, epoch, the epoch's mean loss (total, hard, soft),
 learning rate, Recall@1/5/10 on the validation split with their 95 % intervals (``recall@N_ci_low`` /
 ``_ci_high``, :mod:`vpr.stats`), and the seconds spent mining, training and validating. The reader needs
-only ``TRAINING_LOG_COLUMNS`` (what the training curves plot); the intervals are optional, as logs of
-earlier versions have none.
+only ``TRAINING_LOG_COLUMNS`` (what the training curves plot).
 """
 
 from __future__ import annotations
@@ -21,11 +20,9 @@ from vpr.stats import interval_column_names
 RECALL_AT = (1, 5, 10)
 LOG_FIELDS = ["generation", "epoch", "loss", "loss_hard", "loss_soft", "lr", "recall@1", "recall@5",
               "recall@10", *interval_column_names(RECALL_AT), "mining_s", "train_s", "val_s"]
-# the columns a training log must have to be read (the training curves plot these)
-TRAINING_LOG_COLUMNS = ("generation", "epoch", "loss", "recall@1", "recall@5")
-# the 95 % intervals of the logged recalls: optional (logs of earlier versions have none, and rows of a run
-# resumed from such a log leave them empty)
-TRAINING_LOG_INTERVALS = tuple(interval_column_names((1, 5)))
+# the columns a training log must have to be read (the training curves plot these, with their intervals)
+TRAINING_LOG_COLUMNS = ("generation", "epoch", "loss", "recall@1", "recall@5",
+                        *interval_column_names((1, 5)))
 
 
 def write_training_log(path: str | os.PathLike, rows: Iterable[dict]) -> None:
@@ -37,8 +34,8 @@ def write_training_log(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 
 def read_training_log(path: str | os.PathLike) -> list[dict[str, float]]:
-    """Rows of a training ``log.csv`` (:data:`LOG_FIELDS`) as floats, in file order; the interval
-    columns (``recall@N_ci_low``/``_ci_high``) are in a row's dict only where the log has them."""
+    """Rows of a training ``log.csv`` as floats (the columns :data:`TRAINING_LOG_COLUMNS`), in file
+    order."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -59,11 +56,6 @@ def read_training_log(path: str | os.PathLike) -> list[dict[str, float]]:
         except (TypeError, ValueError):
             raise VprError(f"{path}: malformed row {line}: non-numeric value in "
                            f"{', '.join(TRAINING_LOG_COLUMNS)}") from None
-        for c in TRAINING_LOG_INTERVALS:
-            try:
-                values[c] = float(row[c])
-            except (KeyError, TypeError, ValueError):
-                pass  # no interval logged for this row
         if not values["epoch"].is_integer() or not values["generation"].is_integer():
             raise VprError(f"{path}: row {line}: epoch and generation must be integers")
         out.append(values)

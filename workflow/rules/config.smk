@@ -20,8 +20,9 @@ SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # The model training starts from (trunk + NetVLAD centres, no training): the "off-the-shelf" row and folder.
 OFF_THE_SHELF = "off-the-shelf"
-# Keys of earlier versions, with their new names (an old configuration gets told what to write instead).
-RENAMED_KEYS = {"untrained": "off_the_shelf"}
+# Keys renamed before the first release, with their new names (an old configuration is told what to write
+# instead).
+RENAMED_KEYS = {}
 
 
 def config_error(source, message):
