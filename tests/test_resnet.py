@@ -69,7 +69,7 @@ def test_trainable_from_names_the_first_trainable_stage():
                  if p.requires_grad and n.startswith("base_model")}
     assert trainable == {"6"}   # .base = [conv1, bn1, relu, maxpool, layer1, layer2, layer3]
     for stage, first in (("layer2", 5), ("layer1", 4), ("full", 0)):
-        model.set_trainable_from(stage)
+        model = build_model(ModelConfig(backbone="resnet18", num_clusters=2, trainable_from=stage))
         trainable = {int(n.split(".")[2]) for n, p in model.named_parameters()
                      if p.requires_grad and n.startswith("base_model")}
         # the batch norms (1 and inside the stages) hold buffers only: conv1 (0) and the stages train
