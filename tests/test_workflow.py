@@ -376,6 +376,22 @@ def test_a_yaml_syntax_error_in_a_configfile_is_located_by_vpr_check_config(tmp_
 SCHEMA_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
 
 
+def test_every_reported_output_has_a_caption_and_the_report_a_workflow_description():
+    """`snakemake --report` shows each output marked report(...) with its caption file, under the
+    description named by the Snakefile's `report:` directive; all of them must exist."""
+    reported = 0
+    for rules in (REPO / "workflow" / "rules").glob("*.smk"):
+        text = rules.read_text()
+        for call in re.finditer(r"\breport\(f\"", text):
+            caption = re.search(r'caption="([^"]+)"', text[call.end():call.end() + 200])
+            assert caption, f"{rules.name}: {text[call.end():call.end() + 60]} has no caption"
+            assert (rules.parent / caption.group(1)).is_file(), caption.group(1)
+            reported += 1
+    assert reported == 4                      # the table and the recall, training and examples plots
+    described = re.search(r'^report: "([^"]+)"$', (REPO / "workflow" / "Snakefile").read_text(), re.M)
+    assert described and (REPO / "workflow" / described.group(1)).is_file()
+
+
 def test_the_schema_training_options_are_the_fields_of_TrainConfig():
     """`training` and `methods.<m>` take the options of `vpr train` but the per-job ones; `model` the rest."""
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -542,6 +558,10 @@ def test_a_csv_data_set_and_an_external_reference_model_through_the_workflow(tmp
         assert [c.split(" [")[0] for c in rows[key]] == [f"{recall[n]:.1f}" for n in (1, 5, 10)]
         assert all(c.endswith("]") for c in rows[key])
     assert (results / "plots" / "examples_mine.png").stat().st_size > 1000
+    # The HTML report of this configuration's run: found in its own results folder, with the captions.
+    snakemake(tmp_path, "--configfile", config, "--report", "results-csv/report.html")
+    report = (results / "report.html").read_text(encoding="utf-8")
+    assert "This run trained on" in report and "mine_train" in report and "Retrieval examples on" in report
 
     # An edit of pca.dim reruns exactly what depends on it: the trained model's PCA (the reference model
     # keeps its own), that model's PCA-projected test features, their evaluation, and what shows results
