@@ -35,11 +35,12 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# The whole pipeline on the synthetic data (results/ and data/synth/ in this folder), then the table.
+# The whole pipeline on the synthetic data (results-demo/ and data/synth/ in this folder), then the table.
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/local --configfile config/demo.yaml \
 		--cores $(CORES)
-	@echo; cat results/table.md
+	@echo; cat results-demo/table.md
 
+# Only the demo's files: other configurations' results folders and Snakemake's records of them stay.
 clean-demo:
-	rm -rf results data/synth .snakemake
+	rm -rf results-demo data/synth

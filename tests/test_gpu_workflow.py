@@ -13,7 +13,7 @@ GPU_RULES = ("cluster", "train_baseline", "train_sfrs", "extract_train", "extrac
 @pytest.mark.slow
 @pytest.mark.parametrize("use_gpu", [True, False])
 def test_use_gpu_passes_device_cuda_to_every_gpu_rule_and_nothing_else(tmp_path, use_gpu):
-    config = write_config(tmp_path / "tiny.yaml", "demo.yaml", **TINY, use_gpu=use_gpu)
+    config = write_config(tmp_path / "tiny.yaml", TINY, use_gpu=use_gpu)
     commands = shell_commands(snakemake(tmp_path, "-n", "-p", "--configfile", config).stdout)
     assert set(GPU_RULES) <= set(commands), sorted(commands)
     for rule, lines in commands.items():

@@ -177,8 +177,8 @@ def test_pca_without_a_recorded_model_is_still_accepted(setup, tmp_path):
 # ---- the index fingerprint ---------------------------------------------------------------------------
 
 def _fingerprint_by_hand(path) -> str:
-    """The README's recipe: per dataset (fixed order, the present ones), its name and a NUL; paths: their
-    count and each UTF-8 string with its byte length (8-byte little-endian); numbers: the shape as int64
+    """The recipe of docs/formats.md: per dataset (fixed order, the present ones), its name and a NUL; paths:
+    their count and each UTF-8 string with its byte length (8-byte little-endian); numbers: the shape as int64
     then the values as float64 (coordinates) or int64, little-endian."""
     names = ["db/path", "db/utm", "db/place", "query/path", "query/utm", "query/place",
              "query/positives_indptr", "query/positives_indices",

@@ -5,7 +5,7 @@ finished workflow directory: `--forcerun train_baseline`, a Snakemake killed mid
 and `--rerun-incomplete` (with the training process killed too, or finishing on its own), and an edit of
 `training.lr`.
 
-The tiny one-method configuration is config/demo.yaml with the changes in ONE_METHOD.
+The tiny one-method configuration is config/tiny.yaml with the changes in ONE_METHOD.
 """
 
 from __future__ import annotations
@@ -20,36 +20,25 @@ from pathlib import Path
 
 import pytest
 from test_selection import mcnemar_by_hand
-from test_workflow import SNAKEMAKE, snakemake, write_config
+from test_workflow import SNAKEMAKE, TINY, snakemake, write_config
 
 from vpr.models import load_model
 
 pytestmark = pytest.mark.slow   # real Snakemake runs that train
 
-RUN = Path("results") / "train" / "netvlad"
+RUN = Path("results-tiny") / "train" / "netvlad"     # config/tiny.yaml's results folder
 TARGET = RUN / "last.pth"
-TRAIN_LOG = Path("results") / "logs" / "train" / "netvlad.log"
+TRAIN_LOG = Path("results-tiny") / "logs" / "train" / "netvlad.log"
+# config/tiny.yaml narrowed to one method and one test set, with two epochs of two steps each
 ONE_METHOD = {
-    "synth": {"preset": "tiny", "seed": 0, "out": "data/synth"},
     "off_the_shelf": False,
-    "model.backbone": "small",
-    "model.trainable_from": "full",
-    "training.precision": "fp32",
-    "model.image_size": [96, 128],
-    "model.num_clusters": 8,
-    "cluster.images": 20,
-    "cluster.per_image": 20,
-    "cluster.iterations": 10,
-    "training.epochs": 2,
-    "training.iters": 2,
-    "training.cache_size": 40,
-    "training.neg_num": 3,
-    "training.neg_pool": 20,
-    "training.workers": 0,
-    "pca.dim": 32,   # whitening needs at least 2 x dim training descriptors: the tiny split has 72
     "methods": {"netvlad": {"loss": "triplet"}},
     "test_sets": {"pitts30k": "pitts30k_test"},
     "examples": "netvlad",
+    "cluster.images": 20,
+    "training.epochs": 2,
+    "training.iters": 2,
+    "training.cache_size": 40,
 }
 
 
@@ -71,7 +60,7 @@ def lr_column(workdir) -> list[float]:
 def finished(tmp_path_factory):
     """A workflow directory whose training job has finished (data, index files, centres, one run)."""
     workdir = tmp_path_factory.mktemp("workflow")
-    config = write_config(workdir / "tiny.yaml", "demo.yaml", **ONE_METHOD)
+    config = write_config(workdir / "tiny.yaml", TINY, **ONE_METHOD)
     snakemake(workdir, "--configfile", config, "--cores", "2", TARGET)
     assert lr_column(workdir) == [0.001, 0.001]
     return workdir
@@ -173,7 +162,7 @@ def test_a_killed_snakemake_is_unlocked_and_rerun_to_the_same_model(finished, tm
 
 def test_an_edited_learning_rate_retrains_with_it(finished, tmp_path):
     workdir = copy_of(finished, tmp_path)
-    write_config(workdir / "tiny.yaml", "demo.yaml", **{**ONE_METHOD, "training.lr": 0.003})
+    write_config(workdir / "tiny.yaml", TINY, **{**ONE_METHOD, "training.lr": 0.003})
     run(workdir, TARGET)
     log = (workdir / TRAIN_LOG).read_text()
     assert "lr: saved 0.001, now 0.003" in log and "training afresh" in log

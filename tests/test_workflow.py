@@ -77,6 +77,9 @@ def job_counts(text):
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
 
 
+# Each shipped configuration's results folder (`results:`): the paper keeps results/, the others their own.
+RESULTS_FOLDERS = {"config.yaml": "results", "demo.yaml": "results-demo", "csv.yaml": "results-csv",
+                   "released.yaml": "results-released", "tiny.yaml": "results-tiny"}
 PAPER_MODELS = ("off-the-shelf", "netvlad", "sare_ind", "sare_joint", "sfrs")
 PAPER_TEST_SETS = ("pitts30k", "pitts250k", "tokyo")
 SPECS_URL = "https://www.di.ens.fr/willow/research/netvlad/data/netvlad_v100_datasets.tar.gz"
@@ -209,19 +212,19 @@ def test_the_workflow_downloads_and_unpacks_the_split_files(tmp_path, tiny_data,
                                                 "unpack": [mat]}}})
 
     # A wrong checksum: the download job fails with one line, and nothing is left at the target.
-    proc = snakemake(work, "--configfile", config("0" * 64), "--cores", "1", "results/index/test.h5",
+    proc = snakemake(work, "--configfile", config("0" * 64), "--cores", "1", "results-released/index/test.h5",
                      check=False)
     assert proc.returncode != 0
     assert re.search(rf"^vpr fetch: error: downloading {url}/specs.tar.gz to data/specs.tar.gz: checksum "
                      rf"mismatch: sha256 {digest}, expected 0{{64}}", proc.stderr, re.M), proc.stderr
     assert not (work / "data").exists() or not any((work / "data").rglob("*.tar.gz"))
     # The right one: downloaded, the member unpacked by its file name, indexed.
-    snakemake(work, "--configfile", config(digest), "--cores", "1", "results/index/test.h5")
+    snakemake(work, "--configfile", config(digest), "--cores", "1", "results-released/index/test.h5")
     assert (work / "data" / "specs.tar.gz").read_bytes() == archive.read_bytes()
     assert (work / mat).read_bytes() == (tiny_data["pitts_raw"] / "pitts30k_test.mat").read_bytes()
-    assert (work / "results" / "index" / "test.h5").is_file()
+    assert (work / "results-released" / "index" / "test.h5").is_file()
     # Now that the files are there, nothing is fetched again.
-    again = snakemake(work, "--configfile", config(digest), "-n", "results/index/test.h5")
+    again = snakemake(work, "--configfile", config(digest), "-n", "results-released/index/test.h5")
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -257,9 +260,12 @@ def flatten(node, prefix=""):
     (("--config", "off_the_shelf=False"), ("config.yaml", {"off_the_shelf": False})),  # --config on top
 ])
 def test_the_resolved_config_is_exactly_the_file_given(tmp_path, args, expected):
+    """... and recorded in the configuration's own results folder (the paper's: results/)."""
     name, changes = expected if isinstance(expected, tuple) else (expected, {})
-    snakemake(tmp_path, *args, "--cores", "1", "results/config.yaml")
-    resolved = yaml.safe_load((tmp_path / "results" / "config.yaml").read_text())
+    folder = RESULTS_FOLDERS[name]
+    snakemake(tmp_path, *args, "--cores", "1", f"{folder}/config.yaml")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("results")] == [folder]
+    resolved = yaml.safe_load((tmp_path / folder / "config.yaml").read_text())
     want = yaml.safe_load((REPO / "config" / name).read_text())
     want.update(changes)
     got, want = flatten(resolved), flatten(want)
@@ -287,6 +293,23 @@ def test_a_bad_config_is_one_line_naming_the_key(tmp_path, change, message):
     assert proc.returncode != 0
     assert out.strip() == f"vpr workflow: configuration error: {config}: {out.split(': ', 3)[3].strip()}"
     assert message in out and "Traceback" not in out
+
+
+def test_a_model_named_like_a_step_folder_of_the_results_is_refused_at_start_up(tmp_path):
+    """A model's results go to RESULTS/<model>/, beside the folders the steps write there: an external model
+    named `plots` would share results-tiny/plots with the plots. One line, before any job."""
+    config = write_config(tmp_path / "plots.yaml", TINY,
+                          external={"plots": {"checkpoint": "m.pth", "own_pca": True}})
+    proc = snakemake(tmp_path, "-n", "--configfile", config, check=False)
+    assert proc.returncode != 0 and proc.stdout == "", proc.stdout
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"vpr workflow: configuration error: {config}: external.plots: the name is taken "
+                           "by results-tiny/plots, which the workflow writes itself (")
+    # the steps named are those the rules write, files included
+    steps = line.split("itself (", 1)[1].split(")", 1)[0].split(", ")
+    assert {"plots", "logs", "train", "models", "index", "pca", "features", "table.md", "config.yaml"} \
+        <= set(steps)
+    assert not (tmp_path / "results-tiny").exists()
 
 
 @pytest.mark.slow
@@ -353,6 +376,22 @@ def test_a_yaml_syntax_error_in_a_configfile_is_located_by_vpr_check_config(tmp_
 SCHEMA_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
 
 
+def test_every_reported_output_has_a_caption_and_the_report_a_workflow_description():
+    """`snakemake --report` shows each output marked report(...) with its caption file, under the
+    description named by the Snakefile's `report:` directive; all of them must exist."""
+    reported = 0
+    for rules in (REPO / "workflow" / "rules").glob("*.smk"):
+        text = rules.read_text()
+        for call in re.finditer(r"\breport\(f\"", text):
+            caption = re.search(r'caption="([^"]+)"', text[call.end():call.end() + 200])
+            assert caption, f"{rules.name}: {text[call.end():call.end() + 60]} has no caption"
+            assert (rules.parent / caption.group(1)).is_file(), caption.group(1)
+            reported += 1
+    assert reported == 4                      # the table and the recall, training and examples plots
+    described = re.search(r'^report: "([^"]+)"$', (REPO / "workflow" / "Snakefile").read_text(), re.M)
+    assert described and (REPO / "workflow" / described.group(1)).is_file()
+
+
 def test_the_schema_training_options_are_the_fields_of_TrainConfig():
     """`training` and `methods.<m>` take the options of `vpr train` but the per-job ones; `model` the rest."""
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -373,28 +412,9 @@ def test_the_schema_training_options_are_the_fields_of_TrainConfig():
 
 # --------------------------------------------------------------------------------- tiny real workflows
 
-TINY = {
-    "synth": {"preset": "tiny", "seed": 0, "out": "data/synth"},
-    "model.backbone": "small",            # the demo fine-tunes efficientnet_lite0; tests: the fast stand-in
-    "model.trainable_from": "full",
-    "training.precision": "fp32",
-    "model.image_size": [96, 128],
-    "model.num_clusters": 8,
-    "cluster.images": 40,
-    "cluster.per_image": 20,
-    "cluster.iterations": 10,
-    "training.epochs": 1,
-    "training.cache_size": 20,
-    "training.neg_num": 3,
-    "training.neg_pool": 20,
-    "training.workers": 0,
-    "methods.sfrs.generations": 2,
-    "methods.sfrs.pos_num": 3,
-    "methods.sfrs.pos_pool": 6,
-    "methods.sfrs.rerank_k1": 4,
-    "pca.dim": 32,
-    "evaluate.workers": 0,
-}
+# The tests' tiny workflow: config/tiny.yaml (the demo's DAG on the `tiny` synthetic data set, the `small`
+# backbone, one-epoch schedules), which a person runs by hand as well; tests change keys with write_config.
+TINY = "tiny.yaml"
 
 
 def shell_commands(dry_run_output):
@@ -411,9 +431,9 @@ def shell_commands(dry_run_output):
 
 def test_the_off_the_shelf_model_takes_only_shared_options_and_precision_reaches_training(tmp_path):
     """sfrs listed first used to give the off-the-shelf model `--generation None`; precision had no key."""
-    config = write_config(tmp_path / "tiny.yaml", "demo.yaml", **{**TINY, **{
+    config = write_config(tmp_path / "tiny.yaml", TINY, **{
         "training.precision": "bf16", "training.extract_precision": "fp32", "evaluate.precision": "fp32",
-        "examples": "netvlad"}})
+        "examples": "netvlad"})
     cfg = yaml.safe_load(config.read_text())
     cfg["methods"] = {"sfrs": cfg["methods"]["sfrs"], "netvlad": cfg["methods"]["netvlad"]}   # sfrs first
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -432,10 +452,11 @@ def test_the_off_the_shelf_model_takes_only_shared_options_and_precision_reaches
     examples_inputs = [block.split("output:")[0] for block in dry.split("rule plot_examples:")[1:]]
     assert len(examples_inputs) == len(PAPER_TEST_SETS)
     for test_set in PAPER_TEST_SETS:
-        assert any(f"results/netvlad/{test_set}_rankings.h5" in inputs for inputs in examples_inputs)
-    # And it runs: the off-the-shelf model is written.
-    snakemake(tmp_path, "--configfile", config, "--cores", "2", "results/train/off-the-shelf/initial.pth")
-    assert (tmp_path / "results" / "train" / "off-the-shelf" / "initial.pth").stat().st_size > 0
+        assert any(f"results-tiny/netvlad/{test_set}_rankings.h5" in inputs for inputs in examples_inputs)
+    # And it runs: the off-the-shelf model is written, under the configuration's own results folder.
+    written = Path("results-tiny") / "train" / "off-the-shelf" / "initial.pth"
+    snakemake(tmp_path, "--configfile", config, "--cores", "2", written)
+    assert (tmp_path / written).stat().st_size > 0
 
 
 def write_csv(path, index, keep_db=None, keep_queries=None):
@@ -509,7 +530,7 @@ def test_a_csv_data_set_and_an_external_reference_model_through_the_workflow(tmp
         "cluster.iterations": 10, "training.epochs": 1, "training.cache_size": 20, "training.neg_num": 3,
         "training.neg_pool": 20, "training.workers": 0, "pca.dim": 16, "evaluate.workers": 0})
     snakemake(tmp_path, "--configfile", config, "--cores", "2")
-    results = tmp_path / "results"
+    results = tmp_path / "results-csv"
 
     # The CSV data sets were indexed as listed: the training set as a training split.
     with h5py.File(results / "index" / "mine_test.h5") as f:
@@ -537,6 +558,10 @@ def test_a_csv_data_set_and_an_external_reference_model_through_the_workflow(tmp
         assert [c.split(" [")[0] for c in rows[key]] == [f"{recall[n]:.1f}" for n in (1, 5, 10)]
         assert all(c.endswith("]") for c in rows[key])
     assert (results / "plots" / "examples_mine.png").stat().st_size > 1000
+    # The HTML report of this configuration's run: found in its own results folder, with the captions.
+    snakemake(tmp_path, "--configfile", config, "--report", "results-csv/report.html")
+    report = (results / "report.html").read_text(encoding="utf-8")
+    assert "This run trained on" in report and "mine_train" in report and "Retrieval examples on" in report
 
     # An edit of pca.dim reruns exactly what depends on it: the trained model's PCA (the reference model
     # keeps its own), that model's PCA-projected test features, their evaluation, and what shows results
@@ -550,7 +575,7 @@ def test_a_csv_data_set_and_an_external_reference_model_through_the_workflow(tmp
                                       "table": 1, "plot_recall": 1, "plot_examples": 1, "resolved_config": 1,
                                       "all": 1}
     jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    output: (.*)$", dry.stdout, re.M)
-    assert ("fit_pca", "results/pca/netvlad.h5") in jobs
+    assert ("fit_pca", "results-csv/pca/netvlad.h5") in jobs
     assert all("reference" not in output for _, output in jobs), jobs
 
 
@@ -612,7 +637,7 @@ def test_an_external_models_checksum_is_checked_by_every_run_that_uses_the_file(
 # What the demo's table must show (issue: learning you can see and trust), checked here from the raw
 # rankings and the index files, not from vpr's own table: pooled over the three test sets, every trained
 # method's R@5 and SFRS's R@1 above the off-the-shelf model's, each significant by McNemar's exact test.
-# It held on both data seeds the README reports: seed 0 (what `make demo` runs) by default, another with
+# It held on both data seeds docs/demo.md reports: seed 0 (what `make demo` runs) by default, another with
 # VPR_DEMO_SEED=1 (a second demo run, 13 minutes; not part of `make test`).
 SIGNIFICANCE = 0.05
 DEMO_SEED = int(os.environ.get("VPR_DEMO_SEED", "0"))
@@ -647,7 +672,7 @@ def test_the_demo_dag_runs_end_to_end_and_every_method_beats_the_off_the_shelf_m
         config = write_config(tmp_path / "demo.yaml", "demo.yaml", **{"synth.seed": DEMO_SEED})
     demo = ["--profile", REPO / "profiles" / "local", "--configfile", config]
     snakemake(tmp_path, *demo, "--cores", "2")
-    results = tmp_path / "results"
+    results = tmp_path / "results-demo"
     test_sets = yaml.safe_load(config.read_text())["test_sets"]
     assert tuple(test_sets) == PAPER_TEST_SETS
     recall = {(m, t): read_recall(results / m / f"{t}_recall.csv") for m in PAPER_MODELS for t in test_sets}
@@ -766,7 +791,7 @@ def test_whitening_22_images_is_refused_at_start_up_naming_the_fix(tmp_path, tin
     assert proc.returncode != 0 and len(message.splitlines()) == 1, proc.stdout + proc.stderr
     assert "configuration error" in message and "pca.dim: whitening 21 PCA components" in message
     assert "there are 22" in message and "at most 11" in message and "whiten: false" in message
-    assert "training split mine_train" in message and not (tmp_path / "results").exists()
+    assert "training split mine_train" in message and not (tmp_path / "results-csv").exists()
 
 
 @pytest.mark.slow
@@ -780,17 +805,17 @@ def test_warnings_reach_the_console_and_the_table_and_logs_show_progress(tmp_pat
     proc = subprocess.run([*SNAKEMAKE, "-d", str(tmp_path), "--configfile", str(config), "--cores", "2"],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    results = tmp_path / "results"
+    results = tmp_path / "results-csv"
     console = proc.stderr.split("job log(s) of this run hold warnings", 1)
     assert len(console) == 2, proc.stderr
     assert "vpr fit-pca: WARNING: PCA: requested 256 components" in console[1]
-    assert "vpr index: WARNING: results/index/mine_test.h5: 1 query image(s) dropped" in console[1]
+    assert "vpr index: WARNING: results-csv/index/mine_test.h5: 1 query image(s) dropped" in console[1]
 
     table = (results / "table.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| off-the-shelf"))
     assert row.count("†") == 3, table
     assert "†: a step that computed this number logged a warning" in table
-    assert "results/logs/pca/off-the-shelf.log`: vpr fit-pca: WARNING" in table
+    assert "results-csv/logs/pca/off-the-shelf.log`: vpr fit-pca: WARNING" in table
 
     with h5py.File(results / "index" / "mine_test.h5") as f:
         assert f.attrs["num_unmatched_dropped"] == 1 and len(f["query/path"]) == 5

@@ -43,10 +43,11 @@ STATUS_INTERVAL_CAP = 180
 MARGIN = 15
 BOUND = STATUS_INTERVAL_CAP + MARGIN
 
-TARGET = "results/train/netvlad/last.pth"
-INPUTS = ["results/index/pitts30k_train.h5", "results/index/pitts30k_val.h5", "results/centers.h5"]
+TARGET = "results-tiny/train/netvlad/last.pth"
+INPUTS = ["results-tiny/index/pitts30k_train.h5", "results-tiny/index/pitts30k_val.h5",
+          "results-tiny/centers.h5"]
 COMMENT = "rule_train_baseline_wildcards_netvlad"   # the plugin's --comment of the training job
-LOG = Path("results/logs/train/netvlad.log")
+LOG = Path("results-tiny/logs/train/netvlad.log")
 
 
 # The profile's training request scaled to one fake GPU and one CPU. On the command line --set-resources
@@ -142,7 +143,8 @@ def test_a_plain_scancel_of_a_training_job_is_retried_and_the_retry_resumes(slur
     assert f"SLURM-job '{cancelled}' failed, SLURM status is: 'CANCELLED'" in text, text[-4000:]
     assert 1 <= step < iters
     final = log.read_text()
-    assert f"resuming from results/train/netvlad/resume.pth: epoch 0, chunk 0, iteration {step}\n" in final
+    assert f"resuming from results-tiny/train/netvlad/resume.pth: epoch 0, chunk 0, iteration {step}\n" \
+        in final
     trained = [int(i) for i in re.findall(rf"epoch 0 chunk 0 iteration (\d+)/{iters}", final)]
     assert trained == list(range(step + 1, iters + 1)), final
     assert (workdir / TARGET).is_file()
@@ -178,6 +180,7 @@ def test_a_training_job_past_its_time_limit_is_retried_and_the_retry_resumes(slu
     assert f"SLURM-job '{timed_out}' failed, SLURM status is: 'TIMEOUT'" in text, text[-4000:]
     # The retry runs with the rule's own limit (30 minutes), not the lowered one.
     assert cluster.run("sacct", "-X", "-n", "-P", "-j", retry, "-o", "TimelimitRaw").strip() == "30"
-    assert f"resuming from results/train/netvlad/resume.pth: epoch 0, chunk 0, iteration {step}\n" in resumed
+    assert f"resuming from results-tiny/train/netvlad/resume.pth: epoch 0, chunk 0, iteration {step}\n" \
+        in resumed
     print(f"\ntime limit: resubmitted {waited:.0f} s after the job's end (bound {BOUND} s); "
           f"stopped at iteration {step}; run {elapsed:.0f} s")

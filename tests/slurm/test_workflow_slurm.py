@@ -43,7 +43,7 @@ PROCESS_GROUP = re.compile(r"process group: backend=gloo rank=(\d+)/(\d+) local_
 
 
 def tiny_config(path: Path, methods: tuple[str, ...], **changes) -> Path:
-    write_config(path, "demo.yaml", **TINY, **NARROW, **changes)
+    write_config(path, TINY, **NARROW, **changes)
     config = yaml.safe_load(path.read_text())
     config["methods"] = {m: config["methods"][m] for m in methods}
     config["examples"] = methods[-1]
@@ -178,7 +178,7 @@ def test_the_dag_runs_on_slurm_and_an_interrupted_training_job_resumes(slurm_clu
 
     t0 = time.monotonic()
     proc, out = start_snakemake(cluster, tmp_path, *args)
-    log = tmp_path / "results" / "logs" / "train" / "sfrs_gen0.log"
+    log = tmp_path / "results-tiny" / "logs" / "train" / "sfrs_gen0.log"
     try:
         # Interrupt generation 0 once it has trained an iteration, as pre-emption with a grace time (or
         # sbatch --signal) does: SIGTERM to the tasks of the job's steps, the batch script left alone.
@@ -201,7 +201,7 @@ def test_the_dag_runs_on_slurm_and_an_interrupted_training_job_resumes(slurm_clu
         raise
     elapsed = time.monotonic() - t0
 
-    results = tmp_path / "results"
+    results = tmp_path / "results-tiny"
     assert (results / "table.md").is_file() and (results / "sfrs" / "pitts30k_recall.csv").is_file()
 
     # Every planned job ran as its own Slurm job and completed.
@@ -235,7 +235,8 @@ def test_the_dag_runs_on_slurm_and_an_interrupted_training_job_resumes(slurm_clu
     assert stopped, first
     step = int(stopped.group(1))
     assert 1 <= step < 6
-    assert f"resuming from results/train/sfrs/gen0/resume.pth: epoch 0, chunk 0, iteration {step}\n" in final
+    assert f"resuming from results-tiny/train/sfrs/gen0/resume.pth: epoch 0, chunk 0, iteration {step}\n" \
+        in final
     trained = [int(i) for i in re.findall(r"epoch 0 chunk 0 iteration (\d+)/6", final)]
     assert trained == list(range(step + 1, 7)), final
     slurm_log = tmp_path / ".snakemake" / "slurm_logs" / "rule_train_sfrs" / "0" / f"{interrupted}.log"
@@ -253,7 +254,8 @@ def test_training_on_two_nodes_equals_one_process_with_the_same_global_batch(slu
     cluster = slurm_cluster_2nodes
     config = tiny_config(tmp_path / "tiny.yaml", ("netvlad",))
     # The inputs of the training job, made locally (no Slurm).
-    inputs = ["results/index/pitts30k_train.h5", "results/index/pitts30k_val.h5", "results/centers.h5"]
+    inputs = ["results-tiny/index/pitts30k_train.h5", "results-tiny/index/pitts30k_val.h5",
+              "results-tiny/centers.h5"]
     prep = subprocess.run([*SNAKEMAKE, "-d", str(tmp_path), "--configfile", str(config), "--cores", "2",
                            *inputs], capture_output=True, text=True, env=snakemake_env(cluster))
     assert prep.returncode == 0, prep.stdout + prep.stderr
@@ -263,7 +265,7 @@ def test_training_on_two_nodes_equals_one_process_with_the_same_global_batch(slu
     # concern rules that do not run here. --retries 0: a failure shows at once.
     t0 = time.monotonic()
     proc, out = start_snakemake(cluster, tmp_path, "--profile", PROFILE, "--configfile", config,
-                                *FAST_STATUS, "--retries", "0", "results/train/netvlad/last.pth",
+                                *FAST_STATUS, "--retries", "0", "results-tiny/train/netvlad/last.pth",
                                 "--set-resources", *MULTI_NODE)
     try:
         text = finish(cluster, proc, out, timeout=300)
@@ -288,7 +290,7 @@ def test_training_on_two_nodes_equals_one_process_with_the_same_global_batch(slu
     step = steps[f"{job['JobID']}.0"]
     assert (step["JobName"], step["NTasks"], step["NodeList"], step["State"]) == (
         "torchrun", "2", "node[1-2]", "COMPLETED"), steps
-    log = (tmp_path / "results" / "logs" / "train" / "netvlad.log").read_text()
+    log = (tmp_path / "results-tiny" / "logs" / "train" / "netvlad.log").read_text()
     assert ranks(log) == {0: (2, "node1"), 1: (2, "node2")}, log
 
     # The same training as one process with both tuples of each step: the same weights.
@@ -296,7 +298,7 @@ def test_training_on_two_nodes_equals_one_process_with_the_same_global_batch(slu
     for flag, value in (("--tuple-size", "2"), ("--out", str(tmp_path / "one"))):
         vpr_args[vpr_args.index(flag) + 1] = value
     run_vpr(*vpr_args, cwd=tmp_path)
-    two = load_model(tmp_path / "results" / "train" / "netvlad" / "last.pth").state_dict()
+    two = load_model(tmp_path / "results-tiny" / "train" / "netvlad" / "last.pth").state_dict()
     one = load_model(tmp_path / "one" / "last.pth").state_dict()
     start = torch.load(tmp_path / "one" / "resume.pth", weights_only=True)["run"]["history"]
     assert len(start) == 2 and start[1]["loss"] > 0   # it did train

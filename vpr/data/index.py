@@ -1,6 +1,6 @@
 """The index file: one HDF5 file per data-set split, the contract between all pipeline steps.
 
-Layout (schema version 1; documented in README.md, "The index file"):
+Layout (schema version 1; documented in docs/formats.md, "Index file"):
 
     db/path                     utf-8 strings (Ndb,)  image paths relative to the data-set root
     db/utm                      float64 (Ndb, 2)      easting, northing

@@ -1,5 +1,6 @@
 # Helpers shared by all rules: data sets, models, inputs and how to get them, training flags, torchrun.
 import csv
+import os
 import re
 import shlex
 import time
@@ -10,7 +11,9 @@ from vpr.devices import GpuRequestError
 from vpr.logged_warnings import logs_written_since, warnings_summary
 from vpr.whitening import count_problem
 
-RESULTS = "results"
+# Every output of this configuration goes under its `results:` folder (config/config.yaml: results/, so the
+# paper's results/<model>/<test set>_recall.csv; each other shipped configuration has its own folder).
+RESULTS = os.path.normpath(config.get("results", "results"))
 BASELINES = ("netvlad", "sare_ind", "sare_joint")
 # `vpr train` refuses a run directory whose resume state was made from other inputs or options unless told
 # to restart; the workflow restarts, because Snakemake reruns a training job only when it decided to.
@@ -231,7 +234,7 @@ def by_hand_instruction(path):
     entry = (config.get("manual") or {}).get(path)
     if entry:
         return entry["what"], entry.get("page")
-    return BY_HAND[path], (DATA_PAGE if path in DATA_FILES else "README.md, section 'Data'")
+    return BY_HAND[path], (DATA_PAGE if path in DATA_FILES else "docs/data.md")
 
 
 def missing_inputs_summary(still_missing=False):

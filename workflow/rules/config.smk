@@ -5,6 +5,7 @@
 # loaded here; with --configfile, that file's content is the configuration, nothing added. --config
 # key=value overrides apply on top in both cases.
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -175,6 +176,31 @@ def check_meaning(cfg, source):
                              f"({', '.join(evaluated)})")
     if not {1, 5, 10} <= set(cfg["evaluate"]["recall_at"]):
         config_error(source, "evaluate.recall_at: must include 1, 5 and 10 (the columns of the table)")
+
+
+# Written under the results folder by no rule but named there by the docs (`--report RESULTS/report.html`).
+RESULTS_EXTRA_NAMES = ("report.html",)
+
+
+def results_step_names(rules, results):
+    """The folders and files that the rules write directly under the results folder (plots, logs, train,
+    table.md, ...): every name but the per-model folders, which are a wildcard there."""
+    top = Path(results).parts
+    written = (Path(os.path.normpath(str(path))).parts for r in rules for path in (*r.output, *r.log))
+    return set(RESULTS_EXTRA_NAMES) | {parts[len(top)] for parts in written
+                                      if parts[:len(top)] == top and len(parts) > len(top)
+                                      and "{" not in parts[len(top)]}
+
+
+def check_model_names(cfg, models, rules, results):
+    """Each evaluated model's results go to RESULTS/<model>/: a model named like a step's folder or file there
+    (`plots`, `logs`, `train`, ...) would mix its results with the step's; refused before any job runs."""
+    steps = results_step_names(rules, results)
+    for name in models:
+        if name in steps:
+            key = f"external.{name}" if name in (cfg.get("external") or {}) else f"methods.{name}"
+            config_error(config_source(), f"{key}: the name is taken by {results}/{name}, which the "
+                                          f"workflow writes itself ({', '.join(sorted(steps))}); choose another")
 
 
 def resolve_config(cfg):

@@ -23,7 +23,8 @@ rule table:
         # read by --compare-to (the paired test), found beside each recall CSV
         rankings=[rankings_file(m, t) for m in METHODS for t in TEST_SETS],
     output:
-        md=report(f"{RESULTS}/table.md", category="Results", labels={"figure": "table"}),
+        md=report(f"{RESULTS}/table.md", caption="../report/table.rst", category="Results",
+                  labels={"figure": "table"}),
         csv=f"{RESULTS}/table.csv",
     params:
         recall=" ".join(f"--recall {m} {t} {recall_file(m, t)}" for m in METHODS for t in TEST_SETS),
@@ -44,7 +45,7 @@ rule plot_recall:
     input:
         lambda wc: [recall_file(m, wc.test_set) for m in METHODS],
     output:
-        report(f"{RESULTS}/plots/recall_{{test_set}}.png", category="Recall@N",
+        report(f"{RESULTS}/plots/recall_{{test_set}}.png", caption="../report/recall.rst", category="Recall@N",
                labels={"data set": "{test_set}"}),
     wildcard_constraints:
         test_set=alternatives(TEST_SETS),
@@ -63,7 +64,7 @@ rule plot_training:
     input:
         lambda wc: list(training_logs(wc.method).values()),
     output:
-        report(f"{RESULTS}/plots/training_{{method}}.png", category="Training",
+        report(f"{RESULTS}/plots/training_{{method}}.png", caption="../report/training.rst", category="Training",
                labels={"method": "{method}"}),
     wildcard_constraints:
         method=alternatives(TRAINED),
@@ -83,7 +84,8 @@ rule plot_examples:
         index=lambda wc: index_file(TEST_SETS[wc.test_set]),
         rankings=rankings_file(EXAMPLES, "{test_set}"),
     output:
-        report(f"{RESULTS}/plots/examples_{{test_set}}.png", category="Retrieval examples",
+        report(f"{RESULTS}/plots/examples_{{test_set}}.png", caption="../report/examples.rst",
+               category="Retrieval examples",
                labels={"data set": "{test_set}", "model": EXAMPLES}),
     wildcard_constraints:
         test_set=alternatives(TEST_SETS),
