@@ -26,9 +26,10 @@ from vpr.models import load_model
 
 pytestmark = pytest.mark.slow   # real Snakemake runs that train
 
-RUN = Path("results-tiny") / "train" / "netvlad"     # config/tiny.yaml's results folder
+RESULTS = Path("results-tiny")                   # config/tiny.yaml's results folder
+RUN = RESULTS / "train" / "netvlad"
 TARGET = RUN / "last.pth"
-TRAIN_LOG = Path("results-tiny") / "logs" / "train" / "netvlad.log"
+TRAIN_LOG = RESULTS / "logs" / "train" / "netvlad.log"
 # config/tiny.yaml narrowed to one method and one test set, with two epochs of two steps each
 ONE_METHOD = {
     "off_the_shelf": False,
@@ -185,18 +186,18 @@ def test_every_checkpoint_gives_the_selection_report_with_recomputed_numbers(fin
     from vpr.results import read_rankings
 
     workdir = copy_of(finished, tmp_path)
-    write_config(workdir / "tiny.yaml", "demo.yaml", **{**ONE_METHOD, "evaluate.every_checkpoint": True})
-    out = Path("results") / "selection"
+    write_config(workdir / "tiny.yaml", TINY, **{**ONE_METHOD, "evaluate.every_checkpoint": True})
+    out = RESULTS / "selection"
     run(workdir, *(out / f"netvlad.{ext}" for ext in ("csv", "md", "png")))
     with open(workdir / out / "netvlad.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["epoch"], r["test set"]) for r in rows] == [("0", "pitts30k"), ("1", "pitts30k")]
-    index = Index(workdir / "results" / "index" / "pitts30k_test.h5")
+    index = Index(workdir / RESULTS / "index" / "pitts30k_test.h5")
     with open(workdir / RUN / "log.csv") as f:
         val = {int(r["epoch"]): float(r["recall@5"]) for r in csv.DictReader(f) if int(r["epoch"]) >= 0}
     hits = {}
     for epoch in (0, 1):
-        rankings = read_rankings(workdir / "results" / "checkpoints" / "netvlad" / f"e{epoch}"
+        rankings = read_rankings(workdir / RESULTS / "checkpoints" / "netvlad" / f"e{epoch}"
                                  / "pitts30k_rankings.h5")
         hits[epoch] = {n: brute_force_hits(rankings.topk, index.positives, n) for n in (1, 5, 10)}
         row = rows[epoch]
@@ -206,7 +207,7 @@ def test_every_checkpoint_gives_the_selection_report_with_recomputed_numbers(fin
             assert float(row[f"R@{n}"]) == pytest.approx(100 * sum(hits[epoch][n]) / index.num_queries,
                                                          abs=0.005)
     # the selected row is the model `vpr select` copied; it is the first epoch with the best val R@5
-    selected = read_checkpoint_meta(workdir / "results" / "models" / "netvlad.pth")["epoch"]
+    selected = read_checkpoint_meta(workdir / RESULTS / "models" / "netvlad.pth")["epoch"]
     assert selected == min(e for e in val if val[e] == max(val.values()))
     assert [r["selected on validation"] for r in rows] == ["1" if e == selected else "0" for e in (0, 1)]
     score = {e: tuple(sum(hits[e][n]) for n in (1, 5, 10)) for e in (0, 1)}
