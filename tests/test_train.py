@@ -95,14 +95,15 @@ def test_two_processes_equal_one_process_with_the_same_global_tuples(tiny_data, 
     assert len(start) == 2 and start[1]["loss"] > 0
 
 
-def run_until_stopped(args, stop_at: str):
-    """Start a training run, send SIGTERM once ``stop_at`` appears in its output, return its output."""
+def run_until_stopped(args, stop_at: str, after: str = ""):
+    """Start a training run, send SIGTERM once ``stop_at`` appears in its output (in a line after one
+    holding ``after``), return its output."""
     proc = subprocess.Popen([*VPR, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if stop_at in line:
+        if stop_at in line and any(after in seen for seen in lines[:-1]):
             proc.send_signal(signal.SIGTERM)
             break
     lines.extend(proc.stdout)
@@ -161,3 +162,29 @@ def test_the_validation_log_carries_the_95_percent_interval_of_each_recall(tiny_
             ci = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="wilson")
             assert float(row[f"recall@{recall_at}_ci_low"]) == pytest.approx(ci.low, abs=1e-12)
             assert float(row[f"recall@{recall_at}_ci_high"]) == pytest.approx(ci.high, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_generations_all_trains_the_schedule_and_resumes_at_the_interrupted_generation(tiny_data, centers,
+                                                                                       tmp_path):
+    """`vpr train --generations all` without Snakemake: stopped in generation 1, the same command keeps
+    generation 0 and resumes generation 1, which ends equal to the single-generation run it stands for
+    (--generation 1, entry 1 of the temperatures as --temperature, generation 0's last.pth as teacher)."""
+    out = tmp_path / "sfrs"
+    schedule = ["--method", "sfrs", "--loss", "sare_ind", "--generations", "all", "--temperatures", "0.07",
+                "0.05", "--epochs", "1", "--iters", "3", "--cache-size", "1000", "--print-freq", "1"]
+    stopped = run_until_stopped(train_args(tiny_data, centers, out, *schedule), "iteration 1/",
+                                after="SFRS generation 1 of 2")
+    assert "stopped by signal" in stopped and (out / "gen1" / "resume.pth").exists()
+    assert (out / "gen0" / "last.pth").exists() and not (out / "gen1" / "last.pth").exists()
+    gen0 = (out / "gen0" / "last.pth").read_bytes()
+    again = run_vpr(*train_args(tiny_data, centers, out, *schedule)).stdout
+    assert f"{out / 'gen0'}: training already finished; nothing to do" in again
+    assert f"resuming from {out / 'gen1' / 'resume.pth'}" in again
+    assert (out / "gen0" / "last.pth").read_bytes() == gen0
+    # the single-generation path with the per-generation spelling, from the same teacher
+    single = tmp_path / "single"
+    run_vpr(*train_args(tiny_data, centers, single, "--method", "sfrs", "--loss", "sare_ind", "--generation",
+                        "1", "--temperature", "0.05", "--teacher", out / "gen0" / "last.pth", "--epochs", "1",
+                        "--iters", "3", "--cache-size", "1000"))
+    assert max_abs_diff(weights(out / "gen1" / "last.pth"), weights(single / "last.pth")) <= 1e-6

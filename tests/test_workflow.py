@@ -359,7 +359,7 @@ def test_the_schema_training_options_are_the_fields_of_TrainConfig():
     options = schema["$defs"]["train_options"]["properties"]
     model = schema["properties"]["model"]["properties"]
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    per_job = {"method", "generation"}
+    per_job = {"method", "generation", "temperature"}   # temperature: from the schedule's temperatures
     model_keys = {"backbone", "num_clusters", "trainable_from", "image_size"}
     assert set(options) == set(fields) - per_job - model_keys
     assert model_keys <= set(model)
@@ -696,8 +696,35 @@ def test_the_demo_dag_runs_end_to_end_and_every_method_beats_the_off_the_shelf_m
     # A second run has nothing to do.
     again = snakemake(tmp_path, *demo, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # An edit of the last SFRS generation's temperature reruns that generation and what depends on it.
+    rerun = jobs_after_editing_the_last_temperature(tmp_path, config, "--profile", REPO / "profiles" / "local")
+    assert rerun["train_sfrs"] == [{"generation": "1"}] and rerun["select_model"] == [{"method": "sfrs"}]
+    assert len(rerun["evaluate"]) == len(test_sets) and "train_baseline" not in rerun
     if not_held:
         pytest.xfail(f"trained in fp32 (no bf16 on this CPU): {not_held[0]} (known, see docs/demo.md)")
+
+
+def jobs_after_editing_the_last_temperature(workdir, config, *args):
+    """rule -> the wildcards of each job a dry run lists once the last SFRS generation's teacher temperature
+    is edited in ``config`` (a finished run's): only that generation and what depends on it. Checks that
+    no job of another model or of an earlier generation is among them."""
+    edited = yaml.safe_load(Path(config).read_text())
+    sfrs = edited["methods"]["sfrs"]
+    last = sfrs.get("generations", len(sfrs["temperatures"])) - 1
+    sfrs["temperatures"][last] = sfrs["temperatures"][last] / 2
+    path = Path(workdir) / "edited_temperature.yaml"
+    path.write_text(yaml.safe_dump(edited, sort_keys=False))
+    dry = snakemake(workdir, *args, "--configfile", path, "-n").stdout
+    jobs = {}
+    for block in re.split(r"^\[.*\]$", dry, flags=re.M):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        if rule:
+            found = re.search(r"^\s*wildcards: (.*)$", block, re.M)
+            wildcards = dict(w.split("=", 1) for w in found.group(1).split(", ")) if found else {}
+            jobs.setdefault(rule.group(1), []).append(wildcards)
+    assert all(w.get("method", "sfrs") == "sfrs" and w.get("generation", str(last)) == str(last)
+               for found in jobs.values() for w in found), jobs
+    return jobs
 
 
 # --------------------------------------------------------------------------- numbers the table can stand by
