@@ -151,3 +151,19 @@ def test_vpr_train_generations_refuses_what_it_sets_itself_in_one_line(tmp_path,
     err = capsys.readouterr().err
     assert err.startswith(f"vpr train: error: {message}") and len(err.splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_vpr_train_generations_refuses_an_input_a_generation_would_overwrite(tmp_path, monkeypatch, capsys):
+    """OUT/gen<g>/log.csv is written by generation g (OUT's own check covers OUT/*.pth at any depth)."""
+    from vpr.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "gen1").mkdir(parents=True)
+    for name in ("train.h5", "val.h5", "centers.h5", "runs/gen1/log.csv"):
+        (tmp_path / name).write_text("{}")
+    args = ["train", "--train-index", "train.h5", "--val-index", "val.h5", "--centers", "centers.h5",
+            "--config", "runs/gen1/log.csv", "--out", "runs", "--method", "sfrs", "--generations", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--config runs/gen1/log.csv: lies in the output directory --out runs/gen1" in err, err
+    assert (tmp_path / "runs" / "gen1" / "log.csv").read_text() == "{}"

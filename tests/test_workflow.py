@@ -697,7 +697,7 @@ def test_the_demo_dag_runs_end_to_end_and_every_method_beats_the_off_the_shelf_m
     again = snakemake(tmp_path, *demo, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
     # An edit of the last SFRS generation's temperature reruns that generation and what depends on it.
-    rerun = jobs_after_editing_the_last_temperature(tmp_path, config, "--profile", REPO / "profiles" / "local")
+    rerun = jobs_after_editing_the_last_temperature(tmp_path, config, *demo[:2])
     assert rerun["train_sfrs"] == [{"generation": "1"}] and rerun["select_model"] == [{"method": "sfrs"}]
     assert len(rerun["evaluate"]) == len(test_sets) and "train_baseline" not in rerun
     if not_held:
