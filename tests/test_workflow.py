@@ -85,7 +85,8 @@ SPECS_URL = "https://www.di.ens.fr/willow/research/netvlad/data/netvlad_v100_dat
 
 @pytest.mark.slow
 def test_a_dry_run_on_a_fresh_clone_lists_the_paper_dag_and_what_is_missing(tmp_path):
-    proc = snakemake_in(fresh_copy(tmp_path), "-n")
+    root = fresh_copy(tmp_path)
+    proc = snakemake_in(root, "-n", "-p")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     for model in PAPER_MODELS:
@@ -100,6 +101,15 @@ def test_a_dry_run_on_a_fresh_clone_lists_the_paper_dag_and_what_is_missing(tmp_
     assert counts["fit_pca"] == 5 and counts["evaluate"] == 15 and counts["table"] == 1
     assert counts["plot_recall"] == 3 and counts["plot_examples"] == 3
     assert "cluster" not in counts          # the paper config uses the reference's centres file
+    # temperatures[3] edited: only generation 3's job gets other options (Snakemake reruns a job whose
+    # options changed; the demo DAG test shows it after a real run)
+    paper = sfrs_commands(proc.stdout)
+    write_config(root / "config" / "edited.yaml", "config.yaml",
+                 **{"methods.sfrs.temperatures": [0.07, 0.07, 0.06, 0.04]})
+    edited = sfrs_commands(snakemake_in(root, "-n", "-p", "--configfile", "config/edited.yaml").stdout)
+    assert sorted(paper) == sorted(edited) == [0, 1, 2, 3]
+    assert [g for g in paper if paper[g] != edited[g]] == [3]
+    assert paper[3].replace("--temperature 0.05 ", "--temperature 0.04 ") == edited[3]
     # The summary: what the workflow fetches, and what a person must get, from where.
     assert f"data/downloads/netvlad_v100_datasets.tar.gz  <- {SPECS_URL}" in proc.stderr
     assert "data/pitts/raw/pitts30k_train.mat  <- data/downloads/netvlad_v100_datasets.tar.gz" in proc.stderr
@@ -395,6 +405,12 @@ TINY = {
     "pca.dim": 32,
     "evaluate.workers": 0,
 }
+
+
+def sfrs_commands(dry_run_output):
+    """SFRS generation -> its training job's shell command, from a `snakemake -n -p` run."""
+    return {int(re.search(r"--generation (\d+)", c).group(1)): c
+            for c in shell_commands(dry_run_output)["train_sfrs"]}
 
 
 def shell_commands(dry_run_output):
