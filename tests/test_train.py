@@ -103,7 +103,7 @@ def run_until_stopped(args, stop_at: str, after: str = ""):
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if stop_at in line and any(after in seen for seen in lines[:-1]):
+        if stop_at in line and (not after or any(after in seen for seen in lines[:-1])):
             proc.send_signal(signal.SIGTERM)
             break
     lines.extend(proc.stdout)
