@@ -66,7 +66,7 @@ rule train_sfrs:
     wildcard_constraints:
         generation=alternatives([str(gen.number) for gen in sfrs_generations()] if "sfrs" in TRAINED else []),
     params:
-        run_dir=lambda wc, output: Path(output.last).parent,
+        run_dir=lambda wc, output: str(Path(output.last).parent),
         options=lambda wc: train_flags("sfrs", int(wc.generation)),
         teacher=lambda wc, input: f"--teacher {input.teacher[0]}" if input.teacher else "",
         trunk=trunk_flag,
