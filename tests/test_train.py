@@ -233,3 +233,29 @@ def test_a_collapsed_generation_is_warned_on_the_console_and_footnoted_in_the_ta
             "--out-md", tmp_path / "t.md", "--out-csv", tmp_path / "t.csv")
     md = (tmp_path / "t.md").read_text()
     assert "50.0 [23.7, 76.3] †" in md and warning in md
+
+
+@pytest.mark.slow
+def test_generations_all_trains_the_schedule_and_resumes_at_the_interrupted_generation(tiny_data, centers,
+                                                                                       tmp_path):
+    """`vpr train --generations all` without Snakemake: stopped in generation 1, the same command keeps
+    generation 0 and resumes generation 1, which ends equal to the single-generation run it stands for
+    (--generation 1, entry 1 of the temperatures as --temperature, generation 0's last.pth as teacher)."""
+    out = tmp_path / "sfrs"
+    schedule = ["--method", "sfrs", "--loss", "sare_ind", "--generations", "all", "--temperatures", "0.07",
+                "0.05", "--epochs", "1", "--iters", "3", "--cache-size", "1000", "--print-freq", "1"]
+    stopped, _ = run_until_stopped(train_args(tiny_data, centers, out, *schedule),
+                                   ["SFRS generation 1 of 2", "iteration 1/"])
+    assert "stopped by signal" in stopped and (out / "gen1" / "resume.pth").exists()
+    assert (out / "gen0" / "last.pth").exists() and not (out / "gen1" / "last.pth").exists()
+    gen0 = (out / "gen0" / "last.pth").read_bytes()
+    again = run_vpr(*train_args(tiny_data, centers, out, *schedule)).stdout
+    assert f"{out / 'gen0'}: training already finished; nothing to do" in again
+    assert f"resuming from {out / 'gen1' / 'resume.pth'}" in again
+    assert (out / "gen0" / "last.pth").read_bytes() == gen0
+    # the single-generation path with the per-generation spelling, from the same teacher
+    single = tmp_path / "single"
+    run_vpr(*train_args(tiny_data, centers, single, "--method", "sfrs", "--loss", "sare_ind", "--generation",
+                        "1", "--temperature", "0.05", "--teacher", out / "gen0" / "last.pth", "--epochs", "1",
+                        "--iters", "3", "--cache-size", "1000"))
+    assert max_abs_diff(weights(out / "gen1" / "last.pth"), weights(single / "last.pth")) <= 1e-6

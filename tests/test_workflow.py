@@ -89,7 +89,8 @@ SPECS_URL = "https://www.di.ens.fr/willow/research/netvlad/data/netvlad_v100_dat
 
 @pytest.mark.slow
 def test_a_dry_run_on_a_fresh_clone_lists_the_paper_dag_and_what_is_missing(tmp_path):
-    proc = snakemake_in(fresh_copy(tmp_path), "-n")
+    root = fresh_copy(tmp_path)
+    proc = snakemake_in(root, "-n", "-p")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     for model in PAPER_MODELS:
@@ -104,6 +105,15 @@ def test_a_dry_run_on_a_fresh_clone_lists_the_paper_dag_and_what_is_missing(tmp_
     assert counts["fit_pca"] == 5 and counts["evaluate"] == 15 and counts["table"] == 1
     assert counts["plot_recall"] == 3 and counts["plot_examples"] == 3
     assert "cluster" not in counts          # the paper config uses the reference's centres file
+    # temperatures[3] edited: only generation 3's job gets other options (Snakemake reruns a job whose
+    # options changed; the demo DAG test shows it after a real run)
+    paper = sfrs_commands(proc.stdout)
+    write_config(root / "config" / "edited.yaml", "config.yaml",
+                 **{"methods.sfrs.temperatures": [0.07, 0.07, 0.06, 0.04]})
+    edited = sfrs_commands(snakemake_in(root, "-n", "-p", "--configfile", "config/edited.yaml").stdout)
+    assert sorted(paper) == sorted(edited) == [0, 1, 2, 3]
+    assert [g for g in paper if paper[g] != edited[g]] == [3]
+    assert paper[3].replace("--temperature 0.05 ", "--temperature 0.04 ") == edited[3]
     # The summary: what the workflow fetches, and what a person must get, from where.
     assert f"data/downloads/netvlad_v100_datasets.tar.gz  <- {SPECS_URL}" in proc.stderr
     assert "data/pitts/raw/pitts30k_train.mat  <- data/downloads/netvlad_v100_datasets.tar.gz" in proc.stderr
@@ -398,7 +408,7 @@ def test_the_schema_training_options_are_the_fields_of_TrainConfig():
     options = schema["$defs"]["train_options"]["properties"]
     model = schema["properties"]["model"]["properties"]
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    per_job = {"method", "generation"}
+    per_job = {"method", "generation", "temperature"}   # temperature: from the schedule's temperatures
     model_keys = {"backbone", "num_clusters", "trainable_from", "image_size"}
     assert set(options) == set(fields) - per_job - model_keys
     assert model_keys <= set(model)
@@ -415,6 +425,12 @@ def test_the_schema_training_options_are_the_fields_of_TrainConfig():
 # The tests' tiny workflow: config/tiny.yaml (the demo's DAG on the `tiny` synthetic data set, the `small`
 # backbone, one-epoch schedules), which a person runs by hand as well; tests change keys with write_config.
 TINY = "tiny.yaml"
+
+
+def sfrs_commands(dry_run_output):
+    """SFRS generation -> its training job's shell command, from a `snakemake -n -p` run."""
+    return {int(re.search(r"--generation (\d+)", c).group(1)): c
+            for c in shell_commands(dry_run_output)["train_sfrs"]}
 
 
 def shell_commands(dry_run_output):
@@ -734,8 +750,35 @@ def test_the_demo_dag_runs_end_to_end_and_every_method_beats_the_off_the_shelf_m
     # A second run has nothing to do.
     again = snakemake(tmp_path, *demo, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+    # An edit of the last SFRS generation's temperature reruns that generation and what depends on it.
+    rerun = jobs_after_editing_the_last_temperature(tmp_path, config, *demo[:2])
+    assert rerun["train_sfrs"] == [{"generation": "1"}] and rerun["select_model"] == [{"method": "sfrs"}]
+    assert len(rerun["evaluate"]) == len(test_sets) and "train_baseline" not in rerun
     if not_held:
         pytest.xfail(f"trained in fp32 (no bf16 on this CPU): {not_held[0]} (known, see docs/demo.md)")
+
+
+def jobs_after_editing_the_last_temperature(workdir, config, *args):
+    """rule -> the wildcards of each job a dry run lists once the last SFRS generation's teacher temperature
+    is edited in ``config`` (a finished run's): only that generation and what depends on it. Checks that
+    no job of another model or of an earlier generation is among them."""
+    edited = yaml.safe_load(Path(config).read_text())
+    sfrs = edited["methods"]["sfrs"]
+    last = sfrs.get("generations", len(sfrs["temperatures"])) - 1
+    sfrs["temperatures"][last] = sfrs["temperatures"][last] / 2
+    path = Path(workdir) / "edited_temperature.yaml"
+    path.write_text(yaml.safe_dump(edited, sort_keys=False))
+    dry = snakemake(workdir, *args, "--configfile", path, "-n").stdout
+    jobs = {}
+    for block in re.split(r"^\[.*\]$", dry, flags=re.M):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        if rule:
+            found = re.search(r"^\s*wildcards: (.*)$", block, re.M)
+            wildcards = dict(w.split("=", 1) for w in found.group(1).split(", ")) if found else {}
+            jobs.setdefault(rule.group(1), []).append(wildcards)
+    assert all(w.get("method", "sfrs") == "sfrs" and w.get("generation", str(last)) == str(last)
+               for found in jobs.values() for w in found), jobs
+    return jobs
 
 
 # --------------------------------------------------------------------------- numbers the table can stand by

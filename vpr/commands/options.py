@@ -134,6 +134,11 @@ def _paths(value) -> list[Path]:
     return [Path(value)]
 
 
+def declared_inputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(option, path) of every input file given on the command line."""
+    return [(label, p) for label, dest in getattr(args, INPUTS, []) for p in _paths(getattr(args, dest))]
+
+
 def check_declared_paths(args: argparse.Namespace) -> None:
     """Fill in derived outputs, then refuse (VprError) an output that is an input, or that cannot be
     written; see vpr.io.check_paths."""
@@ -142,7 +147,7 @@ def check_declared_paths(args: argparse.Namespace) -> None:
     for _, dest, derive in getattr(args, OUTPUTS, []):
         if derive is not None and getattr(args, dest, None) is None:
             setattr(args, dest, derive(args))
-    inputs = [(label, p) for label, dest in getattr(args, INPUTS, []) for p in _paths(getattr(args, dest))]
+    inputs = declared_inputs(args)
     outputs = [(label, p) for label, dest, _ in getattr(args, OUTPUTS, [])
                for p in _paths(getattr(args, dest))]
     dirs = [(label, p, writes) for label, dest, writes in getattr(args, OUTPUT_DIRS, [])

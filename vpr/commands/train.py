@@ -1,5 +1,6 @@
-"""Train NetVLAD/SARE (`--method baseline --loss triplet|sare_ind|sare_joint`) or one SFRS generation
-(`--method sfrs --generation G --teacher CKPT`).
+"""Train NetVLAD/SARE (`--method baseline --loss triplet|sare_ind|sare_joint`), one SFRS generation
+(`--method sfrs --generation G --teacher CKPT [--temperature T]`), or every SFRS generation in turn
+(`--method sfrs --generations all`: OUT/gen0, OUT/gen1, ...; vpr/train/generations.py).
 
 Runs as one process or under torchrun (`torchrun --nproc_per_node=N -m vpr.cli train ...`); the global
 batch is tuple_size x processes. Options come from the defaults (the reference scripts), then --config
@@ -19,7 +20,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from vpr.commands.options import add_input, add_max_image_pixels, add_output_dir, parse_bool
+from vpr.commands.options import add_input, add_max_image_pixels, add_output_dir, declared_inputs, parse_bool
 from vpr.devices import DEVICE_HELP, DEVICES
 from vpr.errors import VprError
 from vpr.train.config import TrainConfig
@@ -51,6 +52,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help="when OUT holds a run of other options or other input files (by content), or a "
                          "finished run whose outputs cannot be recreated: refuse with an error naming what "
                          "differs (default), or restart: remove that run's files and train afresh")
+    io.add_argument("--generations", type=_generations, metavar="all|N",
+                    help="SFRS without a workflow: train generations 0 .. N-1 (all: one per entry of "
+                         "--temperatures) one after another, generation g in OUT/gen<g> learning from "
+                         "OUT/gen<g-1>/last.pth; run again, it resumes the interrupted generation and keeps "
+                         "the finished ones (replaces --generation and --teacher)")
     add_max_image_pixels(io)
     opts = parser.add_argument_group("training options (default: the reference scripts)")
     for f in dataclasses.fields(TrainConfig):
@@ -58,7 +64,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         # SUPPRESS: an option not given stays out of args, so the YAML file and the defaults apply.
         kwargs = {"dest": f.name, "default": argparse.SUPPRESS,
-                  "help": f"{f.metadata['help']} (default: {default})"}
+                  "help": f.metadata["help"] + ("" if default is None else f" (default: {default})")}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if isinstance(default, bool):
@@ -66,7 +72,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         elif isinstance(default, list):
             kwargs.update(type=type(default[0]), nargs="+")
         else:
-            kwargs["type"] = type(default)
+            kwargs["type"] = f.metadata.get("type", type(default))
         opts.add_argument(flag, **kwargs)
 
 
@@ -87,6 +93,37 @@ def _save_initial(cfg: TrainConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _generations(text: str) -> int | str:
+    """--generations: 'all' (one per temperature) or a count of at least 1."""
+    if text == "all":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected all or a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _schedule(cfg: TrainConfig, args: argparse.Namespace):
+    """The SFRS generations of --generations, after refusing what the schedule sets itself."""
+    from vpr.io import check_paths
+    from vpr.train.generations import SfrsSchedule
+
+    if cfg.method != "sfrs":
+        raise VprError("--generations trains SFRS generations; add --method sfrs (a baseline is one run)")
+    given = [flag for flag, value in (("--generation", getattr(args, "generation", None)),
+                                      ("--temperature", getattr(args, "temperature", None)),
+                                      ("--teacher", args.teacher)) if value is not None]
+    if given:
+        raise VprError(f"--generations sets each generation's {', '.join(given)} itself; leave "
+                       f"{'it' if len(given) == 1 else 'them'} out (or train one generation without "
+                       "--generations)")
+    count = None if args.generations == "all" else args.generations
+    schedule = SfrsSchedule(cfg.to_dict(), count, where="--")
+    # vpr.cli checked OUT itself; the generations write one folder deeper
+    check_paths(declared_inputs(args), [],
+                [("--out", Path(args.out) / gen.run_dir, RUN_DIR_WRITES) for gen in schedule])
+    return schedule
+
+
 def run(args: argparse.Namespace) -> int:
     from vpr import distributed
     from vpr.train.config import make_config
@@ -97,14 +134,34 @@ def run(args: argparse.Namespace) -> int:
         return _save_initial(cfg, args)
     if args.train_index is None or args.val_index is None:
         raise VprError("training needs --train-index and --val-index (only --init-only does without)")
+    schedule = _schedule(cfg, args) if args.generations is not None else None
     # before the model code is imported: a GPU job without a usable GPU stops within seconds
     info = distributed.init(device=args.device)
+    try:
+        if schedule is None:
+            return _train(cfg, args, info, Path(args.out), args.teacher)
+        out = Path(args.out)
+        for gen in schedule:
+            if info.is_main:
+                print(f"SFRS generation {gen.number} of {len(schedule)}: {out / gen.run_dir}")
+            teacher = out / gen.teacher if gen.teacher else None
+            status = _train(dataclasses.replace(cfg, generation=gen.number, temperature=None), args, info,
+                            out / gen.run_dir, teacher)
+            if status != 0:
+                return status
+        return 0
+    finally:
+        distributed.cleanup()
 
+
+def _train(cfg: TrainConfig, args: argparse.Namespace, info, out: Path, teacher) -> int:
+    """One run (a baseline, or one SFRS generation) in the run directory ``out``, locked meanwhile."""
+    from vpr import distributed
     from vpr.data.index import Index
     from vpr.train.checkpointing import RunLock
     from vpr.train.trainer import Trainer
 
-    lock = RunLock(Path(args.out))
+    lock = RunLock(out)
     try:
         train_index = Index(args.train_index, root=args.root)
         val_index = Index(args.val_index, root=args.root)
@@ -113,9 +170,8 @@ def run(args: argparse.Namespace) -> int:
         refusal = distributed.broadcast_object(refusal)
         if refusal is not None:
             raise VprError(refusal)
-        trainer = Trainer(cfg, train_index, val_index, args.centers, args.out, trunk=args.trunk,
-                          teacher=args.teacher, info=info, root=args.root)
+        trainer = Trainer(cfg, train_index, val_index, args.centers, out, trunk=args.trunk,
+                          teacher=teacher, info=info, root=args.root)
         return trainer.run(args.on_mismatch)
     finally:
         lock.release()
-        distributed.cleanup()

@@ -27,7 +27,7 @@ import torch
 
 from vpr.errors import VprError
 from vpr.io import atomic_output, sha256sum
-from vpr.train.config import RUNTIME_ONLY
+from vpr.train.config import weight_options
 from vpr.train.mining import Tuple
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -149,10 +149,11 @@ def input_identity(files: dict[str, str | os.PathLike | None], root: str | None)
 def differences(saved: dict, config: dict, inputs: dict) -> list[str]:
     """One phrase per option or input in which the state ``saved`` differs from the current run."""
     out = []
-    old = saved["config"]
-    for key in sorted(set(old) | set(config)):
-        if key not in RUNTIME_ONLY and old.get(key) != config.get(key):
-            out.append(f"{key}: saved {old.get(key)!r}, now {config.get(key)!r}")
+    # the options each run uses: an SFRS generation's own temperature, not the other generations'
+    before, current = weight_options(saved["config"]), weight_options(config)
+    for key in sorted(set(before) | set(current)):
+        if before.get(key) != current.get(key):
+            out.append(f"{key}: saved {before.get(key)!r}, now {current.get(key)!r}")
     for key in sorted(set(saved["inputs"]) | set(inputs)):
         before, now = saved["inputs"].get(key), inputs.get(key)
         if before == now:

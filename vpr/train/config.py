@@ -17,6 +17,7 @@ from pathlib import Path
 from vpr.errors import VprError
 from vpr.losses import SARE_FORMS, TUPLE_LOSSES
 from vpr.precision import PRECISIONS
+from vpr.train.generations import DEFAULT_TEMPERATURES, teacher_temperature, used_options
 from vpr.yamlfile import YamlFileError, load_yaml
 
 TRAIN_METHODS = ("baseline", "sfrs")
@@ -46,7 +47,10 @@ class TrainConfig:
     triplet_squared: bool = _opt(False, "triplet in the NetVLAD paper form: squared distances, margin m, "
                                         "sum over negatives")
     generation: int = _opt(0, "SFRS generation trained by this invocation (0 = first)")
-    temperatures: list[float] = _opt([0.07, 0.07, 0.06, 0.05], "SFRS teacher temperature per generation")
+    temperatures: list[float] = _opt(list(DEFAULT_TEMPERATURES), "SFRS teacher temperature per generation: "
+                                     "generation G >= 1 uses entry G (unless --temperature)")
+    temperature: float | None = _opt(None, "SFRS teacher temperature of this --generation (>= 1); replaces "
+                                           "entry G of --temperatures", type=float)
     soft_weight: float = _opt(0.5, "SFRS soft-loss weight lambda for generations >= 1")
 
     # Model.
@@ -100,6 +104,12 @@ class TrainConfig:
     def epochs_this_run(self) -> int:
         return self.gen0_epochs if self.method == "sfrs" and self.generation == 0 else self.epochs
 
+    @property
+    def teacher_temperature(self) -> float | None:
+        """The soft loss's teacher temperature of this SFRS generation (``temperature``, else entry
+        ``generation`` of ``temperatures``)."""
+        return teacher_temperature(self.to_dict())
+
     def validate(self) -> TrainConfig:
         def bad(key, msg):
             raise VprError(f"training config: {key}: {msg}")
@@ -110,9 +120,9 @@ class TrainConfig:
             bad("loss", f"{self.loss!r} is not one of {', '.join(TUPLE_LOSSES)}")
         if self.loss_form not in SARE_FORMS:
             bad("loss_form", f"{self.loss_form!r} is not one of {', '.join(SARE_FORMS)}")
-        if self.method == "sfrs" and not 0 <= self.generation < len(self.temperatures):
-            bad("generation", f"{self.generation} needs a temperature (temperatures has "
-                              f"{len(self.temperatures)} entries)")
+        if self.method == "sfrs" and self.generation >= 1 and self.teacher_temperature is None:
+            bad("generation", f"{self.generation} needs a teacher temperature (temperatures has "
+                              f"{len(self.temperatures)} entries; or give temperature)")
         if self.precision == "fp16":
             bad("precision", "fp16 training needs gradient scaling, which is not implemented; use bf16 "
                              "(as fast on GPUs that have it) or fp32")
@@ -148,6 +158,8 @@ class TrainConfig:
             bad("seed", f"must be in [0, {SEED_MAX}] (the range of NumPy's seeds), got {self.seed}")
         if any(t <= 0 for t in self.temperatures):
             bad("temperatures", f"every temperature must be greater than 0, got {self.temperatures}")
+        if self.temperature is not None and self.temperature <= 0:
+            bad("temperature", f"must be greater than 0, got {self.temperature}")
         if any(v < 1 for v in self.image_size):
             bad("image_size", f"height and width must be at least 1, got {self.image_size}")
         return self
@@ -156,15 +168,24 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the trained weights (not workers or batch sizes for testing)."""
-        d = self.to_dict()
-        for key in RUNTIME_ONLY:
-            d.pop(key)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of everything that changes the trained weights: the options this run uses
+        (:func:`weight_options`), so not an SFRS generation's unused temperatures."""
+        used = json.dumps(weight_options(self.to_dict()), sort_keys=True)
+        return hashlib.sha256(used.encode()).hexdigest()[:16]
+
+
+def weight_options(options: dict) -> dict:
+    """The options of a run (``TrainConfig.to_dict()``, also of a saved state) that change its weights: the
+    ones it uses (vpr/train/generations.py), not workers or batch sizes for extraction."""
+    return {k: v for k, v in used_options(options).items() if k not in RUNTIME_ONLY}
 
 
 def _coerce(key: str, value, default):
     kind = type(default)
+    if default is None:   # an optional number (temperature)
+        kind = float
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise VprError(f"training config: {key}: expected true/false, got {value!r}")

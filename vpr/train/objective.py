@@ -70,7 +70,7 @@ def tuple_loss(cfg: TrainConfig, forward: nn.Module, images: torch.Tensor, layou
                     t_regions = teacher.regions(t_images)
                 teacher_scores = (t_regions[1:] @ t_regions[0, 0]).flatten()
             softs.append(losses.sfrs_soft(student[None], teacher_scores[None], tau_student=cfg.tau,
-                                          tau_teacher=cfg.temperatures[cfg.generation]))
+                                          tau_teacher=cfg.teacher_temperature))
         s0 = end
     hard = torch.stack(hards).mean()
     if softs:

@@ -9,6 +9,7 @@ import h5py
 
 from vpr.devices import GpuRequestError
 from vpr.logged_warnings import logs_written_since, warnings_summary
+from vpr.train.generations import RUN_DIR as SFRS_RUN_DIR, used_options
 from vpr.whitening import count_problem
 
 # Every output of this configuration goes under its `results:` folder (config/config.yaml: results/, so the
@@ -286,16 +287,17 @@ def shared_train_options():
 
 
 def train_flags(method, generation=None):
-    """Flags of `vpr train` for one method: shared training options, then the method's own."""
-    options = shared_train_options()
-    options.update({k: v for k, v in config["methods"][method].items() if k != "generations"})
+    """Flags of `vpr train` for one method (SFRS: one generation): shared training options, then the
+    method's own; only those the run uses (vpr/train/generations.py: no SFRS option for a baseline, an
+    SFRS generation's own temperature), so an edit reruns only the jobs that read it."""
     if method == "sfrs":
-        options.update(method="sfrs", generation=generation)
-    return cli_flags(options)
+        return cli_flags(sfrs_schedule(config, shared_train_options())[generation].options)
+    return cli_flags(used_options({**shared_train_options(), **config["methods"][method]}))
 
 
 def sfrs_generations():
-    return sfrs_generation_count(config)
+    """The SFRS generations of this configuration, in order."""
+    return list(sfrs_schedule(config))
 
 
 def model_inputs(wildcards=None):
@@ -396,21 +398,22 @@ def all_targets():
 
 def teacher_checkpoint(wildcards):
     """SFRS generation g >= 1 learns from the last checkpoint of generation g - 1."""
-    g = int(wildcards.generation)
-    return [f"{RESULTS}/train/sfrs/gen{g - 1}/last.pth"] if g >= 1 else []
+    teacher = sfrs_schedule(config)[int(wildcards.generation)].teacher
+    return [f"{RESULTS}/train/sfrs/{teacher}"] if teacher else []
 
 
 def selection_candidates(wildcards):
     """The checkpoints `vpr select` chooses from: every SFRS generation, or the one baseline run."""
     if wildcards.method == "sfrs":
-        return [f"{RESULTS}/train/sfrs/gen{g}/model_best.pth" for g in range(sfrs_generations())]
+        return [f"{RESULTS}/train/sfrs/{gen.run_dir}/model_best.pth" for gen in sfrs_generations()]
     return [f"{RESULTS}/train/{wildcards.method}/model_best.pth"]
 
 
 def training_logs(method):
     """Label -> log.csv of the runs of one method (every SFRS generation)."""
     if method == "sfrs":
-        return {f"sfrs g{g}": f"{RESULTS}/train/sfrs/gen{g}/log.csv" for g in range(sfrs_generations())}
+        return {f"sfrs g{gen.number}": f"{RESULTS}/train/sfrs/{gen.run_dir}/log.csv"
+                for gen in sfrs_generations()}
     return {method: f"{RESULTS}/train/{method}/log.csv"}
 
 
@@ -426,7 +429,7 @@ def step_logs(method, test_set):
     if method == OFF_THE_SHELF:
         logs.append(f"{RESULTS}/logs/train/{OFF_THE_SHELF}.log")
     elif method == "sfrs" and method in TRAINED:
-        logs += [f"{RESULTS}/logs/train/sfrs_gen{g}.log" for g in range(sfrs_generations())]
+        logs += [f"{RESULTS}/logs/train/sfrs_gen{gen.number}.log" for gen in sfrs_generations()]
     elif method in TRAINED:
         logs.append(f"{RESULTS}/logs/train/{method}.log")
     if method in TRAINED:

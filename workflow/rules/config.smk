@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from snakemake.utils import update_config
 
-from vpr.train.config import TrainConfig
+from vpr.train.generations import ScheduleError, SfrsSchedule
 
 DEFAULT_CONFIG = Path(workflow.basedir).parent / "config" / "config.yaml"
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
@@ -100,15 +100,14 @@ def schema_message(error):
     return f"{path}: {error.message}"
 
 
-def sfrs_temperatures(cfg):
-    """The SFRS teacher temperatures: methods.sfrs', else training's, else those of `vpr train`."""
-    return cfg["methods"]["sfrs"].get("temperatures",
-                                      cfg["training"].get("temperatures", TrainConfig().temperatures))
-
-
-def sfrs_generation_count(cfg):
-    """methods.sfrs.generations, else one generation per teacher temperature."""
-    return int(cfg["methods"]["sfrs"].get("generations", len(sfrs_temperatures(cfg))))
+def sfrs_schedule(cfg, shared=None):
+    """The SFRS generations (vpr/train/generations.py) of the options over `training` (``shared``: the
+    options of every method; default: `training`) and methods.sfrs' own; methods.sfrs.generations, else
+    one generation per teacher temperature (methods.sfrs', else training's, else those of `vpr train`)."""
+    own = dict(cfg["methods"]["sfrs"])
+    count = own.pop("generations", None)
+    return SfrsSchedule({**(cfg["training"] if shared is None else shared), **own}, count,
+                        where="methods.sfrs.")
 
 
 def check_schema(cfg, source):
@@ -166,10 +165,10 @@ def check_meaning(cfg, source):
         if name in taken:
             config_error(source, f"external.{name}: the name is taken by a trained model; choose another")
     if "sfrs" in methods:
-        generations, temperatures = sfrs_generation_count(cfg), sfrs_temperatures(cfg)
-        if generations > len(temperatures):
-            config_error(source, f"methods.sfrs.generations: {generations} generations need {generations} "
-                                 f"temperatures, methods.sfrs.temperatures has {len(temperatures)}")
+        try:
+            sfrs_schedule(cfg)
+        except ScheduleError as err:
+            config_error(source, str(err))
     evaluated = [*([OFF_THE_SHELF] if cfg.get("off_the_shelf", False) else []), *methods, *external]
     if "examples" in cfg and cfg["examples"] not in evaluated:
         config_error(source, f"examples: {cfg['examples']!r} is not an evaluated model "

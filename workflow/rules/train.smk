@@ -60,13 +60,13 @@ rule train_sfrs:
         unpack(training_inputs),
         teacher=teacher_checkpoint,
     output:
-        best=f"{RESULTS}/train/sfrs/gen{{generation}}/model_best.pth",
-        last=f"{RESULTS}/train/sfrs/gen{{generation}}/last.pth",
-        log=f"{RESULTS}/train/sfrs/gen{{generation}}/log.csv",
+        best=f"{RESULTS}/train/sfrs/{SFRS_RUN_DIR}/model_best.pth",
+        last=f"{RESULTS}/train/sfrs/{SFRS_RUN_DIR}/last.pth",
+        log=f"{RESULTS}/train/sfrs/{SFRS_RUN_DIR}/log.csv",
     wildcard_constraints:
-        generation=r"\d+",
+        generation=alternatives([str(gen.number) for gen in sfrs_generations()] if "sfrs" in TRAINED else []),
     params:
-        run_dir=lambda wc: f"{RESULTS}/train/sfrs/gen{wc.generation}",
+        run_dir=lambda wc, output: str(Path(output.last).parent),
         options=lambda wc: train_flags("sfrs", int(wc.generation)),
         teacher=lambda wc, input: f"--teacher {input.teacher[0]}" if input.teacher else "",
         trunk=trunk_flag,
