@@ -9,6 +9,8 @@ import h5py
 
 from vpr.devices import GpuRequestError
 from vpr.logged_warnings import logs_written_since, warnings_summary
+from vpr.selection import EVERY_CHECKPOINT_DEFAULT
+from vpr.train.config import TrainConfig
 from vpr.train.generations import RUN_DIR as SFRS_RUN_DIR, used_options
 from vpr.whitening import count_problem
 
@@ -477,3 +479,49 @@ RUN_STARTED = time.time()
 
 def repeat_job_warnings():
     print(warnings_summary(logs_written_since(f"{RESULTS}/logs", RUN_STARTED)), file=sys.stderr, end="")
+
+
+# ---------------------------------------------------------------- evaluate.every_checkpoint (selection.smk)
+
+EVERY_CHECKPOINT = config["evaluate"].get("every_checkpoint", EVERY_CHECKPOINT_DEFAULT)
+
+
+def run_epochs(method, generation):
+    """The epochs of one training run: the method's option, else training's, else `vpr train`'s default."""
+    options = {**config["training"], **config["methods"][method]}
+    key = "gen0_epochs" if method == "sfrs" and generation == 0 else "epochs"
+    return int(options.get(key, getattr(TrainConfig(), key)))
+
+
+def run_dir(method, generation):
+    return f"{RESULTS}/train/sfrs/gen{generation}" if method == "sfrs" else f"{RESULTS}/train/{method}"
+
+
+def epoch_checkpoints(method):
+    """(generation, epoch, checkpoint name) of every epoch checkpoint of a trained method."""
+    generations = range(len(sfrs_generations())) if method == "sfrs" else [0]
+    return [(g, e, f"g{g}_e{e}" if method == "sfrs" else f"e{e}")
+            for g in generations for e in range(run_epochs(method, g))]
+
+
+def checkpoint_source(wildcards):
+    """The run's last.pth (written after every epoch checkpoint) and the epoch checkpoint's path."""
+    g, e = (int(x) for x in re.fullmatch(r"(?:g(\d+)_)?e(\d+)", wildcards.ckpt).groups(default="0"))
+    folder = run_dir(wildcards.method, g)
+    name = f"checkpoint_g{g}_e{e}.pth" if wildcards.method == "sfrs" else f"checkpoint_e{e}.pth"
+    return f"{folder}/last.pth", f"{folder}/{name}"
+
+
+def checkpoint_folder(method, ckpt):
+    return f"{RESULTS}/checkpoints/{method}/{ckpt}"
+
+
+def selection_targets():
+    if not EVERY_CHECKPOINT:
+        return []
+    return [f"{RESULTS}/selection/{m}.{ext}" for m in TRAINED for ext in ("csv", "md", "png")]
+
+
+def selection_recalls(method):
+    return {(g, e, t): f"{checkpoint_folder(method, name)}/{t}_recall.csv"
+            for g, e, name in epoch_checkpoints(method) for t in TEST_SETS}

@@ -3,48 +3,8 @@
 # is evaluated on every test set, and `vpr selection` reports validation against test per checkpoint
 # (results/selection/<method>.csv, .md, .png). `vpr train` keeps every epoch's checkpoint in its run
 # directory (checkpoint_e<E>.pth; SFRS checkpoint_g<G>_e<E>.pth); those files are not declared outputs of
-# the training rules, so these jobs wait for the run's last.pth, written after all of them.
-
-from vpr.selection import EVERY_CHECKPOINT_DEFAULT
-
-EVERY_CHECKPOINT = config["evaluate"].get("every_checkpoint", EVERY_CHECKPOINT_DEFAULT)
-
-
-def run_epochs(method, generation):
-    """The epochs of one training run: the method's option, else training's, else `vpr train`'s default."""
-    options = {**config["training"], **config["methods"][method]}
-    key = "gen0_epochs" if method == "sfrs" and generation == 0 else "epochs"
-    return int(options.get(key, getattr(TrainConfig(), key)))
-
-
-def run_dir(method, generation):
-    return f"{RESULTS}/train/sfrs/gen{generation}" if method == "sfrs" else f"{RESULTS}/train/{method}"
-
-
-def epoch_checkpoints(method):
-    """(generation, epoch, checkpoint name) of every epoch checkpoint of a trained method."""
-    generations = range(sfrs_generations()) if method == "sfrs" else [0]
-    return [(g, e, f"g{g}_e{e}" if method == "sfrs" else f"e{e}")
-            for g in generations for e in range(run_epochs(method, g))]
-
-
-def checkpoint_source(wildcards):
-    """The run's last.pth (written after every epoch checkpoint) and the epoch checkpoint's path."""
-    g, e = (int(x) for x in re.fullmatch(r"(?:g(\d+)_)?e(\d+)", wildcards.ckpt).groups(default="0"))
-    folder = run_dir(wildcards.method, g)
-    name = f"checkpoint_g{g}_e{e}.pth" if wildcards.method == "sfrs" else f"checkpoint_e{e}.pth"
-    return f"{folder}/last.pth", f"{folder}/{name}"
-
-
-def checkpoint_folder(method, ckpt):
-    return f"{RESULTS}/checkpoints/{method}/{ckpt}"
-
-
-def selection_targets():
-    if not EVERY_CHECKPOINT:
-        return []
-    return [f"{RESULTS}/selection/{m}.{ext}" for m in TRAINED for ext in ("csv", "md", "png")]
-
+# the training rules, so these jobs wait for the run's last.pth, written after all of them. The input
+# functions are in common.smk.
 
 rule extract_train_checkpoint:
     input:
@@ -143,11 +103,6 @@ rule evaluate_checkpoint:
     shell:
         "vpr evaluate --index {input.index} --features {input.features} --out {output.recall} "
         "--rankings {output.rankings} --recall-at {params.ns} > {log} 2>&1"
-
-
-def selection_recalls(method):
-    return {(g, e, t): f"{checkpoint_folder(method, name)}/{t}_recall.csv"
-            for g, e, name in epoch_checkpoints(method) for t in TEST_SETS}
 
 
 rule selection_report:
