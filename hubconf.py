@@ -9,7 +9,7 @@ Every entry returns an ``EmbedNet`` (vpr.models) in eval mode on the CPU, with i
 
 * ``sfrs``: the reference's released SFRS model (VGG16 + NetVLAD + its 4096-d PCA-whitening).
 * ``netvlad``: the NetVLAD authors' VGG16 model trained on Pitts30k (MatConvNet file, whitening included).
-* ``efficientnet_lite0``: an off-the-shelf model: the ImageNet EfficientNet-Lite0 trunk and NetVLAD centres
+* ``efficientnet_lite0``: an off-the-shelf model: the ImageNet EfficientNet-Lite0 trunk and NetVLAD centers
   clustered on your images (``images=["photos/"]``, as `vpr init-model`), or a model file of yours.
 * ``model``: any model file vpr reads (``checkpoint=`` a path, or ``url=`` with ``sha256=``).
 

@@ -34,7 +34,7 @@ from vpr.data.index import Index
 from vpr.evaluate import evaluate, recall_from_ranks
 from vpr.extract import extract_features
 from vpr.models import ModelConfig, build_model
-from vpr.precision import resolve_precision
+from vpr.numeric_precision import resolve_precision
 
 MEAN = np.array([123.68, 116.779, 103.939], dtype=np.float32)
 NS = (1, 5, 10)

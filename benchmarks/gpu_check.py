@@ -46,9 +46,9 @@ from vpr import distributed
 from vpr.evaluate import search
 from vpr.extract import extract_features
 from vpr.models import ModelConfig, build_model
-from vpr.precision import resolve_precision
+from vpr.numeric_precision import resolve_precision
 from vpr.train.config import TrainConfig
-from vpr.train.objective import TupleForward, tuple_loss
+from vpr.train.objective import TupleForward, batch_loss
 
 FULL = dict(backbone="vgg16", clusters=64, size=(480, 640), images=256, batch=32, rounds=2,
             train_size=(480, 640), db=10_000, queries=6_816, dim=4096, k=100)
@@ -216,7 +216,7 @@ class TrainStep:
         self.batch, self.layout, self.precision, self.device = batch, layout, precision, device
 
     def __call__(self) -> float:
-        loss, _, _ = tuple_loss(self.cfg, TupleForward(self.model), self.batch, self.layout,
+        loss, _, _ = batch_loss(self.cfg, TupleForward(self.model), self.batch, self.layout,
                                 precision=self.precision, device=self.device, teacher=self.teacher)
         self.opt.zero_grad(set_to_none=True)
         with self.precision.math():   # the backward pass as training runs it

@@ -32,7 +32,7 @@ from extract_speed import plain_loop
 from vpr.data.index import Index
 from vpr.extract import extract_features
 from vpr.models import ModelConfig, build_model
-from vpr.precision import resolve_precision
+from vpr.numeric_precision import resolve_precision
 from vpr.train.config import TrainConfig
 from vpr.train.mining import Miner, hardest_negatives
 from vpr.train.trainer import Trainer
@@ -63,7 +63,7 @@ def run(work: Path) -> None:
     parser.add_argument("--clusters", type=int, default=16)
     parser.add_argument("--cache-size", type=int, default=160, help="anchors mined per refresh")
     parser.add_argument("--neg-pool", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=16, help="extraction batch (test_batch_size)")
+    parser.add_argument("--batch-size", type=int, default=16, help="extraction batch (extract_batch_size)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--sfrs", action="store_true", help="also time SFRS generation >= 1 re-ranking")

@@ -1,6 +1,6 @@
 """One training iteration per precision, and how far the bfloat16 loss is from the float32 one.
 
-Runs vpr's own ``vpr.train.objective.tuple_loss`` (forward of all images of the tuple, the loss, then
+Runs vpr's own ``vpr.train.objective.batch_loss`` (forward of all images of the tuple, the loss, then
 backward and an SGD step) on one fixed tuple: the NetVLAD/SARE tuple of 12 images (anchor, positive, 10
 negatives; triplet loss) and the SFRS tuple of 22 (anchor, positive, 10 negatives, 10 difficult positives;
 generation 1 with a teacher, SARE-ind + soft loss). Each precision starts from the same weights, so the
@@ -25,9 +25,9 @@ from benchcommon import Timer, init_netvlad, machine, write_jpegs
 
 from vpr.data.images import load_rgb, resize_fixed, to_tensor
 from vpr.models import ModelConfig, build_model
-from vpr.precision import resolve_precision, to_channels_last
+from vpr.numeric_precision import resolve_precision, to_channels_last
 from vpr.train.config import TrainConfig
-from vpr.train.objective import TupleForward, tuple_loss
+from vpr.train.objective import TupleForward, batch_loss
 
 VARIANTS = {"plain fp32": ("fp32", False), "fp32+cl": ("fp32", True), "bf16+cl": ("bf16", True)}
 
@@ -41,8 +41,8 @@ def tuple_images(files: list[Path], size: tuple[int, int]) -> torch.Tensor:
 
 
 def step(model, teacher, cfg, images, layout, precision, cl, optimizer):
-    """One iteration through tuple_loss; returns (loss, gradients of the trainable parameters)."""
-    loss, _, _ = tuple_loss(cfg, TupleForward(model), to_channels_last(images, cl), layout,
+    """One iteration through batch_loss; returns (loss, gradients of the trainable parameters)."""
+    loss, _, _ = batch_loss(cfg, TupleForward(model), to_channels_last(images, cl), layout,
                             precision=resolve_precision(precision, "cpu"), device=torch.device("cpu"),
                             teacher=teacher)
     optimizer.zero_grad(set_to_none=True)

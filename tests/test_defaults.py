@@ -60,7 +60,7 @@ def test_vpr_cluster_takes_its_defaults_from_cluster_and_builds_the_model_vpr_tr
     library = library_defaults(cluster)
     for option, parameter in {**CLUSTER_KEYS, "precision": "precision"}.items():
         assert given[option] == library[parameter], option
-    # centres for `vpr train` with its defaults: same backbone, K and image size
+    # centers for `vpr train` with its defaults: same backbone, K and image size
     train = TrainConfig()
     assert (given["backbone"], given["num_clusters"], list(given["image_size"])) == \
         (train.backbone, train.num_clusters, train.image_size)

@@ -242,7 +242,7 @@ def test_retrieve_over_an_index_marks_the_correct_matches_and_draws_only_the_wro
 
 def test_train_init_only_needs_no_index_nor_a_fitting_trainable_from(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    centers = tmp_path / "centres.h5"
+    centers = tmp_path / "centers.h5"
     with h5py.File(centers, "w") as f:
         f["centroids"] = rng.standard_normal((4, 112)).astype(np.float32)
         f["descriptors"] = rng.standard_normal((40, 112)).astype(np.float32)

@@ -32,14 +32,14 @@ def test_atomic_output_renames_on_success_and_cleans_on_failure(tmp_path):
 
 def test_open_h5_names_the_file_what_it_is_and_its_maker(tmp_path):
     with pytest.raises(VprError) as e:
-        open_h5(tmp_path / "gone.h5", "centres file", "vpr cluster")
-    assert str(e.value) == f"{tmp_path / 'gone.h5'}: centres file not found (create it with 'vpr cluster')"
+        open_h5(tmp_path / "gone.h5", "centers file", "vpr cluster")
+    assert str(e.value) == f"{tmp_path / 'gone.h5'}: centers file not found (create it with 'vpr cluster')"
     (tmp_path / "text.h5").write_text("plain text, not HDF5")
-    with pytest.raises(VprError, match=r"text\.h5: not a readable HDF5 centres file \("):
-        open_h5(tmp_path / "text.h5", "centres file", "vpr cluster")
+    with pytest.raises(VprError, match=r"text\.h5: not a readable HDF5 centers file \("):
+        open_h5(tmp_path / "text.h5", "centers file", "vpr cluster")
     with h5py.File(tmp_path / "ok.h5", "w") as f:
         f.create_dataset("centroids", data=np.arange(6.0).reshape(2, 3))
-    with open_h5(tmp_path / "ok.h5", "centres file", "vpr cluster") as f:
+    with open_h5(tmp_path / "ok.h5", "centers file", "vpr cluster") as f:
         np.testing.assert_array_equal(f["centroids"][()], [[0, 1, 2], [3, 4, 5]])
     assert not f   # closed by the with block
 def brute_force_neighbours(db, q, radius, q_place=None, db_place=None):

@@ -156,7 +156,7 @@ def test_resume_state_holds_no_gpu_state_and_restores_on_a_node_with_fewer(monke
 # ------------------------------------------------------------------------------ precision that says what ran
 
 def test_tf32_is_a_choice_for_cuda_only_and_runs_float32_tensors():
-    from vpr.precision import PRECISIONS, choose_precision
+    from vpr.numeric_precision import PRECISIONS, choose_precision
 
     assert "tf32" in PRECISIONS
     chosen = choose_precision("tf32", "cuda")
@@ -170,7 +170,7 @@ def test_tf32_is_a_choice_for_cuda_only_and_runs_float32_tensors():
                          [("fp32", False), ("tf32", True), ("bf16", False), ("fp16", False)])
 def test_on_cuda_tf32_maths_is_on_exactly_for_tf32_and_restored_after(name, tf32):
     # torch's own defaults (cuDNN convolutions in TF32) are what "fp32" used to run with
-    from vpr.precision import Precision
+    from vpr.numeric_precision import Precision
 
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     before = (cudnn.allow_tf32, matmul.allow_tf32)
@@ -185,7 +185,7 @@ def test_on_cuda_tf32_maths_is_on_exactly_for_tf32_and_restored_after(name, tf32
 
 
 def test_cpu_precisions_leave_the_cuda_settings_alone():
-    from vpr.precision import Precision
+    from vpr.numeric_precision import Precision
 
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     for name in ("fp32", "bf16"):

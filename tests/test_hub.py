@@ -125,7 +125,7 @@ def test_released_entry_reads_released_yaml(served, tmp_path):
 
 @pytest.mark.slow
 def test_off_the_shelf_efficientnet_lite0_from_images(served):
-    """The 'efficientnet_lite0' entry clusters NetVLAD centres on a folder of photos, as `vpr init-model`."""
+    """The 'efficientnet_lite0' entry clusters NetVLAD centers on a folder of photos, as `vpr init-model`."""
     _, _, files = served
     model = hub("efficientnet_lite0", images=files[0].parent, num_clusters=4, image_size=(64, 80),
                 per_image=5, iterations=5)

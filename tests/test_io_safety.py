@@ -442,7 +442,7 @@ def test_sigterm_during_the_work_exits_143(arts, tmp_path):
 # --- 8. nothing is written through a symlink in an output directory -------------------------------------
 
 def test_an_artifact_replaces_a_symlink_at_its_path_and_leaves_the_link_target_alone(tmp_path):
-    from vpr.results import recall_table, write_recall_csv
+    from vpr.evaluation_files import recall_table, write_recall_csv
     from vpr.train.training_log import LOG_FIELDS, write_training_log
 
     victim = tmp_path / "victim.txt"

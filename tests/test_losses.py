@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from vpr.losses import (
     LOSSES,
     TUPLE_LOSSES,
+    bind_tuple_loss,
     get_loss,
     sare_ind,
     sare_joint,
     sfrs_soft,
     triplet,
-    tuple_loss,
 )
 
 
@@ -242,16 +242,16 @@ def test_tuple_loss_binds_the_training_options_each_loss_takes():
     # The trainer's dispatch: triplet takes margin and squared, the SARE losses form and tau.
     q, p, n = tuples(seed=7)
     opts = dict(margin=0.3, squared=True, form="euclidean", tau=0.05)
-    assert tuple_loss("triplet", **opts)(q, p, n).item() == pytest.approx(
+    assert bind_tuple_loss("triplet", **opts)(q, p, n).item() == pytest.approx(
         loop_triplet(q, p, n, 0.3, True), rel=1e-12)
-    assert tuple_loss("sare_ind", **opts)(q, p, n).item() == pytest.approx(
+    assert bind_tuple_loss("sare_ind", **opts)(q, p, n).item() == pytest.approx(
         loop_sare_ind(q, p, n, "euclidean", 0.05), rel=1e-12)
     opts["form"] = "dot"
-    assert tuple_loss("sare_joint", **opts)(q, p, n).item() == pytest.approx(
+    assert bind_tuple_loss("sare_joint", **opts)(q, p, n).item() == pytest.approx(
         loop_sare_joint(q, p, n, "dot", 0.05), rel=1e-12)
     assert TUPLE_LOSSES == ("triplet", "sare_ind", "sare_joint")
     with pytest.raises(ValueError, match=r"unknown tuple loss 'sfrs_soft'; valid losses: triplet, sare_ind"):
-        tuple_loss("sfrs_soft", **opts)
+        bind_tuple_loss("sfrs_soft", **opts)
 
 
 def test_errors_name_the_valid_choices():

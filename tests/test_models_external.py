@@ -1,7 +1,7 @@
 """The NetVLAD authors' MatConvNet struct models (Pitts30K_struct.mat) loaded as vpr models.
 
 The test writes a file in that structure with scipy.io.savemat (random weights, the real VGG16 layer
-sequence and shapes, the NetVLAD layer with negated centres, the whitening conv), and compares vpr's
+sequence and shapes, the NetVLAD layer with negated centers, the whitening conv), and compares vpr's
 descriptor with the original forward re-stated below layer by layer with plain torch ops.
 """
 
@@ -54,9 +54,9 @@ def _struct_layers(seed: int, whitening: bool = True) -> list[dict]:
     assert len(layers) == 29
     empty = np.empty((1, 0), object)
     assign = (10.0 * rng.standard_normal((512, K)) / np.sqrt(512)).astype(np.float32)
-    neg_centres = (-rng.standard_normal((512, K)) / np.sqrt(512)).astype(np.float32)
+    neg_centers = (-rng.standard_normal((512, K)) / np.sqrt(512)).astype(np.float32)
     layers += [{"type": "custom", "name": "preL2", "weights": empty},
-               {"type": "custom", "name": "vlad:core", "weights": _cell(assign, neg_centres)},
+               {"type": "custom", "name": "vlad:core", "weights": _cell(assign, neg_centers)},
                {"type": "custom", "name": "vlad:intranorm", "weights": empty},
                {"type": "custom", "name": "postL2", "weights": empty}]
     if whitening:
@@ -98,7 +98,7 @@ def original_forward(layers: list[dict], pixels: np.ndarray, average=AVERAGE) ->
             x = x / x.norm(dim=1, keepdim=True)
         elif layer["name"] == "vlad:core":
             assign = torch.from_numpy(weights[0].astype(np.float64))      # D × K
-            neg_c = torch.from_numpy(weights[1].astype(np.float64))       # D × K, = −centres
+            neg_c = torch.from_numpy(weights[1].astype(np.float64))       # D × K, = −centers
             n, d = x.shape[:2]
             xs = x.reshape(n, d, -1)                                      # N × D × L
             scores = torch.einsum("dk,ndl->nkl", assign, xs)

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 from vprtest import run_vpr, without_progress
 
-from vpr.results import write_rankings
+from vpr.evaluation_files import write_rankings
 
 
 def _index_names(index) -> tuple[list[str], list[str]]:

@@ -88,7 +88,7 @@ def test_the_model_head_is_the_normalised_projection():
 
 
 def test_k_is_capped_with_a_warning(caplog):
-    X = data(7, 20)  # centred rank N-1 = 6
+    X = data(7, 20)  # centered rank N-1 = 6
     with caplog.at_level(logging.WARNING):
         params = fit_pca(X, 4096)
     assert params.dim == 6

@@ -1,7 +1,7 @@
 """Every HDF5 artifact says what it is and what it was made from; every consumer checks it.
 
 Real files throughout: index files from `build_index`, features from `vpr extract` with a real (small)
-checkpoint, PCA files from `vpr fit-pca`, centres files in the layout `vpr cluster` writes.
+checkpoint, PCA files from `vpr fit-pca`, centers files in the layout `vpr cluster` writes.
 """
 
 from __future__ import annotations
@@ -140,9 +140,9 @@ def test_other_readers_check_the_kind(setup, tmp_path, capsys):
             in _one_line_error(capsys))
     rc = _extract(setup["model_a"], setup["index_a"], tmp_path / "f.h5", "--pca", str(setup["features_a"]))
     assert rc == 2 and "is a vpr features file, not a PCA file" in _one_line_error(capsys)
-    with pytest.raises(VprError, match="is a vpr index file, not a centres file"):
+    with pytest.raises(VprError, match="is a vpr index file, not a centers file"):
         read_centers(setup["index_a"])
-    # a centres file as vpr cluster writes it, and one in the reference's layout (no kind), both read
+    # a centers file as vpr cluster writes it, and one in the reference's layout (no kind), both read
     centroids = np.eye(4, 8, dtype=np.float32)
     for name, kind in (("ours.h5", "vpr-centers"), ("reference.hdf5", None)):
         with h5py.File(tmp_path / name, "w") as f:

@@ -64,8 +64,8 @@ def squared_l2(a, b):
 def clustered_features(q, g, d=8, seed=0):
     # Clusters of nearby descriptors make the k-reciprocal sets and their expansion non-trivial.
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(5, d))
-    x = centres[rng.integers(0, 5, q + g)] + 0.6 * rng.normal(size=(q + g, d))
+    centers = rng.normal(size=(5, d))
+    x = centers[rng.integers(0, 5, q + g)] + 0.6 * rng.normal(size=(q + g, d))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x[:q], x[q:]
 

@@ -101,7 +101,7 @@ def test_tiny_training_with_resnet18(tiny_data, tmp_path):
     run_vpr("train", "--train-index", tiny_data["train"], "--val-index", tiny_data["val"], "--centers",
             centers, "--backbone", "resnet18", "--trainable-from", "layer3", "--num-clusters", "4", *size,
             "--device", "cpu", "--out", out, "--epochs", "1", "--neg-num", "2", "--neg-pool", "20",
-            "--cache-size", "40", "--iters", "4", "--workers", "0", "--test-batch-size", "16")
+            "--cache-size", "40", "--iters", "4", "--workers", "0", "--extract-batch-size", "16")
     print(f"resnet18 tiny training: {time.perf_counter() - start:.1f} s")
     cfg = make_config(None, {"backbone": "resnet18", "trainable_from": "layer3", "num_clusters": 4,
                              "image_size": [64, 80]})

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vpr.errors import VprError
-from vpr.results import recall_table, write_rankings, write_recall_csv
+from vpr.evaluation_files import recall_table, write_rankings, write_recall_csv
 from vpr.selection import build_report, report_csv, report_markdown
 from vpr.train.training_log import write_training_log
 

@@ -29,7 +29,7 @@ def test_wilson_hand_worked():
     assert wilson_interval(0, 10) == (0.0, pytest.approx(0.277533, abs=1e-6))
     # 10 of 10: the mirror image
     assert wilson_interval(10, 10) == (pytest.approx(1 - 0.277533, abs=1e-6), 1.0)
-    # 5 of 10: centre 1/2, half-width z / 1.38415 * sqrt(1/40 + z^2/400) = 1.41600 * 0.18602 = 0.26341
+    # 5 of 10: center 1/2, half-width z / 1.38415 * sqrt(1/40 + z^2/400) = 1.41600 * 0.18602 = 0.26341
     low, high = wilson_interval(5, 10)
     assert low == pytest.approx(0.23659, abs=1e-5) and high == pytest.approx(0.76341, abs=1e-5)
     # one query: 0 of 1 -> [0, z^2 / (1 + z^2)]

@@ -26,7 +26,7 @@ SMALL = ["--backbone", "small", "--image-size", "96", "128"]
 # --device cpu: the equalities below are CPU ones (1e-5), and two processes on a one-GPU machine must not
 # share it (gloo on the CPU, as on a machine without a GPU)
 TRAIN = [*SMALL, "--num-clusters", "8", "--trainable-from", "full", "--neg-num", "3", "--neg-pool", "30",
-         "--cache-size", "6", "--workers", "0", "--test-batch-size", "16", "--pos-num", "3",
+         "--cache-size", "6", "--workers", "0", "--extract-batch-size", "16", "--pos-num", "3",
          "--pos-pool", "6", "--rerank-k1", "4", "--lr", "0.01", "--device", "cpu"]
 
 
@@ -141,7 +141,7 @@ STOPS = {
 def test_a_run_stopped_by_sigterm_resumes_to_the_same_weights(tiny_data, centers, tmp_path, method, where):
     extra = ["--epochs", "2" if where == "step" else "1", "--print-freq", "1"]
     if where != "step":
-        extra += ["--test-batch-size", "1"]
+        extra += ["--extract-batch-size", "1"]
     if method == "sfrs":
         gen0 = tmp_path / "gen0"
         run_vpr(*train_args(tiny_data, centers, gen0, "--method", "sfrs", "--loss", "sare_ind",

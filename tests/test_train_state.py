@@ -30,7 +30,7 @@ from vpr.yamlfile import load_yaml
 
 SMALL = ["--backbone", "small", "--image-size", "96", "128"]
 TRAIN = [*SMALL, "--num-clusters", "8", "--trainable-from", "full", "--neg-num", "3", "--neg-pool", "30",
-         "--cache-size", "40", "--workers", "0", "--test-batch-size", "16", "--lr", "0.01"]
+         "--cache-size", "40", "--workers", "0", "--extract-batch-size", "16", "--lr", "0.01"]
 OUTPUTS = ("last.pth", "model_best.pth", "log.csv")
 
 
@@ -72,7 +72,7 @@ BAD_VALUES = [
     ("margin", -0.1),
     ("temperatures", [0.07, 0.0]), ("temperatures", [0.07, float("nan")]),
     ("soft_weight", -1.0), ("soft_weight", float("inf")),
-    ("iters", -1), ("workers", -1), ("test_batch_size", 0), ("print_freq", -1),
+    ("iters", -1), ("workers", -1), ("extract_batch_size", 0), ("print_freq", -1),
     ("rerank_lambda", 1.5), ("rerank_lambda", -0.1),
     ("image_size", [0, 128]), ("image_size", [96, -1]),
     ("num_clusters", 0), ("generation", -1), ("seed", -1), ("seed", 2**32),
@@ -80,7 +80,7 @@ BAD_VALUES = [
 # The edges of the valid ranges stay accepted.
 EDGE_VALUES = [("momentum", 0.0), ("gamma", 1.0), ("margin", 0.0), ("soft_weight", 0.0), ("iters", 0),
                ("workers", 0), ("print_freq", 0), ("rerank_lambda", 0.0), ("rerank_lambda", 1.0),
-               ("weight_decay", 0.0), ("test_batch_size", 1), ("seed", 0), ("seed", 2**32 - 1)]
+               ("weight_decay", 0.0), ("extract_batch_size", 1), ("seed", 0), ("seed", 2**32 - 1)]
 
 
 @pytest.mark.parametrize("source", ["flag", "yaml"])
@@ -271,10 +271,10 @@ def perturbed_centers(centers, path):
 
 
 @pytest.mark.slow
-def test_other_centres_are_refused_and_restart_retrains_with_nothing_stale(tiny_data, centers, finished,
+def test_other_centers_are_refused_and_restart_retrains_with_nothing_stale(tiny_data, centers, finished,
                                                                            tmp_path):
     out, before = copy_run(finished, tmp_path)
-    other = perturbed_centers(centers, tmp_path / "other centres.h5")
+    other = perturbed_centers(centers, tmp_path / "other centers.h5")
     args = train_args(tiny_data, other, out, "--epochs", "1", "--iters", "2")
     line = one_line_error(run_vpr(*args, check=False))
     assert "centers: file content changed" in line and "epochs: saved 2, now 1" in line
@@ -285,8 +285,8 @@ def test_other_centres_are_refused_and_restart_retrains_with_nothing_stale(tiny_
     # The new run's files only: one epoch, so no checkpoint_e1.pth left from the old run.
     assert sorted(p.name for p in out.iterdir()) == sorted(["checkpoint_e0.pth", "log.csv", "last.pth",
                                                             "model_best.pth", "resume.pth", "run.lock"])
-    # Retrained from the new centres: the NetVLAD centroids (trained, but only two steps) sit nearer the
-    # new centres file than the old one, and the weights differ from the old run's.
+    # Retrained from the new centers: the NetVLAD centroids (trained, but only two steps) sit nearer the
+    # new centers file than the old one, and the weights differ from the old run's.
     new = load_model(out / "last.pth").net_vlad.centroids.detach().numpy()
     with h5py.File(other) as f_new, h5py.File(centers) as f_old:
         c_new, c_old = f_new["centroids"][()], f_old["centroids"][()]

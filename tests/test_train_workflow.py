@@ -59,7 +59,7 @@ def lr_column(workdir) -> list[float]:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A workflow directory whose training job has finished (data, index files, centres, one run)."""
+    """A workflow directory whose training job has finished (data, index files, centers, one run)."""
     workdir = tmp_path_factory.mktemp("workflow")
     config = write_config(workdir / "tiny.yaml", TINY, **ONE_METHOD)
     snakemake(workdir, "--configfile", config, "--cores", "2", TARGET)
@@ -182,8 +182,8 @@ def test_every_checkpoint_gives_the_selection_report_with_recomputed_numbers(fin
     """evaluate.every_checkpoint: both epoch checkpoints are evaluated on the test set and `vpr selection`
     reports them; every number is recomputed here from the rankings files and the index."""
     from vpr.data.index import Index
+    from vpr.evaluation_files import read_rankings
     from vpr.models.checkpoint import read_checkpoint_meta
-    from vpr.results import read_rankings
 
     workdir = copy_of(finished, tmp_path)
     write_config(workdir / "tiny.yaml", TINY, **{**ONE_METHOD, "evaluate.every_checkpoint": True})

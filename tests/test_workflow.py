@@ -104,7 +104,7 @@ def test_a_dry_run_on_a_fresh_clone_lists_the_paper_dag_and_what_is_missing(tmp_
     assert counts["initial_model"] == 1 and counts["select_model"] == 4
     assert counts["fit_pca"] == 5 and counts["evaluate"] == 15 and counts["table"] == 1
     assert counts["plot_recall"] == 3 and counts["plot_examples"] == 3
-    assert "cluster" not in counts          # the paper config uses the reference's centres file
+    assert "cluster" not in counts          # the paper config uses the reference's centers file
     # temperatures[3] edited: only generation 3's job gets other options (Snakemake reruns a job whose
     # options changed; the demo DAG test shows it after a real run)
     paper = sfrs_commands(proc.stdout)

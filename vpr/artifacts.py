@@ -1,12 +1,12 @@
 """What an HDF5 artifact is: the ``kind`` attribute every vpr HDF5 file carries, checked by its one reader.
 
 Each HDF5 format has one owner module that writes it and reads it (the index file: ``vpr.data.index``;
-features: ``vpr.extract``; PCA: ``vpr.pca``; k-means centres: ``vpr.cluster``). The writer stores
+features: ``vpr.extract``; PCA: ``vpr.pca``; k-means centers: ``vpr.cluster``). The writer stores
 ``kind`` (see :data:`KINDS`); the reader opens the file with :func:`open_artifact`, so a file of another
 kind given in its place is one line naming both ("X: is a vpr index file, not a features file (create one
 with 'vpr extract')") instead of a missing-dataset traceback.
 
-The files of the reference implementation (its centres and PCA files, :data:`REFERENCE_KINDS`) have no
+The files of the reference implementation (its centers and PCA files, :data:`REFERENCE_KINDS`) have no
 ``kind``. They are recognised by their layout: one that has the layout of another vpr kind is refused the
 same way; otherwise the reader reads it, and its own checks of the datasets name whatever does not fit.
 A file of the other kinds without the attribute was not written by vpr and is refused.
@@ -32,7 +32,7 @@ KINDS: dict[str, tuple[str, str]] = {
     INDEX: ("index file", "vpr index"),
     FEATURES: ("features file", "vpr extract"),
     PCA: ("PCA file", "vpr fit-pca"),
-    CENTERS: ("centres file", "vpr cluster"),
+    CENTERS: ("centers file", "vpr cluster"),
     RANKINGS: ("rankings file", "vpr evaluate"),
 }
 # the kinds the reference implementation also writes, without the attribute

@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch": ("fetch", "download an input file (checked, atomic, retried) or say where a person gets it"),
     "synth": ("synth", "generate the synthetic Pittsburgh/Tokyo-style data set"),
     "index": ("index", "index one data-set split (.mat or .csv) into an HDF5 index file"),
-    "cluster": ("cluster", "compute initial NetVLAD centres (k-means on conv descriptors)"),
+    "cluster": ("cluster", "compute initial NetVLAD centers (k-means on conv descriptors)"),
     "init-model": ("init_model", "make an off-the-shelf model: trunk + NetVLAD clustered on images"),
     "train": ("train", "train NetVLAD/SARE or one SFRS generation (resumable, torchrun-ready)"),
     "select": ("select", "pick the checkpoint with the best validation Recall@5"),

@@ -1,4 +1,4 @@
-"""Initial NetVLAD centres: k-means on local conv descriptors of training images (docs/method.md §6).
+"""Initial NetVLAD centers: k-means on local conv descriptors of training images (docs/method.md §6).
 
 The output is the layout of the reference's ``vgg16_pitts_64_desc_cen.hdf5`` (``centroids`` K×D,
 ``descriptors`` M×D), so either file can initialise the model; vpr's own carries ``kind`` = "vpr-centers"
@@ -10,7 +10,7 @@ does not depend on batch order, worker count or the number of processes (the ref
 unordered Python set, docs/method.md §6).
 
 The conv maps may be computed under bfloat16/float16 autocast (``precision``, see
-:mod:`vpr.precision`); they are cast to float32 before the L2 normalisation, so the stored descriptors
+:mod:`vpr.numeric_precision`); they are cast to float32 before the L2 normalisation, so the stored descriptors
 are float32 either way.
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 from vpr import artifacts
 from vpr.errors import VprError
 from vpr.io import atomic_h5
-from vpr.precision import Precision, channels_last, resolve_precision, to_channels_last
+from vpr.numeric_precision import Precision, channels_last, resolve_precision, to_channels_last
 from vpr.progress import progress as progress_bar
 
 # torch and faiss are imported where they are used: `vpr cluster` reads the defaults of cluster() to build
@@ -98,7 +98,7 @@ def cluster(model: EmbedNet, files: Sequence[str], out: str | os.PathLike, *, nu
             per_image: int = 100, iterations: int = 100, seed: int = 43, batch_size: int = 16,
             workers: int = 2, info: distributed.DistInfo | None = None,
             precision: str | Precision = "auto", exif_orientation: bool = False) -> dict:
-    """Sample, describe, cluster and write the centres file (rank 0); extraction is shared by all ranks.
+    """Sample, describe, cluster and write the centers file (rank 0); extraction is shared by all ranks.
 
     K is the model's (``model.config.num_clusters``). These defaults are those of `vpr cluster`.
     ``exif_orientation``: turn images per their EXIF Orientation tag (as the index says).
@@ -131,13 +131,13 @@ def cluster(model: EmbedNet, files: Sequence[str], out: str | os.PathLike, *, nu
 
 def read_centers(path: str | os.PathLike, num_clusters: int | None = None,
                  dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids K×D, descriptors M×D) from a centres file, checked against the model's K and D."""
+    """(centroids K×D, descriptors M×D) from a centers file, checked against the model's K and D."""
     try:
         with artifacts.open_artifact(path, artifacts.CENTERS) as f:
             centroids = np.asarray(f["centroids"][()], dtype=np.float32)
             descriptors = np.asarray(f["descriptors"][()], dtype=np.float32)
     except (OSError, KeyError) as err:
-        raise VprError(f"{path}: unreadable centres file, expected datasets 'centroids' and "
+        raise VprError(f"{path}: unreadable centers file, expected datasets 'centroids' and "
                        f"'descriptors' ({err})") from err
     if centroids.ndim != 2 or descriptors.ndim != 2 or centroids.shape[1] != descriptors.shape[1]:
         raise VprError(f"{path}: centroids {centroids.shape} and descriptors {descriptors.shape} must be "

@@ -30,8 +30,8 @@ from vpr.data.images import check_images_exist, image_batches
 from vpr.distributed import gpu_report
 from vpr.errors import VprError
 from vpr.io import atomic_h5
-from vpr.precision import Precision, resolve_precision, to_channels_last
-from vpr.precision import channels_last as model_channels_last
+from vpr.numeric_precision import Precision, resolve_precision, to_channels_last
+from vpr.numeric_precision import channels_last as model_channels_last
 from vpr.progress import progress
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def extract_features(
     image raises VprError naming it, and so does a descriptor with NaN or infinite values (naming the
     precision: float16 overflows on large activations).
 
-    ``precision`` (fp32, tf32, bf16, fp16, auto; see :mod:`vpr.precision`) is the autocast precision
+    ``precision`` (fp32, tf32, bf16, fp16, auto; see :mod:`vpr.numeric_precision`) is the autocast precision
     of the backbone; the NetVLAD head and the descriptors are float32 in every case. ``channels_last``
     runs the convolutions in channels-last layout; ``compile`` wraps the model in ``torch.compile``
     (compiles once per image size; worth it for long runs on a GPU). ``exif_orientation`` turns images

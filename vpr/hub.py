@@ -137,7 +137,7 @@ _LOAD_KEYS = ("checkpoint", "url", "sha256", "pca", "pca_url", "pca_sha256", "wh
 
 
 def off_the_shelf(backbone: str, images, **kwargs) -> EmbedNet:
-    """The off-the-shelf model of `vpr init-model` (trunk + NetVLAD centres clustered on the folders
+    """The off-the-shelf model of `vpr init-model` (trunk + NetVLAD centers clustered on the folders
     ``images``, its keyword options in ``kwargs``), or, without ``images``, a model file as :func:`load`."""
     import tempfile
 
@@ -147,10 +147,10 @@ def off_the_shelf(backbone: str, images, **kwargs) -> EmbedNet:
     if images is None:
         if load_kwargs.get("checkpoint") is None and load_kwargs.get("url") is None:
             raise VprError(f"the off-the-shelf {backbone} model needs images (folders to cluster its NetVLAD "
-                           "centres on) or a model file (checkpoint or url)")
+                           "centers on) or a model file (checkpoint or url)")
         return load(**load_kwargs)
     if load_kwargs.get("checkpoint") is not None or load_kwargs.get("url") is not None:
-        raise VprError("give images (to cluster the centres on) or a checkpoint/url, not both")
+        raise VprError("give images (to cluster the centers on) or a checkpoint/url, not both")
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     with tempfile.TemporaryDirectory(prefix="vpr-hub-") as tmp:

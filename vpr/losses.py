@@ -10,7 +10,7 @@ descriptors. Every loss returns a scalar tensor and contains no Python loop over
 
 ``get_loss(name, **kwargs)`` looks a loss up in ``LOSSES`` and binds its options, raising ``ValueError`` for
 an unknown name, option or form, so a bad configuration fails before training starts.
-``tuple_loss`` is the training loss (``--loss``, one of ``TUPLE_LOSSES``) with the options of the
+``bind_tuple_loss`` is the training loss (``--loss``, one of ``TUPLE_LOSSES``) with the options of the
 training configuration it takes.
 """
 
@@ -173,7 +173,7 @@ def get_loss(name: str, **kwargs) -> Callable[..., torch.Tensor]:
     return functools.partial(fn, **kwargs)
 
 
-def tuple_loss(name: str, *, margin: float, squared: bool, form: str,
+def bind_tuple_loss(name: str, *, margin: float, squared: bool, form: str,
                tau: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """The tuple loss ``name`` (one of ``TUPLE_LOSSES``) with the options it takes bound: triplet takes
     ``margin`` and ``squared``, the SARE losses ``form`` and ``tau``."""

@@ -8,7 +8,7 @@ X̃ = X − μ. The k leading eigenpairs (λ, U) of the covariance C = X̃ᵀX̃
   10,000 samples): G v = λ v gives the unit principal direction u = X̃ᵀ v / √((N−1) λ).
 
 Unlike the reference, eigenpairs are always sorted by descending eigenvalue, eigenvalues are clamped to
-≥ 1e-9 and k is capped at min(D, N−1), the rank of the centred data. Decomposition is in float64; the stored
+≥ 1e-9 and k is capped at min(D, N−1), the rank of the centered data. Decomposition is in float64; the stored
 parameters are float32. Each direction's sign is fixed (largest-magnitude entry positive) so a refit of the
 same data gives the same file.
 
@@ -124,14 +124,14 @@ def fit_pca(X: torch.Tensor | np.ndarray, k: int, *, device: str | torch.device 
         mu += X[start:start + _CHUNK].to(device, torch.float64).sum(dim=0)
     mu /= n
 
-    def centred(cols: slice | None = None, rows: slice | None = None) -> torch.Tensor:
+    def centered(cols: slice | None = None, rows: slice | None = None) -> torch.Tensor:
         block = X[rows if rows is not None else slice(None), cols if cols is not None else slice(None)]
         return block.to(device, torch.float64) - mu[cols if cols is not None else slice(None)]
 
     if d <= n:  # primal: C = X̃ᵀX̃/(N−1), D×D
         C = torch.zeros(d, d, dtype=torch.float64, device=device)
         for start in range(0, n, _CHUNK):
-            Xc = centred(rows=slice(start, start + _CHUNK))
+            Xc = centered(rows=slice(start, start + _CHUNK))
             C += Xc.T @ Xc
         lams, U = torch.linalg.eigh(C / (n - 1))
         lams, U = lams.flip(0)[:k], U.flip(1)[:, :k]
@@ -139,7 +139,7 @@ def fit_pca(X: torch.Tensor | np.ndarray, k: int, *, device: str | torch.device 
     else:  # dual: G = X̃X̃ᵀ/(N−1), N×N; u = X̃ᵀ v / √((N−1) λ)
         G = torch.zeros(n, n, dtype=torch.float64, device=device)
         for start in range(0, d, _CHUNK):
-            Xc = centred(cols=slice(start, start + _CHUNK))
+            Xc = centered(cols=slice(start, start + _CHUNK))
             G += Xc @ Xc.T
         lams, V = torch.linalg.eigh(G / (n - 1))
         lams, V = lams.flip(0)[:k], V.flip(1)[:, :k]
@@ -147,7 +147,7 @@ def fit_pca(X: torch.Tensor | np.ndarray, k: int, *, device: str | torch.device 
         V = V / torch.sqrt(lams * (n - 1))
         U = torch.empty(d, k, dtype=torch.float64, device=device)
         for start in range(0, d, _CHUNK):
-            U[start:start + _CHUNK] = centred(cols=slice(start, start + _CHUNK)).T @ V
+            U[start:start + _CHUNK] = centered(cols=slice(start, start + _CHUNK)).T @ V
     U = _fix_signs(U)
     Utmu = U.T @ mu
     as32 = lambda t: t.to("cpu", torch.float32).contiguous()  # noqa: E731

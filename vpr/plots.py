@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from vpr.errors import VprError
+from vpr.evaluation_files import RecallTable
 from vpr.io import atomic_output, open_temporary
 from vpr.published import dataset_name, method_name, published, query_count
-from vpr.results import RecallTable
 from vpr.stats import recall_interval
 
 # Frame colours of the example grid (RGB 0..1): a retrieved image that is a ground-truth positive / not.

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vpr.errors import VprError
-from vpr.results import default_rankings_path, read_rankings, read_recall_csv
+from vpr.evaluation_files import default_rankings_path, read_rankings, read_recall_csv
 from vpr.stats import PairedTest, mcnemar_exact
 from vpr.train.training_log import read_training_log
 

@@ -7,7 +7,7 @@ the sample; a different draw of queries from the same city would give a differen
 **Interval: Wilson score.** The 95 % interval is the Wilson score interval, the set of proportions p whose
 score test does not reject ``k`` hits out of ``n`` at the 5 % level::
 
-    centre = (k/n + z²/(2n)) / (1 + z²/n)
+    center = (k/n + z²/(2n)) / (1 + z²/n)
     half   = z / (1 + z²/n) * sqrt(k/n (1 - k/n) / n + z²/(4n²))        z = 1.95996 (two-sided 95 %)
 
 Why this one: it stays inside [0, 1] and keeps a non-zero width at 0 % and 100 % (the normal "Wald"
@@ -57,11 +57,11 @@ def wilson_interval(hits: int, n: int, confidence: float = CONFIDENCE) -> tuple[
     z = _z(confidence)
     p = hits / n
     denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
+    center = (p + z * z / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n))
     # at 0 and n hits the bound is exactly 0 or 1; rounding must not move it off
-    low = 0.0 if hits == 0 else max(0.0, centre - half)
-    high = 1.0 if hits == n else min(1.0, centre + half)
+    low = 0.0 if hits == 0 else max(0.0, center - half)
+    high = 1.0 if hits == n else min(1.0, center + half)
     return low, high
 
 

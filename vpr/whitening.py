@@ -1,7 +1,7 @@
 """What PCA-whitening a training sample supports (docs/method.md, "PCA-whitening on small data sets").
 
 Whitening k components fitted on N descriptors divides each principal direction by its standard deviation.
-With k = N − 1 (the rank of N centred points) the fitted points become a regular simplex: every pairwise
+With k = N − 1 (the rank of N centered points) the fitted points become a regular simplex: every pairwise
 distance is equal (2 + 2/(N − 1) after the L2 normalisation), so any ranking among them is a tie-break.
 Close to it the whitened space is nearly as degenerate. Two rules, both only when whitening:
 

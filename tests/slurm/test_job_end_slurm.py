@@ -58,7 +58,7 @@ TRAIN_RESOURCES = ["--set-resources", *(f"train_baseline:{r}" for r in (
 
 @pytest.fixture(scope="module")
 def prepared(slurm_cluster, tmp_path_factory) -> Path:
-    """The training job's inputs (index files, centres), made once without Slurm."""
+    """The training job's inputs (index files, centers), made once without Slurm."""
     if not slurm_cluster.system_conf:
         pytest.skip("/etc/slurm/slurm.conf belongs to another Slurm installation: srun inside the plugin's "
                     "jobs (which drop SLURM_CONF) would not find the test cluster")

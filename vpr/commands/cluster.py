@@ -1,8 +1,8 @@
-"""Compute the initial NetVLAD centres: k-means on local conv descriptors of training images.
+"""Compute the initial NetVLAD centers: k-means on local conv descriptors of training images.
 
 Samples --images training images (queries and database of the index, seeded), takes --per-image random
 L2-normalised conv5_3 vectors from each (500 x 100 = 50,000 by default), and runs faiss k-means with
---num-clusters centres for --iterations iterations. The output has the datasets `centroids` (K x D) and
+--num-clusters centers for --iterations iterations. The output has the datasets `centroids` (K x D) and
 `descriptors` (M x D), the layout of the reference's vgg16_pitts_64_desc_cen.hdf5. Runs under torchrun too
 (the ranks share the extraction). --precision auto (the default) computes the conv maps under bfloat16
 autocast where the hardware does that fast; the descriptors are normalised and stored in float32.
@@ -16,11 +16,11 @@ import inspect
 from vpr.cluster import cluster
 from vpr.commands.options import add_input, add_max_image_pixels, add_output, non_negative_int, positive_int
 from vpr.devices import DEVICE_HELP, DEVICES
-from vpr.precision import PRECISION_HELP, PRECISIONS
+from vpr.numeric_precision import PRECISION_HELP, PRECISIONS
 from vpr.train.config import TrainConfig
 
 # One home per default: the sampling and k-means options are those of the library function cluster(); the
-# model (backbone, image size, K) is the one `vpr train` builds by default, whose centres these must be.
+# model (backbone, image size, K) is the one `vpr train` builds by default, whose centers these must be.
 SAMPLING = {name: p.default for name, p in inspect.signature(cluster).parameters.items()
             if p.default is not inspect.Parameter.empty}
 MODEL = TrainConfig()
@@ -37,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=positive_int, nargs=2, default=MODEL.image_size,
                         metavar=("H", "W"), help="image size the descriptors are computed at")
     parser.add_argument("--num-clusters", type=positive_int, default=MODEL.num_clusters,
-                        help="number of centres K")
+                        help="number of centers K")
     parser.add_argument("--images", type=positive_int, default=SAMPLING["num_images"],
                         help="number of sampled training images")
     parser.add_argument("--per-image", type=positive_int, default=SAMPLING["per_image"],
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                           workers=args.workers, info=info, precision=args.precision,
                           exif_orientation=index.exif_orientation)
         if info.is_main:
-            print(f"{args.out}: {args.num_clusters} centres from {summary['descriptors']} descriptors "
+            print(f"{args.out}: {args.num_clusters} centers from {summary['descriptors']} descriptors "
                   f"({summary['dim']}-d) of {summary['images']} images")
     finally:
         distributed.cleanup()

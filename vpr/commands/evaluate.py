@@ -5,7 +5,7 @@ ground-truth positive (database image within the index's evaluation radius) amon
 Tokyo 24/7 indexes use the spatial non-maximum suppression by default (top max(N) x 12 results, first
 image of each panorama kept). Each Recall@N comes with its 95 % Wilson score interval over the queries
 (vpr.stats). Writes the recall CSV (`n,recall,ci_low,ci_high,queries`, fractions) and the per-query
-rankings (HDF5: `topk`, `distances`, `first_positive`), both in the formats of vpr.results.
+rankings (HDF5: `topk`, `distances`, `first_positive`), both in the formats of vpr.evaluation_files.
 
 Rankings that are ties throughout (a query whose retrieved distances are all equal within a relative 1e-5,
 as for over-whitened descriptors) rank by an arbitrary order: a warning names their number, and when they
@@ -22,7 +22,7 @@ from vpr.commands.options import add_input, add_output, positive_int, unit_float
 
 
 def _default_rankings(args: argparse.Namespace) -> Path:
-    from vpr.results import default_rankings_path
+    from vpr.evaluation_files import default_rankings_path
 
     return default_rankings_path(args.out)
 
@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
     from vpr.data.index import Index
     from vpr.evaluate import evaluate
+    from vpr.evaluation_files import recall_table, write_rankings, write_recall_csv
     from vpr.extract import FeaturesFile
-    from vpr.results import recall_table, write_rankings, write_recall_csv
 
     ns = sorted(set(args.recall_at))
     out = Path(args.out)

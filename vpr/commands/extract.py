@@ -30,7 +30,7 @@ from vpr.commands.options import (
     positive_int,
     sha256_hex,
 )
-from vpr.precision import PRECISION_HELP, PRECISIONS
+from vpr.numeric_precision import PRECISION_HELP, PRECISIONS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from vpr.data.index import Index
     from vpr.io import sha256sum, verify_sha256
     from vpr.models import load_model_with_pca
-    from vpr.precision import resolve_precision
+    from vpr.numeric_precision import resolve_precision
 
     checkpoint_sha256 = None
     if os.path.isfile(args.checkpoint):

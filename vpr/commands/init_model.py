@@ -1,7 +1,7 @@
 """Make a ready off-the-shelf model from a folder of photos: no coordinates, no index, no training.
 
 The backbone's trunk (efficientnet_lite0: the packaged ImageNet weights; vgg16: --trunk weights, e.g. the
-MatConvNet VGG16 conversion) plus a NetVLAD layer whose --num-clusters centres are k-means centres of conv
+MatConvNet VGG16 conversion) plus a NetVLAD layer whose --num-clusters centers are k-means centers of conv
 descriptors of the given images (up to --max-images of them, a seeded sample; --per-image random locations
 each), exactly as `vpr cluster` + `vpr train --init-only` build the 'off-the-shelf' model of the results.
 Images are found recursively (.jpg, .jpeg, .png) and read with their EXIF orientation applied. The model
@@ -17,12 +17,12 @@ import argparse
 from pathlib import Path
 
 from vpr.commands.options import add_input, add_output, non_negative_int, positive_int
-from vpr.precision import PRECISION_HELP, PRECISIONS
+from vpr.numeric_precision import PRECISION_HELP, PRECISIONS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_input(parser, "--images", required=True, type=Path, nargs="+", metavar="DIR",
-              help="folders of images the NetVLAD centres are clustered on (searched recursively)")
+              help="folders of images the NetVLAD centers are clustered on (searched recursively)")
     add_output(parser, "--out", required=True, type=Path, help="model file to write (.pth)")
     parser.add_argument("--backbone", default="efficientnet_lite0",
                         help="backbone: efficientnet_lite0 (ImageNet weights, offline), vgg16, resnet18 or "
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     summary = make_model(args.images, args.out, args.backbone, args.trunk, args.num_clusters, args.image_size,
                          args.max_images, args.per_image, args.iterations, args.seed, args.batch_size,
                          args.workers, args.precision, args.device)
-    print(f"{args.out}: {args.backbone} trunk + NetVLAD ({args.num_clusters} centres from "
+    print(f"{args.out}: {args.backbone} trunk + NetVLAD ({args.num_clusters} centers from "
           f"{summary['descriptors']} descriptors of {summary['images']} of {summary['files']} images), "
           f"image size {args.image_size[0]}x{args.image_size[1]}; {time.perf_counter() - start:.1f} s")
     return 0

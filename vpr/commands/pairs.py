@@ -38,7 +38,7 @@ def _ranked_names(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     k = args.top_k
     if args.rankings:
         from vpr.data.index import Index
-        from vpr.results import read_rankings
+        from vpr.evaluation_files import read_rankings
 
         rankings = read_rankings(args.rankings)
         index_path = args.index or rankings.attrs.get("index")

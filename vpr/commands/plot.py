@@ -66,8 +66,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_recall(args: argparse.Namespace) -> str:
+    from vpr.evaluation_files import read_recall_csv
     from vpr.plots import plot_recall_curves
-    from vpr.results import read_recall_csv
 
     curves = [(method, read_recall_csv(path)) for method, path in args.recall]
     plot_recall_curves(curves, args.out, title=args.title, dataset=args.dataset)
@@ -88,8 +88,8 @@ def _run_examples(args: argparse.Namespace) -> str:
 
     from vpr.data.index import Index
     from vpr.errors import VprError
+    from vpr.evaluation_files import read_rankings
     from vpr.plots import plot_examples, select_queries
-    from vpr.results import read_rankings
 
     index = Index(args.index, root=args.root)
     rankings = read_rankings(args.rankings)

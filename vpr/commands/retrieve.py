@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from vpr.commands.options import add_input, add_output_dir, add_pca_options, non_negative_int, positive_int
 from vpr.errors import VprError
-from vpr.precision import PRECISION_HELP, PRECISIONS
+from vpr.numeric_precision import PRECISION_HELP, PRECISIONS
 
 CSV_NAME = "matches.csv"
 PICTURES = "pictures"

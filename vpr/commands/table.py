@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vpr.errors import VprError
     from vpr.io import atomic_output, open_temporary
-    from vpr.report import collect, pooled_rows, table_csv, table_markdown
+    from vpr.table import collect, pooled_rows, table_csv, table_markdown
 
     ns = list(dict.fromkeys(args.ns))
     if args.rankings and args.compare_to is None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from vpr.commands.options import add_input, add_max_image_pixels, add_output_dir, declared_inputs, parse_bool
 from vpr.devices import DEVICE_HELP, DEVICES
 from vpr.errors import VprError
-from vpr.train.config import TrainConfig
+from vpr.train.config import RENAMED_OPTIONS, TrainConfig
 
 # What `vpr train` writes in its run directory: an input there matching these would be overwritten.
 RUN_DIR_WRITES = ("*.pth", "log.csv")
@@ -34,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_input(io, "--train-index", help="index file of the training split (vpr index); not needed with "
               "--init-only")
     add_input(io, "--val-index", help="index file of the validation split; not needed with --init-only")
-    add_input(io, "--centers", required=True, help="NetVLAD centres file (vpr cluster, or the "
+    add_input(io, "--centers", required=True, help="NetVLAD centers file (vpr cluster, or the "
               "reference's *_desc_cen.hdf5)")
     add_input(io, "--trunk", help="pretrained trunk weights (<index>.weight/.bias, e.g. the "
               "MatConvNet VGG16 conversion); default: random initialisation")
@@ -45,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--root", help="data-set root overriding the one recorded in the index files")
     io.add_argument("--device", choices=DEVICES, default="auto", help=DEVICE_HELP)
     io.add_argument("--init-only", action="store_true",
-                    help="write the initial model (trunk + NetVLAD from the centres, no training) to "
+                    help="write the initial model (trunk + NetVLAD from the centers, no training) to "
                          "OUT/initial.pth and stop: the 'off-the-shelf' row of the results table; needs no "
                          "index, and a --trainable-from that does not fit the backbone is ignored")
     io.add_argument("--on-mismatch", choices=("refuse", "restart"), default="refuse",
@@ -74,6 +74,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         else:
             kwargs["type"] = f.metadata.get("type", type(default))
         opts.add_argument(flag, **kwargs)
+    for old, new in RENAMED_OPTIONS.items():   # old spellings, still accepted
+        opts.add_argument("--" + old.replace("_", "-"), dest=new, default=argparse.SUPPRESS,
+                          type=type(getattr(TrainConfig(), new)),
+                          help=f"old name of --{new.replace('_', '-')}")
 
 
 def _save_initial(cfg: TrainConfig, args: argparse.Namespace) -> int:

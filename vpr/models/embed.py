@@ -23,8 +23,8 @@ from vpr.errors import VprError
 from vpr.models.backbones import build_backbone as _build_backbone
 from vpr.models.backbones import check_backbone, default_trainable_from
 from vpr.models.netvlad import NetVLAD
+from vpr.numeric_precision import autocast_off
 from vpr.pca import PCAParams, pca_projection
-from vpr.precision import autocast_off
 
 
 def _is_positive_int(v: object) -> bool:
@@ -154,7 +154,7 @@ class EmbedNet(nn.Module):
             return _vlad_to_descriptor(self.net_vlad.regions(fmap))
 
     def init_netvlad(self, centroids: np.ndarray, descriptors: np.ndarray) -> float:
-        """Initialise NetVLAD from k-means centres and sample descriptors (see NetVLAD.init_params)."""
+        """Initialise NetVLAD from k-means centers and sample descriptors (see NetVLAD.init_params)."""
         return self.net_vlad.init_params(centroids, descriptors)
 
     @torch.no_grad()

@@ -8,7 +8,7 @@ RGB mean subtracted from 0..255 pixels. The layers of the VGG16 Pitts30k model a
   ``relu`` and ``pool`` (2×2 max, stride 2) layers in the VGG16 order;
 * normalisation layers without weights (per-location L2, intra-normalisation, L2), which vpr always applies;
 * the NetVLAD layer (name ``vlad:core``): weights {assignment W (D×K), C (D×K)} where C holds the
-  *negated* centres, V(d, k) = Σ_i a_k(x_i)(x_i(d) + C(d, k)), a = softmax_k(Wᵀx_i), no assignment bias;
+  *negated* centers, V(d, k) = Σ_i a_k(x_i)(x_i(d) + C(d, k)), a = softmax_k(Wᵀx_i), no assignment bias;
 * optionally a whitening ``conv`` layer on the VLAD (weights 1×1×(D·K)×P and P), then L2.
 
 MatConvNet flattens the intra-normalised VLAD dimension-major (index d·K + k) while vpr flattens
@@ -194,7 +194,7 @@ def _find_vlad(path: Path, layers: list[_Layer]) -> int:
                  and np.squeeze(la.weights[0]).shape == np.squeeze(la.weights[1]).shape]
     if not named:
         raise VprError(f"{path}: no NetVLAD layer (a layer named 'vlad:core' with assignment weights and "
-                       f"centres) among the {len(layers)} layers of net.layers")
+                       f"centers) among the {len(layers)} layers of net.layers")
     return named[0]
 
 
@@ -262,16 +262,16 @@ def load_matconvnet(path: str | os.PathLike, map_location="cpu"):
     vlad = layers[v]
     if len(vlad.weights) != 2:
         raise VprError(f"{path}: NetVLAD layer {vlad.name!r} has {len(vlad.weights)} weight arrays; only the "
-                       "bias-free layer {assignment weights, centres} is supported")
+                       "bias-free layer {assignment weights, centers} is supported")
     assign = np.asarray(np.squeeze(vlad.weights[0]), dtype=np.float32)
-    neg_centres = np.asarray(np.squeeze(vlad.weights[1]), dtype=np.float32)
-    if assign.ndim != 2 or assign.shape != neg_centres.shape or assign.shape[0] != 512:
+    neg_centers = np.asarray(np.squeeze(vlad.weights[1]), dtype=np.float32)
+    if assign.ndim != 2 or assign.shape != neg_centers.shape or assign.shape[0] != 512:
         raise VprError(f"{path}: NetVLAD layer {vlad.name!r} has weights {assign.shape} and "
-                       f"{neg_centres.shape}, expected two 512×K matrices")
+                       f"{neg_centers.shape}, expected two 512×K matrices")
     d, k = assign.shape
     state = _trunk_state(path, layers[:v])
     state["net_vlad.conv.weight"] = torch.from_numpy(np.ascontiguousarray(assign.T)).reshape(k, d, 1, 1)
-    state["net_vlad.centroids"] = torch.from_numpy(np.ascontiguousarray(-neg_centres.T))
+    state["net_vlad.centroids"] = torch.from_numpy(np.ascontiguousarray(-neg_centers.T))
 
     pca_dim = None
     after = [la for la in layers[v + 1:] if la.type == "conv"]

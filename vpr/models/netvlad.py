@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vpr.errors import VprError
-from vpr.precision import autocast_off
+from vpr.numeric_precision import autocast_off
 
 #: region order of ``NetVLAD.regions`` / ``EmbedNet.regions``
 REGION_NAMES = ("global", "top", "bottom", "left", "right", "TL", "TR", "BL", "BR")
@@ -84,7 +84,7 @@ class NetVLAD(nn.Module):
 
     @torch.no_grad()
     def init_params(self, centroids: np.ndarray, descriptors: np.ndarray) -> float:
-        """Initialise from k-means centres (K×D) and sample descriptors (M×D); return α.
+        """Initialise from k-means centers (K×D) and sample descriptors (M×D); return α.
 
         ĉ_k = c_k/‖c_k‖; for each descriptor d_j take the two largest similarities s¹_j ≥ s²_j of ĉ_kᵀd_j;
         α = −ln(0.01) / mean_j(s¹_j − s²_j), so the top-two assignment ratio is about 100 on average.

@@ -1,4 +1,4 @@
-"""Ground and sky shading: asphalt, sidewalk tiles, kerbs, centre line and zebra crossings; the sky gradient
+"""Ground and sky shading: asphalt, sidewalk tiles, kerbs, center line and zebra crossings; the sky gradient
 with clouds."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ def shade_ground(street: Street, gx: np.ndarray, gy: np.ndarray, rg: np.ndarray)
     col[tiles] *= (1 - 0.25 * aa[tiles])[:, None]
     col[np.abs(np.abs(gy) - F32(hw - sw)) < 0.18] = rgb(0.72, 0.72, 0.70)
     gxr, gyr = gx[ri], gy[ri]
-    centre = ri[(np.abs(gyr) < 0.12) & (np.mod(gxr, F32(9.0)) < 4.5)]
-    mix_into(col, centre, np.asarray(street.style.centre_line, dtype=F32), aa[centre])
+    center = ri[(np.abs(gyr) < 0.12) & (np.mod(gxr, F32(9.0)) < 4.5)]
+    mix_into(col, center, np.asarray(street.style.center_line, dtype=F32), aa[center])
     near = np.abs(gxr[:, None] - street.crossings[None, :].astype(F32)).min(axis=1) < 2.0
     zebra = ri[near & (np.mod(gyr, F32(1.0)) < 0.5)]
     mix_into(col, zebra, rgb(0.85, 0.85, 0.85), aa[zebra])

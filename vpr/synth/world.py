@@ -5,7 +5,7 @@ offset +half_width, right at -half_width) made of buildings with their own colou
 window grid, shop front, signs and murals, plus lamp posts and trees on the sidewalks and a road with lane
 markings. ``vpr.synth.renderer`` ray-casts views of it.
 
-Coordinates in a street frame: ``t`` metres along the street, ``lat`` metres to the left of its centre line,
+Coordinates in a street frame: ``t`` metres along the street, ``lat`` metres to the left of its center line,
 ``z`` metres above the ground.
 """
 
@@ -29,7 +29,7 @@ class CityStyle:
     """What one city looks like: street widths, building shapes, palettes and street furniture."""
 
     name: str
-    half_width: tuple[float, float]  # façade plane to street centre line, m
+    half_width: tuple[float, float]  # façade plane to street center line, m
     sidewalk: float  # sidewalk width, m
     building_width: tuple[float, float]
     building_height: tuple[float, float]
@@ -43,7 +43,7 @@ class CityStyle:
     tree_gap: tuple[float, float]  # distance between trees along one sidewalk, m
     crown_radius: tuple[float, float]
     lamp_gap: tuple[float, float]
-    centre_line: tuple[float, float, float]
+    center_line: tuple[float, float, float]
 
 
 PITTSBURGH = CityStyle(
@@ -68,7 +68,7 @@ PITTSBURGH = CityStyle(
     tree_gap=(9.0, 30.0),
     crown_radius=(1.5, 3.0),
     lamp_gap=(18.0, 30.0),
-    centre_line=(0.92, 0.80, 0.25),
+    center_line=(0.92, 0.80, 0.25),
 )
 
 TOKYO = CityStyle(
@@ -94,7 +94,7 @@ TOKYO = CityStyle(
     tree_gap=(25.0, 70.0),
     crown_radius=(1.0, 2.0),
     lamp_gap=(12.0, 22.0),
-    centre_line=(0.95, 0.95, 0.95),
+    center_line=(0.95, 0.95, 0.95),
 )
 
 
@@ -119,7 +119,7 @@ class FacadeSide:
     has_shop: np.ndarray  # (nb,) bool
     shop_col: np.ndarray  # (nb, 3) awning colour
     mural_kind: np.ndarray  # (nb,) 0 none, 1 disc, 2 diamond, 3 stripes, 4 ring
-    mural_pos: np.ndarray  # (nb, 2) local t, z of the mural centre
+    mural_pos: np.ndarray  # (nb, 2) local t, z of the mural center
     mural_r: np.ndarray
     mural_col: np.ndarray  # (nb, 3)
     sign_box: np.ndarray  # (nb, K, 4) local t0, t1, z0, z1

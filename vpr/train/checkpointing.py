@@ -136,7 +136,7 @@ def set_rng_state(state: dict) -> None:
 def input_identity(files: dict[str, str | os.PathLike | None], root: str | None) -> dict:
     """What the run is computed from, by content: the SHA-256 of every input file (None: not given).
 
-    Hashing is cheap beside training (index and centres files are small; a VGG16 trunk or a teacher is
+    Hashing is cheap beside training (index and centers files are small; a VGG16 trunk or a teacher is
     a few hundred MB, under a second to a few seconds) and, unlike paths or modification times, follows
     exactly what changes the weights. ``root`` is the data-set root given on the command line (None: the
     one recorded in the index files, which the index hash covers).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -16,14 +17,16 @@ from pathlib import Path
 
 from vpr.errors import VprError
 from vpr.losses import SARE_FORMS, TUPLE_LOSSES
-from vpr.precision import PRECISIONS
+from vpr.numeric_precision import PRECISIONS
 from vpr.train.generations import DEFAULT_TEMPERATURES, teacher_temperature, used_options
 from vpr.yamlfile import YamlFileError, load_yaml
 
 TRAIN_METHODS = ("baseline", "sfrs")
 TRAIN_PRECISIONS = tuple(p for p in PRECISIONS if p != "fp16")   # fp16 would need gradient scaling
 # Options that do not change the trained weights: a resumed run may change them.
-RUNTIME_ONLY = ("workers", "test_batch_size", "print_freq")
+RUNTIME_ONLY = ("workers", "extract_batch_size", "print_freq")
+# Options renamed before the first release, old name: new name (the old name is still accepted).
+RENAMED_OPTIONS = {"test_batch_size": "extract_batch_size"}
 SEED_MAX = 2**32 - 1   # NumPy takes seeds in [0, 2**32 - 1]
 
 
@@ -88,7 +91,7 @@ class TrainConfig:
 
     # Loading and evaluation.
     workers: int = _opt(2, "DataLoader worker processes per training process")
-    test_batch_size: int = _opt(16, "batch size of feature extraction (mining refresh, validation)")
+    extract_batch_size: int = _opt(16, "batch size of feature extraction (mining refresh, validation)")
     # bf16 autocast moved the triplet loss of a fixed tuple by 1.3e-2 (small) and 3.9e-2 (VGG16) relative
     # to float32, above the 1e-3 tolerance (benchmarks/README.md), so the training forward defaults to fp32.
     precision: str = _opt("fp32", "backbone precision of the training forward and backward: fp32 (TF32 off "
@@ -139,7 +142,7 @@ class TrainConfig:
                 if isinstance(v, float) and not math.isfinite(v):
                     bad(f.name, f"must be a finite number, got {v}")
         for key in ("epochs", "gen0_epochs", "tuple_size", "neg_num", "neg_pool", "cache_size", "pos_num",
-                    "pos_pool", "step_size", "rerank_k1", "rerank_k2", "num_clusters", "test_batch_size"):
+                    "pos_pool", "step_size", "rerank_k1", "rerank_k2", "num_clusters", "extract_batch_size"):
             if getattr(self, key) < 1:
                 bad(key, f"must be at least 1, got {getattr(self, key)}")
         for key in ("iters", "workers", "print_freq", "generation", "margin", "weight_decay", "soft_weight"):
@@ -205,6 +208,19 @@ def _coerce(key: str, value, default):
     return value
 
 
+def _renamed(values: dict, where: str) -> dict:
+    """``values`` with the old option names of RENAMED_OPTIONS given their new names (a warning
+    says the new one); the old and the new name both given is an error."""
+    values = dict(values)
+    for old, new in RENAMED_OPTIONS.items():
+        if old in values:
+            if new in values:
+                raise VprError(f"{where}: {old} is the old name of {new}; give only {new}")
+            logging.getLogger(__name__).warning("%s: %s is the old name of %s", where, old, new)
+            values[new] = values.pop(old)
+    return values
+
+
 def make_config(yaml_path: str | os.PathLike | None = None, overrides: dict | None = None) -> TrainConfig:
     """Defaults, then the YAML file, then the overrides (None values are ignored).
 
@@ -225,6 +241,7 @@ def make_config(yaml_path: str | os.PathLike | None = None, overrides: dict | No
             loaded = {}
         if not isinstance(loaded, dict):
             raise VprError(f"{path}: expected a mapping of training options")
+        loaded = _renamed(loaded, str(path))
         unknown = sorted(map(str, set(loaded) - set(known)))
         if unknown:
             raise VprError(f"{path}: unknown training option(s) {', '.join(unknown)}; "

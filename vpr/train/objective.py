@@ -10,7 +10,7 @@ from torch import nn
 
 from vpr import losses
 from vpr.models import EmbedNet
-from vpr.precision import Precision
+from vpr.numeric_precision import Precision
 from vpr.train.config import TrainConfig
 
 
@@ -27,12 +27,12 @@ class TupleForward(nn.Module):
 
 def hard_loss(cfg: TrainConfig, q: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     """The configured tuple loss (``--loss``) of anchors ``q``, positives ``p`` and negatives ``n``."""
-    loss = losses.tuple_loss(cfg.loss, margin=cfg.margin, squared=cfg.triplet_squared,
+    loss = losses.bind_tuple_loss(cfg.loss, margin=cfg.margin, squared=cfg.triplet_squared,
                              form=cfg.loss_form, tau=cfg.tau)
     return loss(q, p, n)
 
 
-def tuple_loss(cfg: TrainConfig, forward: nn.Module, images: torch.Tensor, layout: list[tuple[int, int]], *,
+def batch_loss(cfg: TrainConfig, forward: nn.Module, images: torch.Tensor, layout: list[tuple[int, int]], *,
                precision: Precision, device: torch.device, teacher: EmbedNet | None = None):
     """Mean loss over this process's tuples (one forward over all their images); (loss, hard, soft).
 

@@ -29,7 +29,7 @@ from vpr.extract import extract_features
 from vpr.models import EmbedNet, ModelConfig, build_model, load_model, load_trunk, save_model
 from vpr.models.backbones import backbone_choices
 from vpr.models.checkpoint import read_checkpoint_meta
-from vpr.precision import resolve_precision
+from vpr.numeric_precision import resolve_precision
 from vpr.progress import progress
 from vpr.stats import SIGNIFICANCE, drop_p_value, interval_columns
 from vpr.train.checkpointing import (
@@ -46,7 +46,7 @@ from vpr.train.checkpointing import (
 from vpr.train.config import TrainConfig
 from vpr.train.data import RankStepSampler, TupleDataset, collate_tuples
 from vpr.train.mining import Miner, Tuple
-from vpr.train.objective import TupleForward, tuple_loss
+from vpr.train.objective import TupleForward, batch_loss
 from vpr.train.run_directory import CannotRecreate, RunPaths
 from vpr.train.training_log import RECALL_AT, write_training_log
 
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 def initial_model(cfg: TrainConfig, centers: str | Path, trunk: str | Path | None,
                   training: bool = True) -> EmbedNet:
-    """The starting point of every run and every SFRS generation: trunk weights + NetVLAD from centres.
+    """The starting point of every run and every SFRS generation: trunk weights + NetVLAD from centers.
 
     ``cfg.trainable_from`` only matters for training: with ``training=False`` a value that does not fit the
     backbone (the vgg16 default conv5 for efficientnet_lite0) gives way to the backbone's default.
@@ -75,10 +75,10 @@ def initial_model(cfg: TrainConfig, centers: str | Path, trunk: str | Path | Non
 
 def save_initial_model(cfg: TrainConfig, centers: str | Path, trunk: str | Path | None, out: str | Path,
                        **meta) -> EmbedNet:
-    """Write the untrained starting point (trunk + NetVLAD from ``centres``) as a checkpoint: the
+    """Write the untrained starting point (trunk + NetVLAD from ``centers``) as a checkpoint: the
     'off-the-shelf' model. Needs no index; ``meta`` is stored beside the weights."""
     model = initial_model(cfg, centers, trunk, training=False)
-    check_finite(model, "in the initial model (trunk and centres)")
+    check_finite(model, "in the initial model (trunk and centers)")
     save_model(out, model, **{"epoch": -1, "generation": cfg.generation, "method": cfg.method,
                               "loss": cfg.loss, "train_config": cfg.to_dict(), **meta})
     return model
@@ -133,12 +133,12 @@ class Trainer:
         self._saved: dict | None = None   # rank 0's loaded state between deciding and restoring
 
     # ------------------------------------------------------------------ features
-    def describe(self, files: list[Path], desc: str, exif_orientation: bool) -> np.ndarray:
+    def extract_descriptors(self, files: list[Path], desc: str, exif_orientation: bool) -> np.ndarray:
         """Descriptors of ``files`` (raw VLAD, no PCA) on every rank; each rank extracts one slice.
         ``exif_orientation``: the attribute of the index they come from."""
         n = len(files)
         mine = [files[i % n] for i in distributed.shard(n, self.info.rank, self.info.world_size)]
-        local = extract_features(self.model, mine, tuple(self.cfg.image_size), self.cfg.test_batch_size,
+        local = extract_features(self.model, mine, tuple(self.cfg.image_size), self.cfg.extract_batch_size,
                                  self.cfg.workers, device=self.info.device,
                                  desc=desc if self.info.is_main else None, precision=self.extract_precision,
                                  exif_orientation=exif_orientation)
@@ -149,8 +149,8 @@ class Trainer:
 
     def validate(self) -> dict[int, float]:
         exif = self.val_index.exif_orientation
-        db = self.describe(self.val_index.db_files(), "val: database", exif)
-        q = self.describe(self.val_index.query_files(), "val: queries", exif)
+        db = self.extract_descriptors(self.val_index.db_files(), "val: database", exif)
+        q = self.extract_descriptors(self.val_index.query_files(), "val: queries", exif)
         # once, on rank 0 and its own device (not an index per rank, all on GPU 0); the others get the result
         idx = None
         if self.info.is_main:
@@ -298,8 +298,8 @@ class Trainer:
                     t0 = time.time()
                     exif = self.train_index.exif_orientation
                     what = f"epoch {epoch} chunk {c}: train"
-                    q_feats = self.describe(self.q_files, f"{what} queries", exif)
-                    db_feats = self.describe(self.db_files, f"{what} database", exif)
+                    q_feats = self.extract_descriptors(self.q_files, f"{what} queries", exif)
+                    db_feats = self.extract_descriptors(self.db_files, f"{what} database", exif)
                     jac = None
                     if self.sfrs and cfg.generation >= 1:
                         jac = self.jaccard_rows(chunk, q_feats, db_feats)
@@ -366,7 +366,7 @@ class Trainer:
         bar = progress(loader, total=len(sampler), desc=f"epoch {epoch} chunk {c}", unit="step",
                        disable=not info.is_main, interruptible=False)
         for images, layout in bar:
-            loss, hard, soft = tuple_loss(cfg, self.forward, images, layout, precision=self.precision,
+            loss, hard, soft = batch_loss(cfg, self.forward, images, layout, precision=self.precision,
                                           device=info.device, teacher=self.teacher)
             # The logged loss is the mean over all ranks' tuples, as in a single-process run; a NaN or an
             # infinity on any rank reaches every rank's mean, so all ranks stop here, before the step.

@@ -191,7 +191,7 @@ def needed_inputs():
         if config["model"].get("trunk"):
             needed.setdefault(config["model"]["trunk"], "the pretrained trunk weights (model.trunk)")
         if config["model"].get("centers"):
-            needed.setdefault(config["model"]["centers"], "the NetVLAD centres file (model.centers)")
+            needed.setdefault(config["model"]["centers"], "the NetVLAD centers file (model.centers)")
     for name, entry in EXTERNAL.items():
         needed.setdefault(entry["checkpoint"], f"the model file of external model {name}")
     return needed
@@ -303,7 +303,7 @@ def sfrs_generations():
 
 
 def model_inputs(wildcards=None):
-    """The centres file and, when configured, the pretrained trunk: inputs of cluster and training rules."""
+    """The centers file and, when configured, the pretrained trunk: inputs of cluster and training rules."""
     inputs = {"centers": centers_file()}
     if config["model"].get("trunk"):
         inputs["trunk"] = config["model"]["trunk"]
@@ -421,7 +421,7 @@ def training_logs(method):
 
 def step_logs(method, test_set):
     """The logs of every job whose output went into the numbers of `method` on `test_set` (for the table's
-    footnotes): data, centres, training, selection, PCA, extraction and evaluation."""
+    footnotes): data, centers, training, selection, PCA, extraction and evaluation."""
     logs = [f"{RESULTS}/logs/synth.log"] if SYNTH else []
     logs.append(f"{RESULTS}/logs/index/{TEST_SETS[test_set]}.log")
     if method == OFF_THE_SHELF or method in TRAINED:

@@ -19,11 +19,11 @@ from vpr.train.generations import ScheduleError, SfrsSchedule
 DEFAULT_CONFIG = Path(workflow.basedir).parent / "config" / "config.yaml"
 SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-# The model training starts from (trunk + NetVLAD centres, no training): the "off-the-shelf" row and folder.
+# The model training starts from (trunk + NetVLAD centers, no training): the "off-the-shelf" row and folder.
 OFF_THE_SHELF = "off-the-shelf"
 # Keys renamed before the first release, with their new names (an old configuration is told what to write
 # instead).
-RENAMED_KEYS = {}
+RENAMED_KEYS = {"test_batch_size": "extract_batch_size"}
 
 
 def config_error(source, message):

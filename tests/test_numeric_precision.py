@@ -17,7 +17,7 @@ from vpr.data.index import SplitRecords, build_index
 from vpr.errors import VprError
 from vpr.extract import extract_features
 from vpr.models import ModelConfig, NetVLAD, build_model, save_model
-from vpr.precision import (
+from vpr.numeric_precision import (
     Precision,
     _resolve,
     channels_last,
@@ -71,14 +71,14 @@ def test_cpu_flags_read_from_cpuinfo(tmp_path):
 
 def test_resolution_is_logged_once(caplog):
     _resolve.cache_clear()
-    with caplog.at_level(logging.INFO, logger="vpr.precision"):
+    with caplog.at_level(logging.INFO, logger="vpr.numeric_precision"):
         a = resolve_precision("fp32", "cpu")
         b = resolve_precision("fp32", torch.device("cpu"))
     assert a is b and a == Precision("fp32", "cpu")
     assert [r.getMessage() for r in caplog.records] == ["precision: fp32 (requested)"]
     assert resolve_precision(a, "cpu") is a
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="vpr.precision"):
+    with caplog.at_level(logging.INFO, logger="vpr.numeric_precision"):
         resolve_precision("fp32", "cpu", "the training forward")
     assert caplog.records[0].getMessage() == "precision: fp32 (requested) for the training forward"
 
@@ -245,7 +245,7 @@ def test_extract_precision_flag(extract_setup, caplog, capsys):
     feats = {}
     for p in ("fp32", "bf16"):
         _resolve.cache_clear()
-        with caplog.at_level(logging.INFO, logger="vpr.precision"):
+        with caplog.at_level(logging.INFO, logger="vpr.numeric_precision"):
             assert _extract(ckpt, index, root / f"{p}.h5", "--precision", p) == 0, capsys.readouterr().err
         assert f"precision: {p} (requested)" in caplog.text
         with h5py.File(root / f"{p}.h5", "r") as f:
@@ -256,7 +256,7 @@ def test_extract_precision_flag(extract_setup, caplog, capsys):
     # auto resolves to one of the two and says why
     _resolve.cache_clear()
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="vpr.precision"):
+    with caplog.at_level(logging.INFO, logger="vpr.numeric_precision"):
         assert _extract(ckpt, index, root / "auto.h5") == 0
     with h5py.File(root / "auto.h5", "r") as f:
         chosen = f.attrs["precision"]

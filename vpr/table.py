@@ -1,7 +1,7 @@
 """The results table: Recall@N of every (method, data set) with its 95 % interval, the published numbers,
 and, against a baseline method, which differences are significant.
 
-Input: the recall CSVs of `vpr evaluate` (:mod:`vpr.results`), and for a comparison the rankings
+Input: the recall CSVs of `vpr evaluate` (:mod:`vpr.evaluation_files`), and for a comparison the rankings
 files beside them. Every Recall@N carries its Wilson score interval over the queries (:mod:`vpr.stats`); a
 published Recall@N carries the interval that its test set's query count implies. With a baseline method,
 every other method is compared with it on the same queries by McNemar's exact test on the per-query hits,
@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from vpr.errors import VprError
+from vpr.evaluation_files import default_rankings_path, read_rankings, read_recall_csv
 from vpr.logged_warnings import warning_lines
 from vpr.published import (
     MODEL_ZOO_SOURCE,
@@ -43,7 +44,6 @@ from vpr.published import (
     published,
     query_count,
 )
-from vpr.results import default_rankings_path, read_rankings, read_recall_csv
 from vpr.stats import SIGNIFICANCE, PairedTest, hits_of, mcnemar_exact, recall_interval, wilson_interval
 
 MISSING = "-"  # Markdown cell of a method that was not evaluated on a data set
