@@ -101,6 +101,24 @@ def test_the_edges_of_the_valid_ranges_are_accepted(key, value):
     assert getattr(make_config(None, {key: value}), key) == value
 
 
+def test_the_old_option_name_is_accepted_and_says_the_new_one(tmp_path, caplog, capsys):
+    from vpr.cli import build_parser
+
+    path = tmp_path / "train.yaml"
+    path.write_text("test_batch_size: 8\n")   # the old name of extract_batch_size
+    assert make_config(path).extract_batch_size == 8
+    assert f"{path}: test_batch_size is the old name of extract_batch_size" in caplog.text
+    path.write_text("test_batch_size: 8\nextract_batch_size: 4\n")   # the old name of and the new one
+    with pytest.raises(VprError, match="test_batch_size is the old name of extract_batch_size; give only"):
+        make_config(path)
+    parser = build_parser("train")
+    old = ["--test-batch-size", "8"]   # the old name of --extract-batch-size
+    assert parser.parse_args(["train", "--centers", "c.h5", "--out", "run", *old]).extract_batch_size == 8
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    assert "old name of --extract-batch-size" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("key, value", BAD_VALUES[:6], ids=[f"{k}={v}" for k, v in BAD_VALUES[:6]])
 def test_a_senseless_yaml_value_is_refused_even_when_a_flag_replaces_it(tmp_path, key, value):
     path = tmp_path / "train.yaml"

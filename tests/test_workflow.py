@@ -287,6 +287,8 @@ def test_the_resolved_config_is_exactly_the_file_given(tmp_path, args, expected)
 @pytest.mark.slow
 @pytest.mark.parametrize("change, message", [
     ({"training.learning_rate": 0.1}, "training.learning_rate: unknown key"),
+    ({"training.test_batch_size": 8},   # the old name of extract_batch_size
+     "training.test_batch_size: unknown key; renamed to extract_batch_size"),   # the old name of
     ({"model.num_clusters": "many"}, "model.num_clusters: expected integer, got 'many'"),
     ({"test_sets.oxford": "oxford5k"}, "test_sets.oxford: 'oxford5k' is not a data set under datasets"),
     ({"methods.sfrs.generations": 3},
