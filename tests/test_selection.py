@@ -13,9 +13,11 @@ import pytest
 from vpr.errors import VprError
 from vpr.evaluation_files import recall_table, write_rankings, write_recall_csv
 from vpr.selection import build_report, report_csv, report_markdown
+from vpr.stats import interval_columns
 from vpr.train.training_log import write_training_log
 
 QUERIES = 12
+VAL_QUERIES = 40   # every validation recall below is a whole number of hits out of 40
 
 
 def log_rows(generation, val_r5):
@@ -23,6 +25,8 @@ def log_rows(generation, val_r5):
     rows = [{"generation": generation, "epoch": -1, "loss": 0, "recall@1": 0.1, "recall@5": 0.2}]
     rows += [{"generation": generation, "epoch": e, "loss": 1.0, "recall@1": r / 2, "recall@5": r}
              for e, r in enumerate(val_r5)]
+    for row in rows:   # the intervals a log of `vpr train` carries (the report does not read them)
+        row.update(interval_columns({1: row["recall@1"], 5: row["recall@5"]}, VAL_QUERIES))
     return rows
 
 

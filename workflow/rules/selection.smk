@@ -113,10 +113,10 @@ rule selection_report:
         selected=f"{RESULTS}/models/{{method}}.pth",
     output:
         csv=f"{RESULTS}/selection/{{method}}.csv",
-        md=report(f"{RESULTS}/selection/{{method}}.md", category="Model selection",
-                  labels={"method": "{method}", "figure": "table"}),
-        png=report(f"{RESULTS}/selection/{{method}}.png", category="Model selection",
-                   labels={"method": "{method}", "figure": "curves"}),
+        md=report(f"{RESULTS}/selection/{{method}}.md", caption="../report/selection.rst",
+                  category="Model selection", labels={"method": "{method}", "figure": "table"}),
+        png=report(f"{RESULTS}/selection/{{method}}.png", caption="../report/selection.rst",
+                   category="Model selection", labels={"method": "{method}", "figure": "curves"}),
     wildcard_constraints:
         method=alternatives(TRAINED),
     params:
