@@ -399,7 +399,8 @@ def test_every_reported_output_has_a_caption_and_the_report_a_workflow_descripti
             assert caption, f"{rules.name}: {text[call.end():call.end() + 60]} has no caption"
             assert (rules.parent / caption.group(1)).is_file(), caption.group(1)
             reported += 1
-    assert reported == 4                      # the table and the recall, training and examples plots
+    # the table; the recall, training and examples plots; the selection report's table and plot
+    assert reported == 6
     described = re.search(r'^report: "([^"]+)"$', (REPO / "workflow" / "Snakefile").read_text(), re.M)
     assert described and (REPO / "workflow" / described.group(1)).is_file()
 
