@@ -138,16 +138,14 @@ STOPS = {
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "where"), [("baseline", "step"), ("sfrs", "step"), ("sfrs", "refresh"),
                                                ("baseline", "validation")])
-def test_a_run_stopped_by_sigterm_resumes_to_the_same_weights(tiny_data, centers, tmp_path, method, where):
+def test_a_run_stopped_by_sigterm_resumes_to_the_same_weights(tiny_data, centers, tmp_path, method, where,
+                                                               request):
     extra = ["--epochs", "1", "--print-freq", "1"]
     if where != "step":
         extra += ["--extract-batch-size", "1"]
-    if method == "sfrs":
-        gen0 = tmp_path / "gen0"
-        run_vpr(*train_args(tiny_data, centers, gen0, "--method", "sfrs", "--loss", "sare_ind",
-                            "--generation", "0"))
+    if method == "sfrs":   # generation 1, learning from the module's generation 0
         extra += ["--method", "sfrs", "--loss", "sare_ind", "--generation", "1",
-                  "--teacher", gen0 / "last.pth"]
+                  "--teacher", request.getfixturevalue("gen0") / "last.pth"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     run_vpr(*train_args(tiny_data, centers, straight, *extra))
     out, seconds = run_until_stopped(train_args(tiny_data, centers, stopped, *extra), STOPS[where])
