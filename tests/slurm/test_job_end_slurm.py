@@ -158,7 +158,7 @@ def test_a_training_job_past_its_time_limit_is_retried_and_the_retry_resumes(slu
     # Far more steps than the test waits for: the time limit ends the first attempt mid-epoch; once the
     # retry has resumed, the test has what it checks and stops the run.
     t_start = time.monotonic()
-    workdir, proc, out, name, timed_out = start_training(cluster, prepared, tmp_path, iters=3000)
+    workdir, proc, out, name, timed_out = start_training(cluster, prepared, tmp_path, iters=30000)
     log = workdir / LOG
     try:
         # Its time runs out while it trains: the limit lowered to 1 minute (Slurm's unit), as an
