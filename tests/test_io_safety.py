@@ -424,8 +424,9 @@ def test_sigterm_mid_write_exits_143_and_leaves_nothing(arts, tmp_path, command)
 def test_sigterm_during_the_work_exits_143(arts, tmp_path):
     """SIGTERM while extracting (long before the write): 128 + 15, one line, no output."""
     out = tmp_path / "f.h5"
+    # batches of one image: the tiny split's extraction must outlast the signal's way (it once finished first)
     proc = subprocess.Popen([*VPR, "extract", "--checkpoint", str(arts["model"]), "--index",
-                             str(arts["index"]), "--out", str(out), "--workers", "2"],
+                             str(arts["index"]), "--out", str(out), "--workers", "2", "--batch-size", "1"],
                             stderr=subprocess.PIPE, text=True, env=ENV)
     lines = []
     for line in proc.stderr:   # the precision line is logged after the handlers are installed
