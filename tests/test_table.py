@@ -258,20 +258,19 @@ def test_table_compare_bad_input(tmp_path, capsys, compared, case, message):
 def test_table_bad_input(tmp_path, capsys, case, message):
     good = write_recall(tmp_path / "good.csv", [(1, 0.5), (5, 0.6), (10, 0.7)])
     bad = tmp_path / "bad.csv"
-    if case == "header":
-        bad.write_text("N,R\n1,0.5\n5,0.6\n10,0.7\n")
-    elif case == "range":
-        bad.write_text("n,recall,ci_low,ci_high,queries\n1,0.5,0.4,0.6,10\n5,60.0,0.5,0.7,10\n")
-    elif case == "interval":
-        bad.write_text("n,recall,ci_low,ci_high,queries\n1,0.5,0.6,0.7,10\n")
-    elif case == "hits":
-        bad.write_text("n,recall,ci_low,ci_high,queries\n1,0.6,0.2,0.8,4\n")
-    elif case == "queries":
-        bad.write_text("n,recall,ci_low,ci_high,queries\n1,0.5,0.2,0.8,10\n5,0.6,0.3,0.9,12\n")
-    elif case == "text":
-        bad.write_text("n,recall,ci_low,ci_high,queries\n1,0.5,0.2,0.8,10\n5,abc,0.2,0.8,10\n")
-    elif case == "no_n":
+    header = "n,recall,ci_low,ci_high,queries\n"
+    bodies = {   # the file of each case, after the header (its own header for "header")
+        "header": "N,R\n1,0.5\n5,0.6\n10,0.7\n",
+        "range": header + "1,0.5,0.4,0.6,10\n5,60.0,0.5,0.7,10\n",
+        "interval": header + "1,0.5,0.6,0.7,10\n",
+        "hits": header + "1,0.6,0.2,0.8,4\n",
+        "queries": header + "1,0.5,0.2,0.8,10\n5,0.6,0.3,0.9,12\n",
+        "text": header + "1,0.5,0.2,0.8,10\n5,abc,0.2,0.8,10\n",
+    }
+    if case == "no_n":
         write_recall(bad, [(1, 0.5), (5, 0.6)])
+    elif case in bodies:   # "missing": no file at all
+        bad.write_text(bodies[case])
     md, out_csv = tmp_path / "t.md", tmp_path / "t.csv"
     rc = main(["table", "--recall", "netvlad", "pitts30k", str(good), "--recall", "sfrs", "pitts30k",
                str(bad), "--out-md", str(md), "--out-csv", str(out_csv)])
