@@ -38,6 +38,8 @@ def test_each_generation_gets_its_own_temperature_teacher_and_run_directory():
         assert options["temperature"] == expected and options["generation"] == g
         assert "temperatures" not in options and "gen0_epochs" not in options
         assert TEACHER_ONLY <= set(options)
+    # each generation's epoch count: gen0_epochs (1) for generation 0, epochs (5) after it
+    assert [g.options[g.epochs_option] for g in gens] == [1, 5, 5, 5]
     # the options every run uses pass through unchanged
     assert all(g.options["lr"] == 0.001 and g.options["loss"] == "sare_ind" for g in gens)
 

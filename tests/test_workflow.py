@@ -79,10 +79,22 @@ def job_counts(text):
 
 # Each shipped configuration's results folder (`results:`): the paper keeps results/, the others their own.
 RESULTS_FOLDERS = {"config.yaml": "results", "demo.yaml": "results-demo", "csv.yaml": "results-csv",
-                   "released.yaml": "results-released", "tiny.yaml": "results-tiny"}
+                   "released.yaml": "results-released", "tiny.yaml": "results-tiny",
+                   "demo_resnet18.yaml": "results-demo-resnet18",
+                   "demo_resnet50.yaml": "results-demo-resnet50"}
 PAPER_MODELS = ("off-the-shelf", "netvlad", "sare_ind", "sare_joint", "sfrs")
 PAPER_TEST_SETS = ("pitts30k", "pitts250k", "tokyo")
 SPECS_URL = "https://www.di.ens.fr/willow/research/netvlad/data/netvlad_v100_datasets.tar.gz"
+
+
+def test_every_shipped_configuration_writes_its_own_results_folder():
+    """Two configurations sharing a folder would overwrite each other's results; the paper keeps results/."""
+    shipped = sorted(p.name for p in (REPO / "config").glob("*.yaml"))
+    assert shipped == sorted(RESULTS_FOLDERS)       # a new configuration gets an entry here
+    for name in shipped:
+        config = yaml.safe_load((REPO / "config" / name).read_text())
+        assert config.get("results", "results") == RESULTS_FOLDERS[name], name
+    assert len(set(RESULTS_FOLDERS.values())) == len(RESULTS_FOLDERS)
 
 
 # ------------------------------------------------------------------------------------------ the front door

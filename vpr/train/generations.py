@@ -78,6 +78,11 @@ class Generation:
         """The file the next generation learns from."""
         return f"{self.run_dir}/{TEACHER_FILE}"
 
+    @property
+    def epochs_option(self) -> str:
+        """The option counting this generation's epochs: ``gen0_epochs`` for generation 0, else ``epochs``."""
+        return "gen0_epochs" if self.number == 0 else "epochs"
+
 
 class SfrsSchedule:
     """The generations of one SFRS training, from its options.

@@ -487,9 +487,13 @@ EVERY_CHECKPOINT = config["evaluate"].get("every_checkpoint", EVERY_CHECKPOINT_D
 
 
 def run_epochs(method, generation):
-    """The epochs of one training run: the method's option, else training's, else `vpr train`'s default."""
-    options = {**config["training"], **config["methods"][method]}
-    key = "gen0_epochs" if method == "sfrs" and generation == 0 else "epochs"
+    """The epochs of one training run: the option its run uses (SFRS: the schedule's generation), else
+    `vpr train`'s default."""
+    if method == "sfrs":
+        run = sfrs_generations()[generation]
+        options, key = run.options, run.epochs_option
+    else:
+        options, key = {**config["training"], **config["methods"][method]}, "epochs"
     return int(options.get(key, getattr(TrainConfig(), key)))
 
 
