@@ -87,13 +87,18 @@ def _cases(a: dict, tmp: Path) -> dict[str, tuple[list, Path]]:
         "plot-training": (["plot", "training", "--log", "g0", log, "--out", "OUT"], log),
         "plot-examples": (["plot", "examples", "--index", index, "--rankings", rankings, "--out", "OUT"],
                           rankings),
+        "pairs": (["pairs", "--rankings", rankings, "--index", index, "--top-k", "2", "--out", "OUT"],
+                  rankings),
+        "selection": (["selection", "--method", "netvlad", "--training-log", log, "--recall", "0", "0",
+                       "pitts30k", recall, "--selected", model, "--out-csv", "OUT",
+                       "--out-md", tmp / "s.md", "--out-plot", tmp / "s.png"], recall),
         "train": (["train", "--train-index", index, "--val-index", index, "--centers", "OUT",
                    "--out", "OUT"], index),
     }
 
 
 CASES = ["index", "cluster", "select", "extract", "fit-pca", "evaluate", "evaluate-rankings", "describe",
-         "table", "plot-recall", "plot-training", "plot-examples", "train"]
+         "table", "plot-recall", "plot-training", "plot-examples", "pairs", "selection", "train"]
 
 
 VIAS = ["same", "symlink", "dotdot", "hardlink"]

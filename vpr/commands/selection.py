@@ -24,10 +24,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, help="method key shown in the report (e.g. sfrs)")
     add_input(parser, "--training-log", action="append", required=True, metavar="LOG",
               help="log.csv of a training run of the method (repeat: SFRS, one per generation)")
-    parser.add_argument("--recall", nargs=4, action="append", required=True,
-                        metavar=("GENERATION", "EPOCH", "TEST_SET", "CSV"),
-                        help="recall CSV of one epoch checkpoint on one test set (repeat: every checkpoint "
-                             "on every test set)")
+    add_input(parser, "--recall", nargs=4, action="append", required=True,
+              metavar=("GENERATION", "EPOCH", "TEST_SET", "CSV"),
+              help="recall CSV of one epoch checkpoint on one test set (repeat: every checkpoint on every "
+                   "test set)")
     add_input(parser, "--selected", required=True, metavar="MODEL",
               help="the model 'vpr select' chose (its recorded generation and epoch are marked)")
     add_output(parser, "--out-csv", required=True, metavar="REPORT.csv", help="CSV to write")
