@@ -125,6 +125,8 @@ def test_the_teacher_temperature_of_a_generation_and_its_refusals():
         sfrs(1, temperature=-0.1)
     with pytest.raises(VprError, match="temperature: expected float, got 'x'"):
         make_config(None, {"temperature": "x"})
+    with pytest.raises(VprError, match="temperature: only an SFRS generation >= 1 learns from a teacher"):
+        make_config(None, {"method": "sfrs", "generation": 0, "temperature": 0.05})
 
 
 def test_the_schedule_imports_no_torch():

@@ -76,6 +76,7 @@ BAD_VALUES = [
     ("rerank_lambda", 1.5), ("rerank_lambda", -0.1),
     ("image_size", [0, 128]), ("image_size", [96, -1]),
     ("num_clusters", 0), ("generation", -1), ("seed", -1), ("seed", 2**32),
+    ("temperature", 0.05),           # a baseline (and SFRS generation 0) has no teacher to use it
 ]
 # The edges of the valid ranges stay accepted.
 EDGE_VALUES = [("momentum", 0.0), ("gamma", 1.0), ("margin", 0.0), ("soft_weight", 0.0), ("iters", 0),

@@ -126,6 +126,9 @@ class TrainConfig:
         if self.method == "sfrs" and self.generation >= 1 and self.teacher_temperature is None:
             bad("generation", f"{self.generation} needs a teacher temperature (temperatures has "
                               f"{len(self.temperatures)} entries; or give temperature)")
+        if self.temperature is not None and not (self.method == "sfrs" and self.generation >= 1):
+            bad("temperature", "only an SFRS generation >= 1 learns from a teacher (generation 0 and the "
+                               "baselines have none); leave it out")
         if self.precision == "fp16":
             bad("precision", "fp16 training needs gradient scaling, which is not implemented; use bf16 "
                              "(as fast on GPUs that have it) or fp32")
