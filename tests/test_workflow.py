@@ -16,6 +16,7 @@ import hashlib
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -461,10 +462,12 @@ def shell_commands(dry_run_output):
 
 
 def test_the_off_the_shelf_model_takes_only_shared_options_and_precision_reaches_training(tmp_path):
-    """sfrs listed first used to give the off-the-shelf model `--generation None`; precision had no key."""
+    """sfrs listed first used to give the off-the-shelf model `--generation None`; precision had no key.
+    The results folder has a space and a non-ASCII letter: every command passes its paths whole."""
+    results = "results tiny é"
     config = write_config(tmp_path / "tiny.yaml", TINY, **{
         "training.precision": "bf16", "training.extract_precision": "fp32", "evaluate.precision": "fp32",
-        "examples": "netvlad"})
+        "examples": "netvlad", "results": results, "evaluate.every_checkpoint": True})
     cfg = yaml.safe_load(config.read_text())
     cfg["methods"] = {"sfrs": cfg["methods"]["sfrs"], "netvlad": cfg["methods"]["netvlad"]}   # sfrs first
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -483,11 +486,19 @@ def test_the_off_the_shelf_model_takes_only_shared_options_and_precision_reaches
     examples_inputs = [block.split("output:")[0] for block in dry.split("rule plot_examples:")[1:]]
     assert len(examples_inputs) == len(PAPER_TEST_SETS)
     for test_set in PAPER_TEST_SETS:
-        assert any(f"results-tiny/netvlad/{test_set}_rankings.h5" in inputs for inputs in examples_inputs)
-    # And it runs: the off-the-shelf model is written, under the configuration's own results folder.
-    written = Path("results-tiny") / "train" / "off-the-shelf" / "initial.pth"
+        assert any(f"{results}/netvlad/{test_set}_rankings.h5" in inputs for inputs in examples_inputs)
+    # Every path under the results folder is one shell word in every command (the selection rules included).
+    for rule, found in commands.items():
+        for command in found:
+            words = shlex.split(command.split(" Would remove temporary output")[0])
+            assert all(w.startswith(results) for w in words if "é" in w), (rule, command)   # é/...: split
+    # And it runs: the off-the-shelf model's recall (index, cluster, model, PCA, extraction, evaluation),
+    # under the configuration's own results folder.
+    written = Path(results) / "off-the-shelf" / "pitts30k_recall.csv"
     snakemake(tmp_path, "--configfile", config, "--cores", "2", written)
-    assert (tmp_path / written).stat().st_size > 0
+    assert (tmp_path / Path(results) / "train" / "off-the-shelf" / "initial.pth").stat().st_size > 0
+    with open(tmp_path / written, newline="") as f:
+        assert [int(row["n"]) for row in csv.DictReader(f)][:3] == [1, 5, 10]
 
 
 def write_csv(path, index, keep_db=None, keep_queries=None):

@@ -18,7 +18,7 @@ if SYNTH:
         conda:
             "../envs/vpr.yaml"
         shell:
-            "vpr synth --preset {params.preset} --seed {params.seed} --out {params.out:q} --force > {log} 2>&1"
+            "vpr synth --preset {params.preset} --seed {params.seed} --out {params.out:q} --force > {log:q} 2>&1"
 
 
 if TO_DOWNLOAD:
@@ -104,7 +104,7 @@ rule index:
         "../envs/vpr.yaml"
     shell:
         "vpr index --format {params.format} {params.source} --root {params.root:q} {params.split} "
-        "{params.drop} --out {output} > {log} 2>&1"
+        "{params.drop} --out {output:q} > {log:q} 2>&1"
 
 
 rule cluster:
@@ -126,5 +126,5 @@ rule cluster:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr cluster --index {input.index} --out {output} {params.model} {params.cluster} {params.trunk} "
-        "{params.device} > {log} 2>&1"
+        "vpr cluster --index {input.index:q} --out {output:q} {params.model} {params.cluster} {params.trunk} "
+        "{params.device} > {log:q} 2>&1"

@@ -24,8 +24,8 @@ rule extract_train:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr extract --checkpoint {input.model:q} {params.sha256} --index {input.index} --out {output} "
-        "--batch-size {params.batch} --workers {params.workers} {params.precision} {params.device} > {log} 2>&1"
+        "vpr extract --checkpoint {input.model:q} {params.sha256} --index {input.index:q} --out {output:q} "
+        "--batch-size {params.batch} --workers {params.workers} {params.precision} {params.device} > {log:q} 2>&1"
 
 
 rule fit_pca:
@@ -42,8 +42,8 @@ rule fit_pca:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr fit-pca --features {input} --out {output} --dim {params.dim} --samples {params.samples} "
-        "{params.whiten} > {log} 2>&1"
+        "vpr fit-pca --features {input:q} --out {output:q} --dim {params.dim} --samples {params.samples} "
+        "{params.whiten} > {log:q} 2>&1"
 
 
 rule extract_test:
@@ -55,7 +55,7 @@ rule extract_test:
         method=alternatives(METHODS),
         test_set=alternatives(TEST_SETS),
     params:
-        pca=lambda wc, input: f"--pca {input.pca}" if "pca" in input.keys() else "",
+        pca=lambda wc, input: f"--pca {shlex.quote(input.pca)}" if "pca" in input.keys() else "",
         batch=config["evaluate"]["batch_size"],
         workers=config["evaluate"]["workers"],
         precision=extract_precision(),
@@ -69,9 +69,9 @@ rule extract_test:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr extract --checkpoint {input.model:q} {params.sha256} {params.pca} --index {input.index} "
-        "--out {output} "
-        "--batch-size {params.batch} --workers {params.workers} {params.precision} {params.device} > {log} 2>&1"
+        "vpr extract --checkpoint {input.model:q} {params.sha256} {params.pca} --index {input.index:q} "
+        "--out {output:q} "
+        "--batch-size {params.batch} --workers {params.workers} {params.precision} {params.device} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -91,5 +91,5 @@ rule evaluate:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr evaluate --index {input.index} --features {input.features} --out {output.recall} "
-        "--rankings {output.rankings} --recall-at {params.ns} > {log} 2>&1"
+        "vpr evaluate --index {input.index:q} --features {input.features:q} --out {output.recall:q} "
+        "--rankings {output.rankings:q} --recall-at {params.ns} > {log:q} 2>&1"

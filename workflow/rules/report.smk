@@ -27,7 +27,7 @@ rule table:
                   labels={"figure": "table"}),
         csv=f"{RESULTS}/table.csv",
     params:
-        recall=" ".join(f"--recall {m} {t} {recall_file(m, t)}" for m in METHODS for t in TEST_SETS),
+        recall=" ".join(f"--recall {m} {t} {shlex.quote(recall_file(m, t))}" for m in METHODS for t in TEST_SETS),
         compare=table_baseline(),
         # the jobs' logs: a number computed by a step that logged a warning gets a footnote
         step_logs=" ".join(f"--step-log {m} {t} {shlex.quote(log)}" for m in METHODS for t in TEST_SETS
@@ -37,8 +37,8 @@ rule table:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr table {params.recall} {params.compare} {params.step_logs} --out-md {output.md} "
-        "--out-csv {output.csv} > {log} 2>&1"
+        "vpr table {params.recall} {params.compare} {params.step_logs} --out-md {output.md:q} "
+        "--out-csv {output.csv:q} > {log:q} 2>&1"
 
 
 rule plot_recall:
@@ -50,14 +50,14 @@ rule plot_recall:
     wildcard_constraints:
         test_set=alternatives(TEST_SETS),
     params:
-        recall=lambda wc: " ".join(f"--recall {m} {recall_file(m, wc.test_set)}" for m in METHODS),
+        recall=lambda wc: " ".join(f"--recall {m} {shlex.quote(recall_file(m, wc.test_set))}" for m in METHODS),
     log:
         f"{RESULTS}/logs/plots/recall_{{test_set}}.log",
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr plot recall {params.recall} --dataset {wildcards.test_set} --title {wildcards.test_set} "
-        "--out {output} > {log} 2>&1"
+        "vpr plot recall {params.recall} --dataset {wildcards.test_set:q} --title {wildcards.test_set:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule plot_training:
@@ -69,14 +69,14 @@ rule plot_training:
     wildcard_constraints:
         method=alternatives(TRAINED),
     params:
-        logs=lambda wc: " ".join(f"--log {shlex.quote(label)} {path}"
+        logs=lambda wc: " ".join(f"--log {shlex.quote(label)} {shlex.quote(path)}"
                                  for label, path in training_logs(wc.method).items()),
     log:
         f"{RESULTS}/logs/plots/training_{{method}}.log",
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr plot training {params.logs} --out {output} > {log} 2>&1"
+        "vpr plot training {params.logs} --out {output:q} > {log:q} 2>&1"
 
 
 rule plot_examples:
@@ -94,4 +94,4 @@ rule plot_examples:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr plot examples --index {input.index} --rankings {input.rankings} --out {output} > {log} 2>&1"
+        "vpr plot examples --index {input.index:q} --rankings {input.rankings:q} --out {output:q} > {log:q} 2>&1"

@@ -29,8 +29,8 @@ rule extract_train_checkpoint:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr extract --checkpoint {params.checkpoint:q} --index {input.index} --out {output} "
-        "--batch-size {params.batch} --workers {params.workers} {params.precision} {params.device} > {log} 2>&1"
+        "vpr extract --checkpoint {params.checkpoint:q} --index {input.index:q} --out {output:q} "
+        "--batch-size {params.batch} --workers {params.workers} {params.precision} {params.device} > {log:q} 2>&1"
 
 
 rule fit_pca_checkpoint:
@@ -50,8 +50,8 @@ rule fit_pca_checkpoint:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr fit-pca --features {input} --out {output} --dim {params.dim} --samples {params.samples} "
-        "{params.whiten} > {log} 2>&1"
+        "vpr fit-pca --features {input:q} --out {output:q} --dim {params.dim} --samples {params.samples} "
+        "{params.whiten} > {log:q} 2>&1"
 
 
 rule extract_test_checkpoint:
@@ -79,8 +79,8 @@ rule extract_test_checkpoint:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr extract --checkpoint {params.checkpoint:q} --pca {input.pca} --index {input.index} --out {output} "
-        "--batch-size {params.batch} --workers {params.workers} {params.precision} {params.device} > {log} 2>&1"
+        "vpr extract --checkpoint {params.checkpoint:q} --pca {input.pca:q} --index {input.index:q} --out {output:q} "
+        "--batch-size {params.batch} --workers {params.workers} {params.precision} {params.device} > {log:q} 2>&1"
 
 
 rule evaluate_checkpoint:
@@ -101,8 +101,8 @@ rule evaluate_checkpoint:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr evaluate --index {input.index} --features {input.features} --out {output.recall} "
-        "--rankings {output.rankings} --recall-at {params.ns} > {log} 2>&1"
+        "vpr evaluate --index {input.index:q} --features {input.features:q} --out {output.recall:q} "
+        "--rankings {output.rankings:q} --recall-at {params.ns} > {log:q} 2>&1"
 
 
 rule selection_report:
@@ -128,5 +128,5 @@ rule selection_report:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr selection --method {wildcards.method} {params.logs} {params.recall} --selected {input.selected} "
-        "--out-csv {output.csv} --out-md {output.md} --out-plot {output.png} > {log} 2>&1"
+        "vpr selection --method {wildcards.method:q} {params.logs} {params.recall} --selected {input.selected:q} "
+        "--out-csv {output.csv:q} --out-md {output.md:q} --out-plot {output.png:q} > {log:q} 2>&1"

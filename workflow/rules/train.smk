@@ -31,9 +31,9 @@ rule train_baseline:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "{params.launch} train --train-index {input.train} --val-index {input.val} "
-        "--centers {input.centers:q} {params.trunk} --out {params.run_dir} {params.options} "
-        "{params.device} {params.on_mismatch} >> {log} 2>&1"
+        "{params.launch} train --train-index {input.train:q} --val-index {input.val:q} "
+        "--centers {input.centers:q} {params.trunk} --out {params.run_dir:q} {params.options} "
+        "{params.device} {params.on_mismatch} >> {log:q} 2>&1"
 
 
 rule initial_model:
@@ -51,8 +51,8 @@ rule initial_model:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr train --init-only --train-index {input.train} --val-index {input.val} --centers {input.centers:q} "
-        "{params.trunk} --out {params.run_dir} {params.options} > {log} 2>&1"
+        "vpr train --init-only --train-index {input.train:q} --val-index {input.val:q} --centers {input.centers:q} "
+        "{params.trunk} --out {params.run_dir:q} {params.options} > {log:q} 2>&1"
 
 
 rule train_sfrs:
@@ -68,7 +68,7 @@ rule train_sfrs:
     params:
         run_dir=lambda wc, output: str(Path(output.last).parent),
         options=lambda wc: train_flags("sfrs", int(wc.generation)),
-        teacher=lambda wc, input: f"--teacher {input.teacher[0]}" if input.teacher else "",
+        teacher=lambda wc, input: f"--teacher {shlex.quote(input.teacher[0])}" if input.teacher else "",
         trunk=trunk_flag,
         launch=lambda wc, resources: torchrun(resources),
         device=lambda wc, resources: device_flag(resources),
@@ -83,9 +83,9 @@ rule train_sfrs:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "{params.launch} train --train-index {input.train} --val-index {input.val} "
-        "--centers {input.centers:q} {params.trunk} {params.teacher} --out {params.run_dir} {params.options} "
-        "{params.device} {params.on_mismatch} >> {log} 2>&1"
+        "{params.launch} train --train-index {input.train:q} --val-index {input.val:q} "
+        "--centers {input.centers:q} {params.trunk} {params.teacher} --out {params.run_dir:q} {params.options} "
+        "{params.device} {params.on_mismatch} >> {log:q} 2>&1"
 
 
 rule select_model:
@@ -100,4 +100,4 @@ rule select_model:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr select --checkpoints {input} --out {output} > {log} 2>&1"
+        "vpr select --checkpoints {input:q} --out {output:q} > {log:q} 2>&1"
