@@ -38,7 +38,7 @@ rule train_baseline:
 
 rule initial_model:
     input:
-        unpack(training_inputs),
+        unpack(model_inputs),
     output:
         f"{RESULTS}/train/{OFF_THE_SHELF}/initial.pth",
     params:
@@ -51,8 +51,8 @@ rule initial_model:
     conda:
         "../envs/vpr.yaml"
     shell:
-        "vpr train --init-only --train-index {input.train:q} --val-index {input.val:q} --centers {input.centers:q} "
-        "{params.trunk} --out {params.run_dir:q} {params.options} > {log:q} 2>&1"
+        "vpr train --init-only --centers {input.centers:q} {params.trunk} --out {params.run_dir:q} {params.options} "
+        "> {log:q} 2>&1"
 
 
 rule train_sfrs:
