@@ -485,3 +485,30 @@ def test_a_temporary_replaced_by_a_symlink_is_neither_written_through_nor_rename
             swap(tmp)
     assert victim.read_text() == "precious data\n"
     assert list(out.parent.iterdir()) == []
+
+
+def test_a_model_or_training_state_is_never_saved_through_a_link_swapped_in_for_its_temporary(
+        tmp_path, monkeypatch):
+    """torch.save writes to the temporary file opened without following links, not to its path."""
+    import vpr.io
+    import vpr.models.checkpoint
+    import vpr.train.checkpointing
+    from vpr.errors import VprError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious data\n")
+
+    def swapping_open(tmp, mode, **kwargs):   # another user puts a link in place of the temporary first
+        Path(tmp).unlink()
+        Path(tmp).symlink_to(victim)
+        return vpr.io.open_temporary(tmp, mode, **kwargs)
+
+    model = build_model(ModelConfig(backbone="small", image_size=(64, 96), num_clusters=2))
+    cases = ((vpr.models.checkpoint, lambda p: save_model(p, model), tmp_path / "m" / "a.pth"),
+             (vpr.train.checkpointing, lambda p: vpr.train.checkpointing.save_state(p, {}),
+              tmp_path / "s" / "resume.pth"))
+    for module, save, out in cases:
+        monkeypatch.setattr(module, "open_temporary", swapping_open)
+        with pytest.raises(VprError, match=rf"^{out}: cannot write \(Too many levels of symbolic links\)$"):
+            save(out)
+        assert victim.read_text() == "precious data\n" and list(out.parent.iterdir()) == []

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from vpr.errors import VprError
-from vpr.io import atomic_output
+from vpr.io import atomic_output, open_temporary
 from vpr.models.embed import EmbedNet, ModelConfig, build_model
 from vpr.models.matconvnet import is_matlab_file, load_matconvnet
 from vpr.pca import check_pca_model, load_pca
@@ -92,8 +92,8 @@ def save_model(path: str | os.PathLike, model: EmbedNet, **extra) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     obj = {"format": FORMAT, "version": VERSION, "model_config": model.config.to_dict(), "state_dict": state,
            **extra}
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_output(path) as tmp, open_temporary(tmp, "wb") as f:   # never through a link swapped in
+        torch.save(obj, f)
 
 
 def read_checkpoint_meta(path: str | os.PathLike) -> dict:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from vpr.errors import VprError
-from vpr.io import atomic_output, sha256sum
+from vpr.io import atomic_output, open_temporary, sha256sum
 from vpr.train.config import weight_options
 from vpr.train.mining import Tuple
 
@@ -169,8 +169,8 @@ def differences(saved: dict, config: dict, inputs: dict) -> list[str]:
 
 
 def save_state(path: str | os.PathLike, state: dict) -> None:
-    with atomic_output(path) as tmp:
-        torch.save({"format": STATE_FORMAT, "version": STATE_VERSION, **state}, tmp)
+    with atomic_output(path) as tmp, open_temporary(tmp, "wb") as f:   # never through a link swapped in
+        torch.save({"format": STATE_FORMAT, "version": STATE_VERSION, **state}, f)
 
 
 def load_state(path: str | os.PathLike) -> dict:
