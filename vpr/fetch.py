@@ -30,7 +30,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from vpr.errors import VprError
-from vpr.io import atomic_output
+from vpr.io import atomic_output, open_temporary
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def _download_once(url: str, tmp: Path, timeout: float) -> tuple[int, str]:
         expected = int(length) if length and length.strip().isdigit() else None
         next_report = PROGRESS_STEP
         try:
-            with open(tmp, "wb") as out:
+            with open_temporary(tmp, "wb") as out:
                 while True:
                     try:
                         chunk = response.read(CHUNK)
@@ -183,7 +183,7 @@ def extract_member(archive: str | os.PathLike, name: str, out: str | os.PathLike
                 if stat.S_ISLNK(found[0].external_attr >> 16):
                     target = zf.read(found[0]).decode("utf-8", "replace")
                     raise VprError(_link_refused(archive, found[0].filename, "a symbolic link", target))
-                with zf.open(found[0]) as src, atomic_output(out) as tmp, open(tmp, "wb") as dst:
+                with zf.open(found[0]) as src, atomic_output(out) as tmp, open_temporary(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst, CHUNK)
                     return dst.tell()
         with tarfile.open(archive) as tf:
@@ -194,7 +194,7 @@ def extract_member(archive: str | os.PathLike, name: str, out: str | os.PathLike
                 kind = "a symbolic link" if found[0].issym() else "a hard link"
                 raise VprError(_link_refused(archive, found[0].name, kind, found[0].linkname))
             src = tf.extractfile(found[0])
-            with src, atomic_output(out) as tmp, open(tmp, "wb") as dst:
+            with src, atomic_output(out) as tmp, open_temporary(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, CHUNK)
                 return dst.tell()
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as err:

@@ -85,7 +85,7 @@ def _ranked_names(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vpr.io import atomic_output
+    from vpr.io import atomic_output, open_temporary
 
     if bool(args.rankings) == bool(args.matches):
         raise VprError("give exactly one of --rankings and --matches")
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                 raise VprError(f"{source}: image name {name!r} is empty or contains white space, which the "
                                "pair-list format cannot hold")
         lines += [f"{query} {name}\n" for name in names]
-    with atomic_output(args.out) as tmp:
-        Path(tmp).write_text("".join(lines), encoding="utf-8")
+    with atomic_output(args.out) as tmp, open_temporary(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(lines))
     print(f"{args.out}: {len(lines)} pairs, top {args.top_k} of {len(ranked)} queries from {source}")
     return 0

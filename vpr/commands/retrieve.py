@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vpr.evaluate import search
     from vpr.extract import extract_features, resolve_device
-    from vpr.io import atomic_output
+    from vpr.io import atomic_output, open_temporary
     from vpr.models import load_model_with_pca
     from vpr.plots import plot_query_matches
 
@@ -147,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
                 row.append(int(correct[q, r]))
             writer.writerow(row)
     args.out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(args.out / CSV_NAME) as tmp:
-        Path(tmp).write_text(text.getvalue(), encoding="utf-8")
+    with atomic_output(args.out / CSV_NAME) as tmp, open_temporary(tmp, "w", encoding="utf-8") as f:
+        f.write(text.getvalue())
 
     drawn, searched = 0, time.perf_counter()
     if args.pictures:
