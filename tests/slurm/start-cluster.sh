@@ -92,6 +92,9 @@ if ((STATUS_ONLY)); then
     if ((up == total)); then exit 0; elif ((up == 0)); then exit 3; else exit 4; fi
 fi
 
+# The daemons and `slurmd -C` live in sbin, which a root shell started with a minimal PATH (CI runners,
+# `env -i`, cron) does not list.
+PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 ((EUID == 0)) || die "must run as root (it installs packages, starts munged/MariaDB as their users, mknod)"
 take_lock
 t0=$(date +%s%N)
