@@ -27,7 +27,6 @@ efficientnet_lite0: block5; resnet18/50: layer3), used when a ModelConfig names 
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 from vpr.errors import VprError
@@ -47,6 +46,8 @@ class VGG16Backbone(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        import torchvision  # here, not at the top: importing it costs every vpr process about 1.5 s
+
         # Build on the meta device so torchvision does not spend seconds initialising the unused
         # 100M-parameter classifier; the kept trunk is materialised and initialised below.
         with torch.device("meta"):

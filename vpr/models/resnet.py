@@ -24,9 +24,7 @@ Input: vpr's data path gives RGB on 0..255 minus the VGG mean; torchvision's Ima
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
 
 from vpr.data.images import VGG_MEAN_RGB
 
@@ -45,6 +43,9 @@ class _ResNetTrunk(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        import torchvision  # here, not at the top: importing it costs every vpr process about 1.5 s
+        from torchvision.ops import FrozenBatchNorm2d
+
         net = getattr(torchvision.models, self.arch)(weights=None, norm_layer=FrozenBatchNorm2d)
         self.base = nn.Sequential(*(getattr(net, name) for name in STAGES))
         mean = torch.tensor(VGG_MEAN_RGB) / 255.0 - torch.tensor(IMAGENET_MEAN)

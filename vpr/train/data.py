@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
@@ -26,6 +25,8 @@ JITTER = {"brightness": 0.7, "contrast": 0.7, "saturation": 0.7, "hue": 0.5}
 def color_jitter(img: Image.Image, gen: torch.Generator) -> Image.Image:
     """Brightness, contrast, saturation factors uniform in [0.3, 1.7] and a hue shift uniform in
     [−0.5, 0.5], applied in a random order (torchvision's ColorJitter, with an explicit generator)."""
+    import torchvision.transforms.functional as TF  # only with jitter: importing it costs about 1.5 s
+
     def uniform(lo: float, hi: float) -> float:
         return float(torch.empty(1).uniform_(lo, hi, generator=gen))
 
