@@ -265,6 +265,15 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(data, tmp_path
     assert all(other_mats[rel] != mats[rel] for rel in mats)
 
 
+def test_two_rendering_processes_write_the_same_files_byte_for_byte(data, tmp_path):
+    out = tmp_path / "two"
+    assert cli.main(["synth", "--out", str(out), "--workers", "2"]) == 0
+    files = sorted(p.relative_to(data) for p in data.rglob("*") if p.is_file())
+    assert len(files) > 100
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == files
+    assert all((out / rel).read_bytes() == (data / rel).read_bytes() for rel in files)
+
+
 def test_refuses_a_non_empty_directory_and_force_replaces_only_its_own_entries(data, tmp_path, capsys):
     out = tmp_path / "busy"
     out.mkdir()
@@ -305,6 +314,8 @@ def test_bad_arguments_are_clean_errors(tmp_path):
         generate("huge", tmp_path / "x")
     with pytest.raises(VprError, match="non-negative"):
         generate("tiny", tmp_path / "x", seed=-3)
+    with pytest.raises(VprError, match="--workers must be a positive integer"):
+        generate("tiny", tmp_path / "x", workers=0)
     (tmp_path / "file").write_text("")
     with pytest.raises(VprError, match="not a directory"):
         generate("tiny", tmp_path / "file")

@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vpr.commands.options import add_output_dir, non_negative_int
+from vpr.commands.options import add_output_dir, non_negative_int, positive_int
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="output directory (the data-set root holding pitts/ and tokyo/)")
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="random seed (non-negative); the same seed gives the same bytes")
+    parser.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                        help="processes rendering the images (default 1); any N writes the same bytes")
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty DIR, replacing its pitts/, tokyo/ and synth_truth.json")
 
@@ -41,7 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vpr.synth import generate
 
-    summary = generate(args.preset, args.out, args.seed, force=args.force, progress=sys.stderr.isatty())
+    summary = generate(args.preset, args.out, args.seed, force=args.force, progress=sys.stderr.isatty(),
+                       workers=args.workers)
     print(f"vpr synth: wrote {summary['images']} images to {summary['out']} "
           f"(preset {summary['preset']}, seed {summary['seed']}, {summary['seconds']:.1f} s)")
     for name, counts in summary["splits"].items():

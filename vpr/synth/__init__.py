@@ -11,7 +11,9 @@ when complete.
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing
 import os
 import shutil
 import time
@@ -45,12 +47,36 @@ def _save_image(job: Job, root: Path, preset: Preset) -> None:
         pil.save(path, format="JPEG", quality=preset.jpeg_quality, subsampling=2)
 
 
-def _write_tree(root: Path, preset: Preset, seed: int, outputs: list[Output], progress: bool) -> dict:
+def _save_images(jobs: list[Job], root: Path, preset: Preset) -> int:
+    for job in jobs:
+        _save_image(job, root, preset)
+    return len(jobs)
+
+
+def _render_all(jobs: list[Job], root: Path, preset: Preset, workers: int, progress: bool) -> None:
+    """Every image of ``jobs``, in ``workers`` processes. Each image is a function of its job alone (its own
+    random seed), so the files are the same bytes whatever the number of workers."""
+    bar = progress_bar(total=len(jobs), desc=f"vpr synth {preset.name}", unit="img", disable=not progress)
+    with bar:
+        if workers == 1:
+            for job in jobs:
+                _save_image(job, root, preset)
+                bar.update(1)
+            return
+        chunks = [jobs[i:i + 16] for i in range(0, len(jobs), 16)]
+        # spawn, not fork: a fresh interpreter per worker, whatever threads the caller runs
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            save = functools.partial(_save_images, root=root, preset=preset)
+            for done in pool.imap_unordered(save, chunks):
+                bar.update(done)
+
+
+def _write_tree(root: Path, preset: Preset, seed: int, outputs: list[Output], progress: bool,
+                workers: int = 1) -> dict:
     truth: dict = {"format": "vpr-synth-truth", "version": TRUTH_VERSION, "preset": preset.name, "seed": seed,
                    "db_image_size": list(preset.db_size), "splits": {}}
     jobs = [job for o in outputs for job in o.jobs]
-    for job in progress_bar(jobs, desc=f"vpr synth {preset.name}", unit="img", disable=not progress):
-        _save_image(job, root, preset)
+    _render_all(jobs, root, preset, workers, progress)
     for o in outputs:
         for rel, fields in o.mats.items():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -80,15 +106,18 @@ def _install(tmp: Path, out: Path) -> None:
 
 
 def generate(preset: str, out: str | os.PathLike, seed: int = 0, *, force: bool = False,
-             progress: bool = False) -> dict:
+             progress: bool = False, workers: int = 1) -> dict:
     """Render the synthetic data set ``preset`` (``tiny`` or ``demo``) into directory ``out``.
 
     Refuses (VprError) a non-empty ``out`` unless ``force``; with ``force`` only ``pitts/``, ``tokyo/`` and
-    the truth file are replaced. Returns a summary: preset, seed, seconds, images and per-split counts.
+    the truth file are replaced. ``workers`` processes render the images (the same bytes for any number).
+    Returns a summary: preset, seed, seconds, images and per-split counts.
     """
     spec = get_preset(preset)
     if not isinstance(seed, int) or seed < 0:
         raise VprError(f"--seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise VprError(f"--workers must be a positive integer, got {workers!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VprError(f"{out}: exists and is not a directory")
@@ -100,7 +129,7 @@ def generate(preset: str, out: str | os.PathLike, seed: int = 0, *, force: bool 
     tmp = make_temporary_dir(out, "synth")
     try:
         outputs = [pittsburgh(seed, spec), tokyo(seed, spec)]
-        truth = _write_tree(tmp, spec, seed, outputs, progress)
+        truth = _write_tree(tmp, spec, seed, outputs, progress, workers)
         _install(tmp, out)
     except OSError as err:
         raise VprError(f"{out}: could not write the data set: {err}") from err

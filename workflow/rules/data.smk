@@ -15,10 +15,12 @@ if SYNTH:
             seed=SYNTH.get("seed", 0),
         log:
             f"{RESULTS}/logs/synth.log",
+        threads: 2
         conda:
             "../envs/vpr.yaml"
         shell:
-            "vpr synth --preset {params.preset} --seed {params.seed} --out {params.out:q} --force > {log:q} 2>&1"
+            "vpr synth --preset {params.preset} --seed {params.seed} --workers {threads} --out {params.out:q} --force"
+            " > {log:q} 2>&1"
 
 
 if TO_DOWNLOAD:
