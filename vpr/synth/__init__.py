@@ -16,7 +16,11 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +57,22 @@ def _save_images(jobs: list[Job], root: Path, preset: Preset) -> int:
     return len(jobs)
 
 
+def _start_worker(parent: int) -> None:
+    # Ctrl-C and a cluster's SIGTERM reach the whole process group: the parent alone stops the work (it
+    # raises, cancels what is queued and removes the temporary tree), so that the exit is the same each time.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    # A parent killed outright (SIGKILL, out of memory) cannot stop its workers, and they would wait on its
+    # task queue forever: each one leaves when its parent is gone.
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def _render_all(jobs: list[Job], root: Path, preset: Preset, workers: int, progress: bool) -> None:
     """Every image of ``jobs``, in ``workers`` processes. Each image is a function of its job alone (its own
     random seed), so the files are the same bytes whatever the number of workers."""
@@ -64,11 +84,21 @@ def _render_all(jobs: list[Job], root: Path, preset: Preset, workers: int, progr
                 bar.update(1)
             return
         chunks = [jobs[i:i + 16] for i in range(0, len(jobs), 16)]
-        # spawn, not fork: a fresh interpreter per worker, whatever threads the caller runs
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            save = functools.partial(_save_images, root=root, preset=preset)
-            for done in pool.imap_unordered(save, chunks):
-                bar.update(done)
+        save = functools.partial(_save_images, root=root, preset=preset)
+        # spawn, not fork: a fresh interpreter per worker, whatever threads the caller runs. A worker that
+        # dies (killed, out of memory) breaks the pool, where multiprocessing.Pool would wait forever.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_start_worker, initargs=(os.getpid(),)) as pool:
+            try:
+                for done in pool.map(save, chunks):
+                    bar.update(done)
+            except BrokenProcessPool as err:
+                raise VprError(f"a rendering process died ({err}); the data set is not written") from None
+            except BaseException:
+                # a signal or an error: drop the queued chunks, let the running ones end, before the
+                # caller removes the temporary tree they write into
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
 
 
 def _write_tree(root: Path, preset: Preset, seed: int, outputs: list[Output], progress: bool,
