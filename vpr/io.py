@@ -212,7 +212,8 @@ def hold_signal(signum: int) -> bool:
 
 
 @contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
+def signals_held() -> Iterator[None]:
+    """Termination signals that arrive inside the block take effect (their handler raises) at its end."""
     global _hold_depth
     _hold_depth += 1
     try:
@@ -236,7 +237,7 @@ def atomic_h5(path: str | os.PathLike, **kwargs) -> Iterator:
     """
     import h5py  # here, not at the top: light commands (select, table) use vpr.io without HDF5
 
-    with atomic_output(path) as tmp, _signals_held(), open_temporary(tmp, "r+b") as raw, \
+    with atomic_output(path) as tmp, signals_held(), open_temporary(tmp, "r+b") as raw, \
             h5py.File(raw, "w", **kwargs) as f:
         yield f
 

@@ -35,6 +35,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vpr.errors import VprError
+from vpr.io import signals_held
 
 VGG_MEAN_RGB = (123.68, 116.779, 103.939)
 
@@ -323,7 +324,11 @@ def image_batches(files: Sequence[str | os.PathLike], size: tuple[int, int] | No
         sizes = [dataset.output_size(i) for i in range(len(dataset))]
     loader = DataLoader(_Guarded(dataset), batch_sampler=SizeBucketBatchSampler(sizes, batch_size),
                         num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda")
-    for images, idx, error in loader:
+    # Starting the loader's workers is not interruptible: an exception raised inside it by a signal leaves a
+    # half-made iterator whose finaliser prints a traceback. The signal takes effect once they have started.
+    with signals_held():
+        batches = iter(loader)
+    for images, idx, error in batches:
         if error is not None:
             raise VprError(error)
         yield images, idx
