@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
-from vprtest import VPR
+from vprtest import VPR, alive, descendants
 
 from vpr import cli
 from vpr.errors import VprError
@@ -279,25 +279,6 @@ def test_two_rendering_processes_write_the_same_files_byte_for_byte(data, tmp_pa
     assert all((out / rel).read_bytes() == (data / rel).read_bytes() for rel in files)
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[1] == str(pid) and fields[0] != "Z":   # (state, ppid, ...) after the command name
-            found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _rendering(tmp_path: Path, stderr=subprocess.PIPE) -> subprocess.Popen:
     """`vpr synth --preset demo --workers 2` (a minute of work), once its workers have written images."""
     proc = subprocess.Popen([*VPR, "synth", "--preset", "demo", "--workers", "2", "--out", "d"], cwd=tmp_path,
@@ -312,7 +293,7 @@ def _rendering(tmp_path: Path, stderr=subprocess.PIPE) -> subprocess.Popen:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 def test_a_signal_to_the_parent_stops_the_rendering_processes_and_leaves_nothing(tmp_path):
     proc = _rendering(tmp_path)
-    workers = _children(proc.pid)
+    workers = descendants(proc.pid)[1:]   # its rendering processes (and multiprocessing's tracker)
     assert len(workers) >= 2
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -320,22 +301,22 @@ def test_a_signal_to_the_parent_stops_the_rendering_processes_and_leaves_nothing
     assert err.strip().splitlines()[-1] == "vpr synth: terminated by signal 15" and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
     deadline = time.monotonic() + 10
-    while any(map(_alive, workers)) and time.monotonic() < deadline:
+    while any(map(alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(map(_alive, workers))
+    assert not any(map(alive, workers))
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 def test_rendering_processes_end_when_their_parent_is_killed(tmp_path):
     proc = _rendering(tmp_path, stderr=subprocess.DEVNULL)   # no pipe that a stray worker would hold open
-    workers = _children(proc.pid)
+    workers = descendants(proc.pid)[1:]   # its rendering processes (and multiprocessing's tracker)
     assert len(workers) >= 2
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 10   # each worker looks for its parent twice a second
-    while any(map(_alive, workers)) and time.monotonic() < deadline:
+    while any(map(alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    stray = [p for p in workers if _alive(p)]
+    stray = [p for p in workers if alive(p)]
     for pid in stray:
         os.kill(pid, signal.SIGKILL)
     assert not stray

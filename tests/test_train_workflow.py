@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from test_selection import mcnemar_by_hand
 from test_workflow import SNAKEMAKE, TINY, snakemake, write_config
+from vprtest import alive, descendants, stat_fields
 
 from vpr.models import load_model
 
@@ -84,33 +85,6 @@ def test_forcerun_recreates_the_outputs_of_the_finished_run(finished, tmp_path):
     assert "recreated last.pth, model_best.pth, log.csv" in log
     for name in ("last.pth", "model_best.pth", "log.csv"):
         assert (workdir / RUN / name).read_bytes() == (finished / RUN / name).read_bytes()
-
-
-def stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after "pid (comm)": state, ppid, pgrp, session, ...; None if gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (torchrun starts its workers in sessions of their own)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := stat_fields(int(entry.name))) is not None:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo.extend(children.get(p, []))
-    return found
-
-
-def alive(pid: int) -> bool:
-    fields = stat_fields(pid)
-    return fields is not None and fields[0] != "Z"
 
 
 @pytest.mark.parametrize("killed", ["everything", "snakemake"])
